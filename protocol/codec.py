@@ -1,0 +1,86 @@
+"""Encoding and validating protocol messages, with errors a person can read."""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from protocol.messages import (
+    MAX_MESSAGE_BYTES,
+    CloudToDevice,
+    CloudToViewer,
+    DeviceToCloud,
+    Error,
+    ErrorCode,
+    ErrorPayload,
+    ViewerToCloud,
+    message_types,
+)
+
+T = TypeVar("T")
+
+_encoder: Final = msgspec.json.Encoder()
+_decoders: Final[dict[object, msgspec.json.Decoder[Any]]] = {
+    DeviceToCloud: msgspec.json.Decoder(DeviceToCloud),
+    ViewerToCloud: msgspec.json.Decoder(ViewerToCloud),
+    CloudToDevice: msgspec.json.Decoder(CloudToDevice),
+    CloudToViewer: msgspec.json.Decoder(CloudToViewer),
+}
+_raw: Final = msgspec.json.Decoder(dict[str, Any])
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; ``code`` and ``message`` go back in an ``error``."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.ref = ref
+
+    def to_message(self) -> Error:
+        return Error(
+            payload=ErrorPayload(code=self.code, message=self.message[:1024], ref=self.ref)
+        )
+
+
+def encode(message: msgspec.Struct) -> str:
+    """One message as JSON text."""
+    return _encoder.encode(message).decode()
+
+
+def decode(data: str | bytes, direction: Any) -> Any:
+    """Parse and validate one message sent in ``direction`` (one of the unions in ``messages``).
+
+    Raises ``ProtocolError`` with a code that says what was wrong: ``too_large``,
+    ``invalid_json``, ``unknown_type`` or ``invalid_message``.
+    """
+    size = len(data.encode() if isinstance(data, str) else data)
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError(
+            "too_large", f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"
+        )
+    try:
+        return _decoders[direction].decode(data)
+    except msgspec.ValidationError as exc:
+        raise _explain(data, exc, direction) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("invalid_json", f"not valid JSON: {exc}") from None
+
+
+def _explain(data: str | bytes, exc: msgspec.ValidationError, direction: Any) -> ProtocolError:
+    try:
+        raw = _raw.decode(data)
+    except msgspec.DecodeError:
+        return ProtocolError(
+            "invalid_message", 'a message must be a JSON object {"type": ..., "payload": ...}'
+        )
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        return ProtocolError("invalid_message", "a message needs a string field 'type'")
+    if kind not in message_types(direction):
+        return ProtocolError(
+            "unknown_type", f"unknown message type {kind[:64]!r} here", ref=kind[:64]
+        )
+    return ProtocolError("invalid_message", f"invalid {kind}: {exc}", ref=kind)

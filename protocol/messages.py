@@ -1,0 +1,320 @@
+"""The signaling protocol, defined once for the cloud, the device agent and the web client.
+
+Every WebSocket message is a JSON object ``{"type": "<name>", "payload": {...}}``. Each message
+type is a ``msgspec.Struct`` tagged by ``type``; each direction (device -> cloud, viewer -> cloud,
+cloud -> device, cloud -> viewer) is a union of the structs that may travel that way, so decoding
+against a direction both parses and validates.  ``docs/protocol.md`` documents every message and
+``tests/test_protocol.py`` checks that the document and ``web/js/protocol.js`` agree with this
+module.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+#: Largest WebSocket message the cloud accepts (bytes of UTF-8 text).
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+#: How often devices (and, while watching, viewers) send ``heartbeat``.
+HEARTBEAT_INTERVAL_S: Final = 30.0
+#: Presence expires this long after the last heartbeat.
+PRESENCE_TTL_S: Final = 90.0
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Text = Annotated[str, msgspec.Meta(max_length=1024)]
+SdpText = Annotated[str, msgspec.Meta(max_length=60_000)]
+
+
+class _Payload(msgspec.Struct, forbid_unknown_fields=True):
+    """Base of every payload: unknown fields are an error, not silently dropped."""
+
+
+class _Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    """Base of every message: ``{"type": ..., "payload": ...}``."""
+
+
+# --- payloads ---------------------------------------------------------------------------------
+
+
+class DeviceHelloPayload(_Payload):
+    device_id: Id
+    device_token: Token
+
+
+class ViewerHelloPayload(_Payload):
+    token: Token
+
+
+class HelloAckPayload(_Payload):
+    #: ``"device"`` or ``"viewer"``.
+    role: Literal["device", "viewer"]
+    #: The device id, or the viewer's user id.
+    id: Id
+    heartbeat_interval: float = HEARTBEAT_INTERVAL_S
+    #: Devices only: whether an account owns this device (if not, show a pairing code).
+    paired: bool | None = None
+
+
+class EmptyPayload(_Payload):
+    pass
+
+
+class WatchRequestPayload(_Payload):
+    """Viewer -> cloud: start watching a device."""
+
+    device_id: Id
+
+
+class IceServer(_Payload):
+    """One entry of ``RTCConfiguration.iceServers`` (the browser's field names)."""
+
+    urls: list[Annotated[str, msgspec.Meta(max_length=512)]]
+    username: str | None = None
+    credential: str | None = None
+
+
+class DeviceWatchRequestPayload(_Payload):
+    """Cloud -> device: a viewer wants to watch; wait for its ``signal_offer``."""
+
+    session_id: Id
+    ice_servers: list[IceServer]
+
+
+class WatchReadyPayload(_Payload):
+    """Cloud -> viewer: the session exists; create the peer connection and send an offer."""
+
+    session_id: Id
+    device_id: Id
+    ice_servers: list[IceServer]
+
+
+class SessionDescription(_Payload):
+    type: Literal["offer", "answer"]
+    sdp: SdpText
+
+
+class IceCandidate(_Payload):
+    """An ``RTCIceCandidateInit`` (the browser's field names)."""
+
+    candidate: Annotated[str, msgspec.Meta(max_length=2048)]
+    sdpMid: str | None = None  # the browser's field names
+    sdpMLineIndex: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
+    usernameFragment: str | None = None
+
+
+class SignalSdpPayload(_Payload):
+    session_id: Id
+    sdp: SessionDescription
+
+
+class SignalIcePayload(_Payload):
+    session_id: Id
+    #: ``None`` signals the end of candidates.
+    candidate: IceCandidate | None = None
+
+
+class SessionPayload(_Payload):
+    session_id: Id
+
+
+EndReason = Literal[
+    "viewer_ended",
+    "device_ended",
+    "viewer_disconnected",
+    "device_disconnected",
+    "device_unpaired",
+    "expired",
+    "error",
+]
+
+
+class WatchEndedPayload(_Payload):
+    session_id: Id
+    reason: EndReason
+
+
+class DeviceStatusPayload(_Payload):
+    """Cloud -> viewer: a device of this user went online or offline."""
+
+    device_id: Id
+    online: bool
+
+
+class PairingStatusPayload(_Payload):
+    """Cloud -> device: the device was paired to an account, or unpaired."""
+
+    paired: bool
+
+
+ErrorCode = Literal[
+    "invalid_json",
+    "invalid_message",
+    "unknown_type",
+    "too_large",
+    "binary_not_supported",
+    "not_authenticated",
+    "already_authenticated",
+    "forbidden",
+    "not_found",
+    "device_offline",
+    "session_not_found",
+    "not_session_party",
+    "rate_limited",
+    "internal",
+]
+
+
+class ErrorPayload(_Payload):
+    code: ErrorCode
+    message: Text
+    #: The ``type`` (and, when known, the ``session_id``) of the message that was refused.
+    ref: Text | None = None
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+class DeviceHello(_Message, tag="hello"):
+    payload: DeviceHelloPayload
+
+
+class ViewerHello(_Message, tag="hello"):
+    payload: ViewerHelloPayload
+
+
+class HelloAck(_Message, tag="hello_ack"):
+    payload: HelloAckPayload
+
+
+class Heartbeat(_Message, tag="heartbeat"):
+    payload: EmptyPayload = msgspec.field(default_factory=EmptyPayload)
+
+
+class HeartbeatAck(_Message, tag="heartbeat_ack"):
+    payload: EmptyPayload = msgspec.field(default_factory=EmptyPayload)
+
+
+class WatchRequest(_Message, tag="watch_request"):
+    """Viewer -> cloud."""
+
+    payload: WatchRequestPayload
+
+
+class DeviceWatchRequest(_Message, tag="watch_request"):
+    """Cloud -> device."""
+
+    payload: DeviceWatchRequestPayload
+
+
+class WatchReady(_Message, tag="watch_ready"):
+    payload: WatchReadyPayload
+
+
+class WatchResume(_Message, tag="watch_resume"):
+    """Viewer -> cloud after reconnecting: re-attach a session whose media is still flowing."""
+
+    payload: SessionPayload
+
+
+class WatchResumed(_Message, tag="watch_resumed"):
+    payload: SessionPayload
+
+
+class SignalOffer(_Message, tag="signal_offer"):
+    payload: SignalSdpPayload
+
+
+class SignalAnswer(_Message, tag="signal_answer"):
+    payload: SignalSdpPayload
+
+
+class SignalIce(_Message, tag="signal_ice"):
+    payload: SignalIcePayload
+
+
+class WatchEnd(_Message, tag="watch_end"):
+    payload: SessionPayload
+
+
+class WatchEnded(_Message, tag="watch_ended"):
+    payload: WatchEndedPayload
+
+
+class DeviceStatus(_Message, tag="device_status"):
+    payload: DeviceStatusPayload
+
+
+class PairingStatus(_Message, tag="pairing_status"):
+    payload: PairingStatusPayload
+
+
+class Error(_Message, tag="error"):
+    payload: ErrorPayload
+
+
+#: What a device may send to the cloud (``/ws/device``).
+DeviceToCloud = DeviceHello | Heartbeat | SignalOffer | SignalAnswer | SignalIce | WatchEnd
+#: What a viewer may send to the cloud (``/ws/viewer``).
+ViewerToCloud = (
+    ViewerHello
+    | Heartbeat
+    | WatchRequest
+    | WatchResume
+    | SignalOffer
+    | SignalAnswer
+    | SignalIce
+    | WatchEnd
+)
+#: What the cloud sends to a device.
+CloudToDevice = (
+    HelloAck
+    | HeartbeatAck
+    | DeviceWatchRequest
+    | SignalOffer
+    | SignalAnswer
+    | SignalIce
+    | WatchEnded
+    | PairingStatus
+    | Error
+)
+#: What the cloud sends to a viewer.
+CloudToViewer = (
+    HelloAck
+    | HeartbeatAck
+    | WatchReady
+    | WatchResumed
+    | SignalOffer
+    | SignalAnswer
+    | SignalIce
+    | WatchEnded
+    | DeviceStatus
+    | Error
+)
+
+#: Messages the cloud forwards from one party of a session to the other.
+Signal = SignalOffer | SignalAnswer | SignalIce
+
+#: The union of what may travel each way, by direction name.
+DIRECTIONS: Final[dict[str, object]] = {
+    "device_to_cloud": DeviceToCloud,
+    "viewer_to_cloud": ViewerToCloud,
+    "cloud_to_device": CloudToDevice,
+    "cloud_to_viewer": CloudToViewer,
+}
+
+
+def message_types(direction: object) -> tuple[str, ...]:
+    """The ``type`` names of the messages in one direction's union, in declaration order."""
+    names: list[str] = []
+    for member in direction.__args__:  # type: ignore[attr-defined]
+        info = msgspec.inspect.type_info(member)
+        assert isinstance(info, msgspec.inspect.StructType)
+        if info.tag not in names:
+            names.append(str(info.tag))
+    return tuple(names)
+
+
+ERROR_CODES: Final[tuple[str, ...]] = ErrorCode.__args__  # type: ignore[attr-defined]
+END_REASONS: Final[tuple[str, ...]] = EndReason.__args__  # type: ignore[attr-defined]

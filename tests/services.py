@@ -1,0 +1,202 @@
+"""Real servers for the tests: each started by the test run itself, on a free port, in a temp dir.
+
+Whatever the machine runs already (a PostgreSQL on 5432, a Redis on 6379) is left alone: the
+suite starts its own so that it works on a machine with none of them running.  A missing binary
+is a skip on a developer's machine and a failure in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require(condition: bool, what: str) -> None:
+    """A missing component: skip off-CI, fail in CI."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing; CI must have it (run scripts/test to install it)")
+    pytest.skip(f"{what} is missing (scripts/test installs it)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int,
+    timeout: float = 20.0,
+    host: str = "127.0.0.1",
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on {host}:{port} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _pg_bindir() -> Path | None:
+    for pattern in ("/usr/lib/postgresql/*/bin",):
+        found = sorted(glob.glob(pattern), key=lambda p: int(p.split("/")[-2]))
+        if found:
+            return Path(found[-1])
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the ``postgres`` user when we are root."""
+    if os.geteuid() != 0:
+        return []
+    runuser = shutil.which("runuser")
+    require(runuser is not None, "runuser (util-linux)")
+    return [str(runuser), "-u", "postgres", "--"]
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster; yields a ``postgresql://`` URL of an empty database."""
+    bindir = _pg_bindir()
+    require(bindir is not None and (bindir / "initdb").exists(), "PostgreSQL server (postgresql)")
+    assert bindir is not None
+    prefix = _as_postgres_user()
+    # Its own directory straight under /tmp: the postgres user must be able to reach it.
+    tmp = Path(tempfile.mkdtemp(prefix="mumu-pg-"))
+    data = tmp / "pgdata"
+    data.mkdir()
+    if prefix:
+        pw = pwd.getpwnam("postgres")
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        os.chown(data, pw.pw_uid, pw.pw_gid)
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *prefix,
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={tmp}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=300",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        deadline = time.monotonic() + 20
+        while True:
+            done = subprocess.run(
+                [
+                    str(bindir / "createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "mumu",
+                ],
+                capture_output=True,
+            )
+            if done.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(done.stderr.decode())
+            time.sleep(0.1)
+        yield f"postgresql://postgres@127.0.0.1:{port}/mumu"
+    finally:
+        stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A throwaway Redis that keeps nothing on disk; yields a ``redis://`` URL."""
+    binary = shutil.which("redis-server")
+    require(binary is not None, "Redis server (redis-server)")
+    assert binary is not None
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+            "--maxclients",
+            "20000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
