@@ -1,0 +1,1 @@
+"""The MuMu cloud: accounts, devices, pairing, WebSocket signaling and TURN credentials."""

@@ -1,0 +1,66 @@
+"""The Litestar application: HTTP API, the two signaling WebSockets, OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, WebSocket, websocket
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from cloud.api import ROUTES, services
+from cloud.config import Settings
+from cloud.errors import handle_http_exception, handle_unexpected
+from cloud.services import Services
+
+
+@websocket("/ws/device")
+async def ws_device(socket: WebSocket[object, object, State]) -> None:
+    """Signaling for cameras: first message ``hello {device_id, device_token}``."""
+    await services(socket.app.state).hub.serve(socket, "device")
+
+
+@websocket("/ws/viewer")
+async def ws_viewer(socket: WebSocket[object, object, State]) -> None:
+    """Signaling for viewers: first message ``hello {token}`` (an access token)."""
+    await services(socket.app.state).hub.serve(socket, "viewer")
+
+
+def create_app(settings: Settings) -> Litestar:
+    svc = Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    return Litestar(
+        route_handlers=[*ROUTES, ws_device, ws_viewer],
+        state=State({"services": svc}),
+        lifespan=[lifespan],
+        exception_handlers={
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        openapi_config=OpenAPIConfig(
+            title="MuMu Camera cloud",
+            version="0.1.0",
+            description="Accounts, devices, pairing and TURN credentials. Signaling is over "
+            "the WebSockets /ws/device and /ws/viewer (see docs/protocol.md).",
+            path="/api/docs",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+                }
+            ),
+        ),
+        debug=False,
+    )

@@ -1,0 +1,76 @@
+"""``mumu-cloud``: the cloud's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cloud.config import VARIABLES, ConfigError, load
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings_help = "\n".join(f"  {k:32} {v}" for k, v in VARIABLES.items())
+    parser = argparse.ArgumentParser(
+        prog="mumu-cloud",
+        description="MuMu Camera cloud: signaling, accounts, pairing, TURN credentials.",
+        epilog=f"settings (environment):\n{settings_help}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the API and the signaling WebSockets")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load()
+    except ConfigError as exc:
+        print(f"mumu-cloud: invalid setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    logging.basicConfig(
+        level=args.log_level.upper() if args.command == "serve" else "INFO",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    if args.command == "migrate":
+        import asyncio
+
+        from cloud.store import SqlStore
+
+        async def run() -> None:
+            store = SqlStore(settings.database_url)
+            await store.open()
+            await store.close()
+
+        asyncio.run(run())
+        print("mumu-cloud: database is at the newest schema")
+        return
+
+    import uvicorn
+
+    from cloud.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        proxy_headers=True,
+        forwarded_allow_ips=",".join(settings.trusted_proxies),
+        ws_max_size=1024 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

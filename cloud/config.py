@@ -1,0 +1,230 @@
+"""The cloud's settings: environment variables (``MUMU_*``), optionally a YAML file beneath them.
+
+An invalid setting raises ``ConfigError`` whose text is one line naming the setting, which the
+CLI prints before exiting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from limits import parse as parse_rate_limit
+
+
+class ConfigError(ValueError):
+    """One setting is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    redis_url: str | None
+    jwt_secret: str
+    jwt_ttl_s: int = 3600
+    turn_secret: str | None = None
+    turn_urls: tuple[str, ...] = ()
+    stun_urls: tuple[str, ...] = ()
+    turn_ttl_s: int = 600
+    public_url: str | None = None
+    login_rate: str = "10/minute"
+    login_rate_per_address: str = "30/minute"
+    register_rate_per_address: str = "30/hour"
+    pair_rate: str = "5/minute"
+    pair_rate_per_address: str = "20/minute"
+    session_ttl_s: float = 120.0
+    presence_ttl_s: float = 90.0
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+
+#: Every recognised variable, its YAML key and a one-line description (used by ``--help``).
+VARIABLES: dict[str, str] = {
+    "MUMU_DATA_DIR": "directory for the SQLite database and generated secrets",
+    "MUMU_DATABASE_URL": "sqlite:///PATH (default: MUMU_DATA_DIR/mumu.db) or postgresql://...",
+    "MUMU_REDIS_URL": "redis://... for shared presence and routing (unset: in-process)",
+    "MUMU_JWT_SECRET": "HS256 key for access tokens (default: generated into MUMU_DATA_DIR)",
+    "MUMU_JWT_TTL": "access-token lifetime in seconds (default 3600)",
+    "MUMU_TURN_SECRET": "coturn static-auth-secret for TURN REST credentials",
+    "MUMU_TURN_URLS": "comma-separated turn:/turns: URLs",
+    "MUMU_STUN_URLS": "comma-separated stun: URLs",
+    "MUMU_TURN_TTL": "TURN credential lifetime in seconds (60..86400, default 600)",
+    "MUMU_PUBLIC_URL": "origin of the web app, for claim links (default: the request's origin)",
+    "MUMU_LOGIN_RATE": "login attempts per account, e.g. 10/minute",
+    "MUMU_LOGIN_RATE_PER_ADDRESS": "login attempts per client address",
+    "MUMU_REGISTER_RATE_PER_ADDRESS": "sign-ups per client address",
+    "MUMU_PAIR_RATE": "pairing attempts per account",
+    "MUMU_PAIR_RATE_PER_ADDRESS": "pairing attempts per client address",
+    "MUMU_SESSION_TTL": "seconds a watch session lives without any sign of its parties",
+    "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 90)",
+    "MUMU_TRUSTED_PROXIES": "comma-separated addresses whose X-Forwarded-For is believed",
+    "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
+}
+
+
+def default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("mumu-cloud", appauthor=False))
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``env`` (default: ``os.environ``) and the optional YAML file."""
+    env = dict(os.environ if env is None else env)
+    merged: dict[str, str] = {}
+    config_file = env.get("MUMU_CONFIG")
+    if config_file:
+        merged.update(_read_yaml(Path(config_file)))
+    merged.update({k: v for k, v in env.items() if k.startswith("MUMU_") and k != "MUMU_CONFIG"})
+    unknown = sorted(set(merged) - set(VARIABLES))
+    if unknown and config_file:
+        raise ConfigError(f"{unknown[0]}: unknown setting in {config_file}")
+
+    data_dir = Path(merged.get("MUMU_DATA_DIR") or default_data_dir()).expanduser()
+    database_url = merged.get("MUMU_DATABASE_URL") or f"sqlite:///{data_dir / 'mumu.db'}"
+    _check_database_url(database_url)
+    redis_url = merged.get("MUMU_REDIS_URL") or None
+    if redis_url is not None and urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"MUMU_REDIS_URL: expected redis://host:port/db, got {redis_url!r}")
+
+    turn_urls = _url_list(merged, "MUMU_TURN_URLS", ("turn:", "turns:"))
+    stun_urls = _url_list(merged, "MUMU_STUN_URLS", ("stun:", "stuns:"))
+    turn_secret = merged.get("MUMU_TURN_SECRET") or None
+    if turn_urls and not turn_secret:
+        raise ConfigError("MUMU_TURN_SECRET: required when MUMU_TURN_URLS is set")
+
+    public_url = merged.get("MUMU_PUBLIC_URL") or None
+    if public_url is not None:
+        parts = urlsplit(public_url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(
+                f"MUMU_PUBLIC_URL: expected http(s)://host[:port], got {public_url!r}"
+            )
+        public_url = public_url.rstrip("/")
+
+    rates: dict[str, Any] = {}
+    for key in (
+        "MUMU_LOGIN_RATE",
+        "MUMU_LOGIN_RATE_PER_ADDRESS",
+        "MUMU_REGISTER_RATE_PER_ADDRESS",
+        "MUMU_PAIR_RATE",
+        "MUMU_PAIR_RATE_PER_ADDRESS",
+    ):
+        if key in merged:
+            try:
+                parse_rate_limit(merged[key])
+            except ValueError:
+                raise ConfigError(
+                    f"{key}: expected a rate like 10/minute, got {merged[key]!r}"
+                ) from None
+            rates[key.removeprefix("MUMU_").lower()] = merged[key]
+
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        jwt_secret=merged.get("MUMU_JWT_SECRET") or _stored_secret(data_dir, "jwt-secret"),
+        jwt_ttl_s=_int(merged, "MUMU_JWT_TTL", 3600, 60, 30 * 86400),
+        turn_secret=turn_secret,
+        turn_urls=turn_urls,
+        stun_urls=stun_urls,
+        turn_ttl_s=_int(merged, "MUMU_TURN_TTL", 600, 60, 86400),
+        public_url=public_url,
+        session_ttl_s=float(_int(merged, "MUMU_SESSION_TTL", 120, 10, 3600)),
+        presence_ttl_s=float(_int(merged, "MUMU_PRESENCE_TTL", 90, 5, 3600)),
+        trusted_proxies=tuple(
+            p.strip()
+            for p in merged.get("MUMU_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")
+            if p.strip()
+        ),
+        **rates,
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, str]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"MUMU_CONFIG: cannot read {path}: {exc}".splitlines()[0]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"MUMU_CONFIG: {path} must hold a mapping of settings")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        name = f"MUMU_{str(key).upper()}"
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        out[name] = "" if value is None else str(value)
+    return out
+
+
+def _check_database_url(url: str) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///"):
+            raise ConfigError(f"MUMU_DATABASE_URL: expected sqlite:///path, got {url!r}")
+        return
+    if scheme in {"postgresql", "postgres"}:
+        if not urlsplit(url).hostname and "host=" not in url:
+            raise ConfigError(f"MUMU_DATABASE_URL: no host in {url!r}")
+        return
+    raise ConfigError(
+        f"MUMU_DATABASE_URL: expected sqlite:///path or postgresql://..., got {url!r}"
+    )
+
+
+def _url_list(merged: Mapping[str, str], key: str, schemes: tuple[str, ...]) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in merged.get(key, "").split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(schemes):
+            raise ConfigError(f"{key}: {url!r} does not start with {' or '.join(schemes)}")
+    return urls
+
+
+def _int(merged: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    if key not in merged or merged[key] == "":
+        return default
+    try:
+        value = int(merged[key])
+    except ValueError:
+        raise ConfigError(f"{key}: expected a whole number, got {merged[key]!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    return value
+
+
+def _stored_secret(data_dir: Path, name: str) -> str:
+    """A random secret kept in the data dir (mode 0600), created on first use."""
+    path = data_dir / name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret)
+        try:
+            os.link(tmp, path)  # fails if another process won the race
+        except FileExistsError:
+            return path.read_text().strip()
+        finally:
+            tmp.unlink(missing_ok=True)
+        return secret
+    except OSError as exc:
+        raise ConfigError(f"MUMU_DATA_DIR: cannot write {path}: {exc.strerror}") from None

@@ -1,0 +1,97 @@
+"""HTTP errors as ``{"error": {"code", "message"}}`` with a proper 4xx; never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(HTTPException):
+    """An error the API answers on purpose: status, machine-readable code, words for people."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail=message, status_code=status_code, headers=headers)
+        self.code = code
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "rate_limited",
+}
+
+
+def _validation_message(exc: ValidationException) -> str:
+    extra = exc.extra
+    if isinstance(extra, list) and extra:
+        first = extra[0]
+        if isinstance(first, dict):
+            where = first.get("key") or first.get("source") or "body"
+            return f"{where}: {first.get('message', 'invalid value')}"
+    return str(exc.detail or "invalid input")
+
+
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
+    status = exc.status_code
+    if isinstance(exc, ApiError):
+        code, message = exc.code, str(exc.detail)
+    elif isinstance(exc, ValidationException):
+        # Litestar says 400 for a body that fails validation; a body that is not JSON at all
+        # stays 400, a body of the wrong shape is 422.
+        detail = str(exc.detail or "")
+        if "JSON" in detail or "decode" in detail.lower() or "Malformed" in detail:
+            status, code, message = 400, "invalid_json", "the request body is not valid JSON"
+        else:
+            status, code, message = 422, "invalid_input", _validation_message(exc)
+    elif isinstance(exc, NotAuthorizedException):
+        code, message = "unauthorized", str(exc.detail or "sign in first")
+    elif isinstance(exc, NotFoundException):
+        code, message = "not_found", "no such resource"
+    else:
+        code = _CODES.get(status, "error")
+        message = str(exc.detail or code.replace("_", " "))
+    if status >= 500:
+        code, message = "internal", "the server failed; try again"
+    return Response(
+        error_body(code, message),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=dict(exc.headers or {}),
+    )
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(
+        error_body("internal", "the server failed; try again"),
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+        media_type=MediaType.JSON,
+    )

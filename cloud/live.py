@@ -1,0 +1,200 @@
+"""Transient shared state: device presence, live watch sessions, and message routing.
+
+``LiveState`` is the interface.  ``MemoryLiveState`` keeps everything in this process (the
+embedded default: one cloud process); ``RedisLiveState`` (in ``cloud.live_redis``) shares it
+between cloud processes so that a device on one process and a viewer on another can talk.
+
+Routing works by *address*: ``device:<id>`` (the device's connection), ``viewer:<conn id>`` (one
+viewer socket) and ``user:<id>`` (every socket of one account).  A connection subscribes its
+addresses with a callback; ``publish`` delivers a text frame to every subscriber of an address,
+wherever it is, and says whether anybody received it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+#: Called with each text delivered to an address; ``kick`` asks the connection to close.
+Deliver = Callable[[str], Awaitable[None]]
+
+#: A control frame: the receiving connection closes itself (a newer connection replaced it).
+KICK = "\x00kick"
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    """A watch session while it lasts: its two parties and how to reach them."""
+
+    session_id: str
+    device_id: str
+    viewer_id: str
+    viewer_conn: str
+    started_at: float
+
+
+class LiveState(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    # presence
+    async def set_online(self, device_id: str, conn_id: str, ttl: float) -> None: ...
+    async def set_offline(self, device_id: str, conn_id: str) -> bool:
+        """Clear presence if ``conn_id`` still holds it; True if it did."""
+        ...
+
+    async def online(self, device_ids: list[str]) -> set[str]: ...
+
+    # live sessions
+    async def add_session(self, session: LiveSession, ttl: float) -> None: ...
+    async def get_session(self, session_id: str) -> LiveSession | None: ...
+    async def remove_session(self, session_id: str) -> LiveSession | None:
+        """Remove and return the session; None if it was gone (somebody else ended it)."""
+        ...
+
+    async def rebind_viewer(self, session_id: str, viewer_conn: str, ttl: float) -> None: ...
+    async def sessions_of_device(self, device_id: str) -> list[LiveSession]: ...
+    async def sessions_of_viewer_conn(self, viewer_conn: str) -> list[LiveSession]: ...
+    async def refresh_sessions(self, session_ids: list[str], ttl: float) -> None: ...
+    async def live_session_ids(self, session_ids: list[str]) -> set[str]: ...
+
+    # routing
+    async def subscribe(self, address: str, deliver: Deliver) -> None: ...
+    async def unsubscribe(self, address: str, deliver: Deliver) -> None: ...
+    async def publish(self, address: str, text: str) -> bool: ...
+
+
+class LocalSubscribers:
+    """The callbacks of this process's connections, by address (used by both implementations)."""
+
+    def __init__(self) -> None:
+        self._by_address: dict[str, list[Deliver]] = {}
+
+    def add(self, address: str, deliver: Deliver) -> bool:
+        """Add a callback; True if it is the address's first one here."""
+        callbacks = self._by_address.setdefault(address, [])
+        callbacks.append(deliver)
+        return len(callbacks) == 1
+
+    def remove(self, address: str, deliver: Deliver) -> bool:
+        """Remove a callback; True if the address has none left here."""
+        callbacks = self._by_address.get(address)
+        if not callbacks:
+            return False
+        if deliver in callbacks:
+            callbacks.remove(deliver)
+        if callbacks:
+            return False
+        del self._by_address[address]
+        return True
+
+    def get(self, address: str) -> list[Deliver]:
+        return list(self._by_address.get(address, ()))
+
+    async def deliver(self, address: str, text: str) -> int:
+        callbacks = self.get(address)
+        for deliver in callbacks:
+            await deliver(text)
+        return len(callbacks)
+
+
+class MemoryLiveState:
+    """``LiveState`` for a single cloud process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._presence: dict[str, tuple[str, float]] = {}
+        self._sessions: dict[str, tuple[LiveSession, float]] = {}
+        self._subscribers = LocalSubscribers()
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._presence.clear()
+        self._sessions.clear()
+
+    async def ping(self) -> None:
+        return None
+
+    async def set_online(self, device_id: str, conn_id: str, ttl: float) -> None:
+        self._presence[device_id] = (conn_id, self._clock() + ttl)
+
+    async def set_offline(self, device_id: str, conn_id: str) -> bool:
+        held = self._presence.get(device_id)
+        if held is None or held[0] != conn_id:
+            return False
+        del self._presence[device_id]
+        return True
+
+    async def online(self, device_ids: list[str]) -> set[str]:
+        now = self._clock()
+        alive = set()
+        for device_id in device_ids:
+            held = self._presence.get(device_id)
+            if held is None:
+                continue
+            if held[1] <= now:
+                del self._presence[device_id]
+                continue
+            alive.add(device_id)
+        return alive
+
+    def _live(self, session_id: str) -> LiveSession | None:
+        held = self._sessions.get(session_id)
+        if held is None:
+            return None
+        if held[1] <= self._clock():
+            del self._sessions[session_id]
+            return None
+        return held[0]
+
+    async def add_session(self, session: LiveSession, ttl: float) -> None:
+        self._sessions[session.session_id] = (session, self._clock() + ttl)
+
+    async def get_session(self, session_id: str) -> LiveSession | None:
+        return self._live(session_id)
+
+    async def remove_session(self, session_id: str) -> LiveSession | None:
+        session = self._live(session_id)
+        self._sessions.pop(session_id, None)
+        return session
+
+    async def rebind_viewer(self, session_id: str, viewer_conn: str, ttl: float) -> None:
+        session = self._live(session_id)
+        if session is not None:
+            self._sessions[session_id] = (
+                replace(session, viewer_conn=viewer_conn),
+                self._clock() + ttl,
+            )
+
+    async def sessions_of_device(self, device_id: str) -> list[LiveSession]:
+        return [s for s in self._all() if s.device_id == device_id]
+
+    async def sessions_of_viewer_conn(self, viewer_conn: str) -> list[LiveSession]:
+        return [s for s in self._all() if s.viewer_conn == viewer_conn]
+
+    async def refresh_sessions(self, session_ids: list[str], ttl: float) -> None:
+        deadline = self._clock() + ttl
+        for session_id in session_ids:
+            session = self._live(session_id)
+            if session is not None:
+                self._sessions[session_id] = (session, deadline)
+
+    async def live_session_ids(self, session_ids: list[str]) -> set[str]:
+        return {s for s in session_ids if self._live(s) is not None}
+
+    def _all(self) -> list[LiveSession]:
+        return [s for s in (self._live(k) for k in list(self._sessions)) if s is not None]
+
+    async def subscribe(self, address: str, deliver: Deliver) -> None:
+        self._subscribers.add(address, deliver)
+
+    async def unsubscribe(self, address: str, deliver: Deliver) -> None:
+        self._subscribers.remove(address, deliver)
+
+    async def publish(self, address: str, text: str) -> bool:
+        return await self._subscribers.deliver(address, text) > 0

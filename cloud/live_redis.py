@@ -1,0 +1,221 @@
+"""``LiveState`` in Redis, shared by every cloud process.
+
+Keys (all under ``mumu:``):
+
+- ``presence:<device>`` = connection id, with a TTL refreshed by heartbeats;
+- ``session:<id>`` = hash of the ``LiveSession`` fields, with a TTL refreshed by its parties;
+- ``device-sessions:<device>`` / ``conn-sessions:<conn>`` = sets of session ids (index);
+- pub/sub channel ``addr:<address>`` per subscribed address.
+
+Delivery to a device or viewer socket in this process skips Redis; otherwise (and always for
+``user:`` addresses, whose sockets may be spread over processes) it publishes, and Redis's
+receiver count says whether any process had a subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from cloud.live import Deliver, LiveSession, LocalSubscribers
+
+log = logging.getLogger(__name__)
+
+P = "mumu:"
+_CLEAR_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_SESSION_FIELDS = ("session_id", "device_id", "viewer_id", "viewer_conn", "started_at")
+
+
+class RedisLiveState:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._redis: Any = None
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._subscribers = LocalSubscribers()
+        self._subscribed = asyncio.Event()
+
+    @property
+    def redis(self) -> Any:
+        if self._redis is None:
+            raise RuntimeError("RedisLiveState.open() was not called")
+        return self._redis
+
+    async def open(self) -> None:
+        self._redis = aioredis.Redis.from_url(
+            self.url, decode_responses=True, health_check_interval=30, max_connections=200
+        )
+        await self._redis.ping()
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._reader = asyncio.create_task(self._read(), name="redis-pubsub-reader")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._redis = None
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    # presence ---------------------------------------------------------------------------------
+
+    async def set_online(self, device_id: str, conn_id: str, ttl: float) -> None:
+        await self.redis.set(f"{P}presence:{device_id}", conn_id, px=int(ttl * 1000))
+
+    async def set_offline(self, device_id: str, conn_id: str) -> bool:
+        done = await self.redis.eval(_CLEAR_IF_HELD, 1, f"{P}presence:{device_id}", conn_id)
+        return bool(done)
+
+    async def online(self, device_ids: list[str]) -> set[str]:
+        if not device_ids:
+            return set()
+        held = await self.redis.mget([f"{P}presence:{d}" for d in device_ids])
+        return {d for d, v in zip(device_ids, held, strict=True) if v is not None}
+
+    # sessions ---------------------------------------------------------------------------------
+
+    async def add_session(self, session: LiveSession, ttl: float) -> None:
+        ms = int(ttl * 1000)
+        key = f"{P}session:{session.session_id}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={f: str(getattr(session, f)) for f in _SESSION_FIELDS})
+            pipe.pexpire(key, ms)
+            pipe.sadd(f"{P}device-sessions:{session.device_id}", session.session_id)
+            pipe.sadd(f"{P}conn-sessions:{session.viewer_conn}", session.session_id)
+            pipe.pexpire(f"{P}conn-sessions:{session.viewer_conn}", ms)
+            await pipe.execute()
+
+    async def get_session(self, session_id: str) -> LiveSession | None:
+        return _session(await self.redis.hgetall(f"{P}session:{session_id}"))
+
+    async def remove_session(self, session_id: str) -> LiveSession | None:
+        key = f"{P}session:{session_id}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            pipe.delete(key)
+            fields, deleted = await pipe.execute()
+        session = _session(fields)
+        if not deleted or session is None:
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.srem(f"{P}device-sessions:{session.device_id}", session_id)
+            pipe.srem(f"{P}conn-sessions:{session.viewer_conn}", session_id)
+            await pipe.execute()
+        return session
+
+    async def rebind_viewer(self, session_id: str, viewer_conn: str, ttl: float) -> None:
+        key = f"{P}session:{session_id}"
+        old = await self.redis.hget(key, "viewer_conn")
+        if old is None:
+            return
+        ms = int(ttl * 1000)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "viewer_conn", viewer_conn)
+            pipe.pexpire(key, ms)
+            pipe.srem(f"{P}conn-sessions:{old}", session_id)
+            pipe.sadd(f"{P}conn-sessions:{viewer_conn}", session_id)
+            pipe.pexpire(f"{P}conn-sessions:{viewer_conn}", ms)
+            await pipe.execute()
+
+    async def _sessions_in(self, index_key: str) -> list[LiveSession]:
+        ids = sorted(await self.redis.smembers(index_key))
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                pipe.hgetall(f"{P}session:{session_id}")
+            found = await pipe.execute()
+        live = [s for s in map(_session, found) if s is not None]
+        gone = [i for i, f in zip(ids, found, strict=True) if not f]
+        if gone:
+            await self.redis.srem(index_key, *gone)
+        return live
+
+    async def sessions_of_device(self, device_id: str) -> list[LiveSession]:
+        return await self._sessions_in(f"{P}device-sessions:{device_id}")
+
+    async def sessions_of_viewer_conn(self, viewer_conn: str) -> list[LiveSession]:
+        sessions = await self._sessions_in(f"{P}conn-sessions:{viewer_conn}")
+        return [s for s in sessions if s.viewer_conn == viewer_conn]
+
+    async def refresh_sessions(self, session_ids: list[str], ttl: float) -> None:
+        if not session_ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.pexpire(f"{P}session:{session_id}", int(ttl * 1000))
+            await pipe.execute()
+
+    async def live_session_ids(self, session_ids: list[str]) -> set[str]:
+        if not session_ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.exists(f"{P}session:{session_id}")
+            found = await pipe.execute()
+        return {s for s, n in zip(session_ids, found, strict=True) if n}
+
+    # routing ----------------------------------------------------------------------------------
+
+    async def subscribe(self, address: str, deliver: Deliver) -> None:
+        if self._subscribers.add(address, deliver):
+            await self._pubsub.subscribe(f"{P}addr:{address}")
+            self._subscribed.set()
+
+    async def unsubscribe(self, address: str, deliver: Deliver) -> None:
+        if self._subscribers.remove(address, deliver):
+            await self._pubsub.unsubscribe(f"{P}addr:{address}")
+
+    async def publish(self, address: str, text: str) -> bool:
+        if not address.startswith("user:") and self._subscribers.get(address):
+            # A device or viewer socket lives in one process at a time (a device's stale
+            # socket elsewhere is kicked on hello): if it is here, skip the round trip.
+            await self._subscribers.deliver(address, text)
+            return True
+        receivers = await self.redis.publish(f"{P}addr:{address}", text)
+        return bool(receivers)
+
+    async def _read(self) -> None:
+        prefix = f"{P}addr:"
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    self._subscribed.clear()
+                    await self._subscribed.wait()
+                    continue
+                message = await self._pubsub.get_message(timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                address = str(message["channel"]).removeprefix(prefix)
+                await self._subscribers.deliver(address, str(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("redis pub/sub reader failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+
+
+def _session(fields: dict[str, str] | None) -> LiveSession | None:
+    if not fields or any(f not in fields for f in _SESSION_FIELDS):
+        return None
+    return LiveSession(
+        session_id=fields["session_id"],
+        device_id=fields["device_id"],
+        viewer_id=fields["viewer_id"],
+        viewer_conn=fields["viewer_conn"],
+        started_at=float(fields["started_at"]),
+    )

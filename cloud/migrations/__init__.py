@@ -1,0 +1,1 @@
+"""Versioned schema migrations (Alembic), run on start-up for SQLite and PostgreSQL alike."""

@@ -1,0 +1,16 @@
+"""Alembic environment: always given a live connection by ``cloud.migrate``."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from cloud.schema import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,58 @@
+"""The database tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+Times are Unix seconds (float) so that both databases store and compare them alike.  The schema
+is created and changed only by the migrations in ``cloud/migrations/versions``; this module
+mirrors the newest migration for the queries in ``cloud.store``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, ForeignKey, Index, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_login_at", Float, nullable=True),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("token_hash", String(128), nullable=False),
+    Column("owner_id", String(64), ForeignKey("users.id"), nullable=True, index=True),
+    Column("paired_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=True),
+)
+
+pairing_codes = Table(
+    "pairing_codes",
+    metadata,
+    Column("device_id", String(64), ForeignKey("devices.id"), primary_key=True),
+    Column("code_hash", String(128), nullable=False, unique=True),
+    Column("claim_hash", String(128), nullable=False, unique=True),
+    Column("expires_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+watch_sessions = Table(
+    "watch_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("device_id", String(64), ForeignKey("devices.id"), nullable=False),
+    Column("viewer_id", String(64), ForeignKey("users.id"), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("end_reason", String(32), nullable=True),
+    Index("ix_watch_sessions_device_started", "device_id", "started_at"),
+    Index("ix_watch_sessions_active", "ended_at"),
+)

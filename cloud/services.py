@@ -1,0 +1,58 @@
+"""Everything a request handler needs, built once per process from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cloud.auth import PairingHasher, TokenIssuer
+from cloud.config import Settings
+from cloud.live import LiveState, MemoryLiveState
+from cloud.metrics import Metrics
+from cloud.ratelimit import RateLimits
+from cloud.signaling import SignalingHub
+from cloud.store import SqlStore, Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    live: LiveState
+    limits: RateLimits
+    tokens: TokenIssuer
+    pairing: PairingHasher
+    metrics: Metrics
+    hub: SignalingHub
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        metrics = Metrics()
+        store = SqlStore(settings.database_url, observe=metrics.db_latency.observe)
+        live: LiveState
+        if settings.redis_url:
+            from cloud.live_redis import RedisLiveState
+
+            live = RedisLiveState(settings.redis_url)
+        else:
+            live = MemoryLiveState()
+        tokens = TokenIssuer(settings.jwt_secret, settings.jwt_ttl_s)
+        return cls(
+            settings=settings,
+            store=store,
+            live=live,
+            limits=RateLimits(settings.redis_url),
+            tokens=tokens,
+            pairing=PairingHasher(settings.jwt_secret),
+            metrics=metrics,
+            hub=SignalingHub(settings, store, live, tokens, metrics),
+        )
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.live.open()
+        self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        await self.live.close()
+        await self.store.close()

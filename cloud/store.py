@@ -1,0 +1,398 @@
+"""Persistent state: accounts, devices, ownership, pairing codes and watch-session history.
+
+``Store`` is the interface; ``SqlStore`` implements it with SQLAlchemy Core over aiosqlite
+(the embedded default) or asyncpg (production).  Every query is timed into the
+``mumu_db_query_seconds`` histogram.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from sqlalchemy import and_, delete, event, insert, or_, select, text, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from cloud import migrate
+from cloud.schema import devices, pairing_codes, users, watch_sessions
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    password_hash: str
+    created_at: float
+    last_login_at: float | None
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    name: str
+    model: str
+    token_hash: str
+    owner_id: str | None
+    paired_at: float | None
+    created_at: float
+    last_seen: float | None
+
+
+@dataclass(frozen=True)
+class WatchSession:
+    id: str
+    device_id: str
+    viewer_id: str
+    started_at: float
+    ended_at: float | None
+    end_reason: str | None
+
+
+class ClaimOutcome(Enum):
+    PAIRED = "paired"
+    ALREADY_YOURS = "already_yours"
+    NO_SUCH_CODE = "no_such_code"
+    EXPIRED = "expired"
+    OWNED_BY_OTHER = "owned_by_other"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    outcome: ClaimOutcome
+    device: Device | None = None
+
+
+class DuplicateError(Exception):
+    """A unique value (an e-mail address, a pairing code) exists already."""
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def create_user(
+        self, user_id: str, email: str, password_hash: str, now: float
+    ) -> User: ...
+    async def user_by_email(self, email: str) -> User | None: ...
+    async def user_by_id(self, user_id: str) -> User | None: ...
+    async def record_login(self, user_id: str, now: float) -> None: ...
+
+    async def create_device(
+        self, device_id: str, name: str, model: str, token_hash: str, now: float
+    ) -> Device: ...
+    async def device(self, device_id: str) -> Device | None: ...
+    async def devices_of(self, owner_id: str) -> list[Device]: ...
+    async def rename_device(self, device_id: str, owner_id: str, name: str) -> Device | None: ...
+    async def unpair(self, device_id: str, owner_id: str) -> bool: ...
+    async def touch_device(self, device_id: str, now: float) -> None: ...
+
+    async def replace_pairing_code(
+        self, device_id: str, code_hash: str, claim_hash: str, expires_at: float, now: float
+    ) -> None: ...
+    async def claim(
+        self, *, code_hash: str | None, claim_hash: str | None, user_id: str, now: float
+    ) -> ClaimResult: ...
+
+    async def start_session(
+        self, session_id: str, device_id: str, viewer_id: str, now: float
+    ) -> None: ...
+    async def end_session(self, session_id: str, reason: str, now: float) -> bool: ...
+    async def session(self, session_id: str) -> WatchSession | None: ...
+    async def sessions_of_device(self, device_id: str, limit: int = 100) -> list[WatchSession]: ...
+    async def open_sessions(self, started_before: float) -> list[WatchSession]: ...
+
+
+QueryObserver = Callable[[float], None]
+
+
+class SqlStore:
+    """``Store`` on SQLite (aiosqlite) or PostgreSQL (asyncpg) through SQLAlchemy Core."""
+
+    def __init__(self, url: str, observe: QueryObserver | None = None) -> None:
+        self.url = url
+        self._observe = observe
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("SqlStore.open() was not called")
+        return self._engine
+
+    async def open(self) -> None:
+        url, kwargs = _engine_args(self.url)
+        engine = create_async_engine(url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        self._engine = engine
+        await migrate.upgrade(engine)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        started = time.perf_counter()
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        finally:
+            if self._observe is not None:
+                self._observe(time.perf_counter() - started)
+
+    async def ping(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # --- users ---------------------------------------------------------------------------------
+
+    async def create_user(self, user_id: str, email: str, password_hash: str, now: float) -> User:
+        try:
+            async with self._tx() as conn:
+                await conn.execute(
+                    insert(users).values(
+                        id=user_id, email=email, password_hash=password_hash, created_at=now
+                    )
+                )
+        except IntegrityError:
+            raise DuplicateError(email) from None
+        return User(user_id, email, password_hash, now, None)
+
+    async def user_by_email(self, email: str) -> User | None:
+        async with self._tx() as conn:
+            row = (await conn.execute(select(users).where(users.c.email == email))).first()
+        return _user(row)
+
+    async def user_by_id(self, user_id: str) -> User | None:
+        async with self._tx() as conn:
+            row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
+        return _user(row)
+
+    async def record_login(self, user_id: str, now: float) -> None:
+        async with self._tx() as conn:
+            await conn.execute(update(users).where(users.c.id == user_id).values(last_login_at=now))
+
+    # --- devices -------------------------------------------------------------------------------
+
+    async def create_device(
+        self, device_id: str, name: str, model: str, token_hash: str, now: float
+    ) -> Device:
+        async with self._tx() as conn:
+            await conn.execute(
+                insert(devices).values(
+                    id=device_id, name=name, model=model, token_hash=token_hash, created_at=now
+                )
+            )
+        return Device(device_id, name, model, token_hash, None, None, now, None)
+
+    async def device(self, device_id: str) -> Device | None:
+        async with self._tx() as conn:
+            row = (await conn.execute(select(devices).where(devices.c.id == device_id))).first()
+        return _device(row)
+
+    async def devices_of(self, owner_id: str) -> list[Device]:
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(devices).where(devices.c.owner_id == owner_id).order_by(devices.c.paired_at)
+            )
+            return [d for d in map(_device, rows) if d is not None]
+
+    async def rename_device(self, device_id: str, owner_id: str, name: str) -> Device | None:
+        async with self._tx() as conn:
+            done = await conn.execute(
+                update(devices)
+                .where(devices.c.id == device_id, devices.c.owner_id == owner_id)
+                .values(name=name)
+            )
+            if done.rowcount != 1:
+                return None
+            row = (await conn.execute(select(devices).where(devices.c.id == device_id))).first()
+        return _device(row)
+
+    async def unpair(self, device_id: str, owner_id: str) -> bool:
+        async with self._tx() as conn:
+            done = await conn.execute(
+                update(devices)
+                .where(devices.c.id == device_id, devices.c.owner_id == owner_id)
+                .values(owner_id=None, paired_at=None)
+            )
+            return bool(done.rowcount == 1)
+
+    async def touch_device(self, device_id: str, now: float) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                update(devices).where(devices.c.id == device_id).values(last_seen=now)
+            )
+
+    # --- pairing -------------------------------------------------------------------------------
+
+    async def replace_pairing_code(
+        self, device_id: str, code_hash: str, claim_hash: str, expires_at: float, now: float
+    ) -> None:
+        try:
+            async with self._tx() as conn:
+                # Expired codes of any device go too, so that their hashes cannot collide.
+                await conn.execute(
+                    delete(pairing_codes).where(
+                        or_(
+                            pairing_codes.c.device_id == device_id,
+                            pairing_codes.c.expires_at <= now,
+                        )
+                    )
+                )
+                await conn.execute(
+                    insert(pairing_codes).values(
+                        device_id=device_id,
+                        code_hash=code_hash,
+                        claim_hash=claim_hash,
+                        expires_at=expires_at,
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            raise DuplicateError("pairing code") from None
+
+    async def claim(
+        self, *, code_hash: str | None, claim_hash: str | None, user_id: str, now: float
+    ) -> ClaimResult:
+        """Pair the device a live code (or claim token) belongs to with ``user_id``; single use."""
+        column = pairing_codes.c.code_hash if code_hash is not None else pairing_codes.c.claim_hash
+        value = code_hash if code_hash is not None else claim_hash
+        async with self._tx() as conn:
+            row = (await conn.execute(select(pairing_codes).where(column == value))).first()
+            if row is None:
+                return ClaimResult(ClaimOutcome.NO_SUCH_CODE)
+            if row.expires_at <= now:
+                await conn.execute(delete(pairing_codes).where(column == value))
+                return ClaimResult(ClaimOutcome.EXPIRED)
+            taken = await conn.execute(
+                update(devices)
+                .where(
+                    devices.c.id == row.device_id,
+                    or_(devices.c.owner_id.is_(None), devices.c.owner_id == user_id),
+                )
+                .values(owner_id=user_id, paired_at=now)
+            )
+            device = _device(
+                (await conn.execute(select(devices).where(devices.c.id == row.device_id))).first()
+            )
+            if taken.rowcount != 1:
+                return ClaimResult(ClaimOutcome.OWNED_BY_OTHER)
+            await conn.execute(
+                delete(pairing_codes).where(pairing_codes.c.device_id == row.device_id)
+            )
+        return ClaimResult(ClaimOutcome.PAIRED, device)
+
+    # --- watch sessions --------------------------------------------------------------------------
+
+    async def start_session(
+        self, session_id: str, device_id: str, viewer_id: str, now: float
+    ) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                insert(watch_sessions).values(
+                    id=session_id, device_id=device_id, viewer_id=viewer_id, started_at=now
+                )
+            )
+
+    async def end_session(self, session_id: str, reason: str, now: float) -> bool:
+        async with self._tx() as conn:
+            done = await conn.execute(
+                update(watch_sessions)
+                .where(watch_sessions.c.id == session_id, watch_sessions.c.ended_at.is_(None))
+                .values(ended_at=now, end_reason=reason)
+            )
+            return bool(done.rowcount == 1)
+
+    async def session(self, session_id: str) -> WatchSession | None:
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(select(watch_sessions).where(watch_sessions.c.id == session_id))
+            ).first()
+        return _session(row)
+
+    async def sessions_of_device(self, device_id: str, limit: int = 100) -> list[WatchSession]:
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(watch_sessions)
+                .where(watch_sessions.c.device_id == device_id)
+                .order_by(watch_sessions.c.started_at.desc())
+                .limit(limit)
+            )
+            return [s for s in map(_session, rows) if s is not None]
+
+    async def open_sessions(self, started_before: float) -> list[WatchSession]:
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(watch_sessions).where(
+                    and_(
+                        watch_sessions.c.ended_at.is_(None),
+                        watch_sessions.c.started_at < started_before,
+                    )
+                )
+            )
+            return [s for s in map(_session, rows) if s is not None]
+
+
+def _engine_args(url: str) -> tuple[str, dict[str, Any]]:
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{path}", {"connect_args": {"timeout": 30}}
+    if url.startswith(("postgresql://", "postgres://")):
+        rest = url.split("://", 1)[1]
+        return f"postgresql+asyncpg://{rest}", {
+            "pool_size": 10,
+            "max_overflow": 20,
+            "pool_pre_ping": True,
+        }
+    raise ValueError(f"unsupported database URL {url!r}")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _user(row: Row[Any] | None) -> User | None:
+    if row is None:
+        return None
+    return User(row.id, row.email, row.password_hash, row.created_at, row.last_login_at)
+
+
+def _device(row: Row[Any] | None) -> Device | None:
+    if row is None:
+        return None
+    return Device(
+        row.id,
+        row.name,
+        row.model,
+        row.token_hash,
+        row.owner_id,
+        row.paired_at,
+        row.created_at,
+        row.last_seen,
+    )
+
+
+def _session(row: Row[Any] | None) -> WatchSession | None:
+    if row is None:
+        return None
+    return WatchSession(
+        row.id, row.device_id, row.viewer_id, row.started_at, row.ended_at, row.end_reason
+    )
