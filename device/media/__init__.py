@@ -1,0 +1,25 @@
+"""The WebRTC sender: one camera's H.264 fanned out to aiortc peer connections.
+
+::
+
+    hub = MediaHub(functools.partial(open_camera, None), CameraConfig())
+    track = hub.subscribe()                      # starts the camera on the first viewer
+    answer_sdp = await answer(pc, offer, track)  # H.264 CB only, PLI/FIR -> keyframe
+    ...
+    track.stop()                                 # unsubscribe; the last one stops the camera
+    await hub.close()
+"""
+
+from device.media.hub import CameraFactory, HubTrack, MediaHub, TrackStats
+from device.media.peer import H264_PARAMETERS, answer, attach_to_peer, h264_preferences
+
+__all__ = [
+    "H264_PARAMETERS",
+    "CameraFactory",
+    "HubTrack",
+    "MediaHub",
+    "TrackStats",
+    "answer",
+    "attach_to_peer",
+    "h264_preferences",
+]
