@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,25 @@ def alembic_config(connection: Any = None) -> Config:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        # SQLite: another process may be migrating the same file; hold a lock file meanwhile.
+        lock_path = Path(f"{engine.url.database}.migrate-lock")
+        fd = await asyncio.to_thread(_lock_file, lock_path)
+        try:
+            await _upgrade(engine, revision)
+        finally:
+            os.close(fd)
+        return
+    await _upgrade(engine, revision)
+
+
+def _lock_file(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+async def _upgrade(engine: AsyncEngine, revision: str) -> None:
     async with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})

@@ -127,7 +127,7 @@ class SqlStore:
         return self._engine
 
     async def open(self) -> None:
-        url, kwargs = _engine_args(self.url)
+        url, kwargs = engine_args(self.url)
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -343,7 +343,7 @@ class SqlStore:
             return [s for s in map(_session, rows) if s is not None]
 
 
-def _engine_args(url: str) -> tuple[str, dict[str, Any]]:
+def engine_args(url: str) -> tuple[str, dict[str, Any]]:
     if url.startswith("sqlite:///"):
         from pathlib import Path
 

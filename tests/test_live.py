@@ -1,0 +1,136 @@
+"""One suite for presence, live sessions and routing, run in-process and against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from cloud.live import KICK, LiveSession, LiveState, MemoryLiveState
+from cloud.live_redis import RedisLiveState
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_live(request: pytest.FixtureRequest) -> AsyncIterator[list[LiveState]]:
+    """A list to which each call of ``new()`` adds another "process" sharing the same state."""
+    made: list[LiveState] = []
+    if request.param == "memory":
+        shared = MemoryLiveState()
+        await shared.open()
+        made.append(shared)
+        yield made
+    else:
+        url: str = request.getfixturevalue("redis_url")
+        for _ in range(2):
+            live = RedisLiveState(url)
+            await live.open()
+            made.append(live)
+        yield made
+    for live in made:
+        await live.close()
+
+
+def two(made: list[LiveState]) -> tuple[LiveState, LiveState]:
+    """Two processes' views: the same object in-process, two clients for Redis."""
+    return made[0], made[-1]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.event = asyncio.Event()
+
+    async def __call__(self, text: str) -> None:
+        self.items.append(text)
+        self.event.set()
+
+    async def next(self, timeout: float = 5.0) -> str:
+        async with asyncio.timeout(timeout):
+            while not self.items:
+                self.event.clear()
+                await self.event.wait()
+        return self.items.pop(0)
+
+
+async def test_presence_is_held_by_one_connection_and_expires(make_live: list[LiveState]) -> None:
+    a, b = two(make_live)
+    await a.set_online("d1", "conn-1", ttl=0.3)
+    assert await b.online(["d1", "d2"]) == {"d1"}
+    assert not await b.set_offline("d1", "conn-old"), "a stale connection cannot clear it"
+    assert await b.online(["d1"]) == {"d1"}
+    await asyncio.sleep(0.5)
+    assert await a.online(["d1"]) == set(), "presence expires without heartbeats"
+    await a.set_online("d1", "conn-2", ttl=30)
+    assert await b.set_offline("d1", "conn-2")
+    assert await a.online(["d1"]) == set()
+    assert await a.online([]) == set()
+
+
+async def test_sessions_index_remove_once_and_rebind(make_live: list[LiveState]) -> None:
+    a, b = two(make_live)
+    s1 = LiveSession("s1", "d1", "u1", "c1", 1.0)
+    s2 = LiveSession("s2", "d1", "u2", "c2", 2.0)
+    await a.add_session(s1, ttl=30)
+    await a.add_session(s2, ttl=30)
+    assert await b.get_session("s1") == s1
+    assert {s.session_id for s in await b.sessions_of_device("d1")} == {"s1", "s2"}
+    assert [s.session_id for s in await b.sessions_of_viewer_conn("c1")] == ["s1"]
+    await b.rebind_viewer("s1", "c9", ttl=30)
+    assert await a.sessions_of_viewer_conn("c1") == []
+    moved = await a.get_session("s1")
+    assert moved is not None and moved.viewer_conn == "c9"
+    removed = await asyncio.gather(a.remove_session("s1"), b.remove_session("s1"))
+    assert sum(r is not None for r in removed) == 1, "exactly one remover wins"
+    assert await a.get_session("s1") is None
+    assert [s.session_id for s in await b.sessions_of_device("d1")] == ["s2"]
+    assert await a.live_session_ids(["s1", "s2", "s3"]) == {"s2"}
+
+
+async def test_sessions_expire_unless_refreshed(make_live: list[LiveState]) -> None:
+    a, b = two(make_live)
+    await a.add_session(LiveSession("s1", "d1", "u1", "c1", 1.0), ttl=0.4)
+    await a.add_session(LiveSession("s2", "d1", "u1", "c1", 1.0), ttl=0.4)
+    await asyncio.sleep(0.2)
+    await b.refresh_sessions(["s1"], ttl=5)
+    await asyncio.sleep(0.4)
+    assert await a.live_session_ids(["s1", "s2"]) == {"s1"}
+    assert [s.session_id for s in await b.sessions_of_device("d1")] == ["s1"]
+
+
+async def test_routing_reaches_other_processes_and_reports_delivery(
+    make_live: list[LiveState],
+) -> None:
+    a, b = two(make_live)
+    device, viewer = Inbox(), Inbox()
+    await a.subscribe("device:d1", device)
+    await b.subscribe("viewer:c1", viewer)
+    await asyncio.sleep(0.05)  # let Redis register the subscriptions
+    assert await b.publish("device:d1", "to the device")
+    assert await a.publish("viewer:c1", "to the viewer")
+    assert await device.next() == "to the device"
+    assert await viewer.next() == "to the viewer"
+    assert not await a.publish("device:nobody", "lost"), "no subscriber anywhere: not delivered"
+    await a.unsubscribe("device:d1", device)
+    await asyncio.sleep(0.05)
+    assert not await b.publish("device:d1", "gone")
+
+
+async def test_user_address_reaches_every_socket_of_the_account(make_live: list[LiveState]) -> None:
+    a, b = two(make_live)
+    tab1, tab2 = Inbox(), Inbox()
+    await a.subscribe("user:u1", tab1)
+    await b.subscribe("user:u1", tab2)
+    await asyncio.sleep(0.05)
+    assert await a.publish("user:u1", "status")
+    assert await tab1.next() == "status"
+    assert await tab2.next() == "status"
+
+
+async def test_kick_reaches_the_older_connection(make_live: list[LiveState]) -> None:
+    a, b = two(make_live)
+    old = Inbox()
+    await a.subscribe("device:d1", old)
+    await asyncio.sleep(0.05)
+    assert await b.publish("device:d1", KICK)
+    assert await old.next() == KICK
