@@ -175,6 +175,7 @@ def redis_server(tmp: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     require(binary is not None, "Redis server (redis-server)")
     assert binary is not None
+    tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen(
         [

@@ -1,0 +1,57 @@
+"""Cloud servers for the HTTP and signaling tests: embedded (SQLite, in-process) and scaled
+(PostgreSQL + Redis), each a real ``mumu-cloud serve`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.cloud_process import CloudProcess
+from tests.conftest import _create_database
+
+JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
+TURN_SECRET = "test-turn-secret"
+#: Generous limits: the suite makes many accounts from one address. Rate-limit tests set their own.
+RELAXED = {
+    "MUMU_JWT_SECRET": JWT_SECRET,
+    "MUMU_TURN_SECRET": TURN_SECRET,
+    "MUMU_TURN_URLS": "turn:127.0.0.1:3478?transport=udp,turn:127.0.0.1:3478?transport=tcp",
+    "MUMU_STUN_URLS": "stun:127.0.0.1:3478",
+    "MUMU_REGISTER_RATE_PER_ADDRESS": "100000/minute",
+    "MUMU_LOGIN_RATE": "100000/minute",
+    "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
+    "MUMU_PAIR_RATE": "100000/minute",
+    "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
+}
+
+BACKENDS = ["embedded", "scaled"]
+
+
+def backend_env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment of a backend: nothing for embedded; a fresh database + Redis for scaled."""
+    if kind == "embedded":
+        return {}
+    pg_server: str = request.getfixturevalue("pg_server")
+    redis_url: str = request.getfixturevalue("redis_server_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_create_database(pg_server, name))
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    return {
+        "MUMU_DATABASE_URL": pg_server.rsplit("/", 1)[0] + f"/{name}",
+        "MUMU_REDIS_URL": redis_url,
+    }
+
+
+def start_cloud(
+    request: pytest.FixtureRequest, tmp: Path, kind: str, **extra: str
+) -> Iterator[CloudProcess]:
+    env = {**RELAXED, **backend_env(kind, request), **extra}
+    with CloudProcess(tmp, env=env) as cloud:
+        yield cloud

@@ -1,0 +1,80 @@
+"""A bare signaling client for tests: a real WebSocket speaking the protocol's JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+
+class Client:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.inbox: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, ws_base: str, role: str) -> Client:
+        return cls(await websockets.connect(f"{ws_base}/ws/{role}", max_size=2**21))
+
+    async def send(self, kind: str, payload: dict[str, Any] | None = None) -> None:
+        await self.ws.send(json.dumps({"type": kind, "payload": payload or {}}))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def recv(self, kind: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+        """The next message (of ``kind``, if given; others are kept for later)."""
+        for i, message in enumerate(self.inbox):
+            if kind is None or message["type"] == kind:
+                return self.inbox.pop(i)
+        async with asyncio.timeout(timeout):
+            while True:
+                message = json.loads(await self.ws.recv())
+                if kind is None or message["type"] == kind:
+                    return dict(message)
+                self.inbox.append(message)
+
+    async def error(self, timeout: float = 5.0) -> dict[str, Any]:
+        payload: dict[str, Any] = (await self.recv("error", timeout))["payload"]
+        return payload
+
+    async def nothing(self, wait: float = 0.3) -> None:
+        """Assert that no message arrives for a moment."""
+        try:
+            message = await asyncio.wait_for(self.ws.recv(), wait)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected message {message!r}")
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Wait for the server to close the socket; its close code."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self.ws.recv()
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else None
+        return None
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def device(ws_base: str, hello: dict[str, Any]) -> Client:
+    client = await Client.connect(ws_base, "device")
+    await client.send_raw(json.dumps(hello))
+    ack = await client.recv("hello_ack")
+    assert ack["payload"]["role"] == "device"
+    return client
+
+
+async def viewer(ws_base: str, token: str) -> Client:
+    client = await Client.connect(ws_base, "viewer")
+    await client.send("hello", {"token": token})
+    ack = await client.recv("hello_ack")
+    assert ack["payload"]["role"] == "viewer"
+    return client
