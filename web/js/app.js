@@ -1,0 +1,215 @@
+// The app shell: hash routes, the signed-in session, the signaling connection, the banner.
+//
+// Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>
+// Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
+
+import * as api from "./api.js";
+import { h, replace } from "./dom.js";
+import * as session from "./session.js";
+import { Signaling } from "./signaling.js";
+import * as devicesPage from "./pages/devices.js";
+import * as pairPage from "./pages/pair.js";
+import * as signinPage from "./pages/signin.js";
+import * as watchPage from "./pages/watch.js";
+
+const EXPIRED = "Your session has expired. Please sign in again.";
+
+const main = document.getElementById("main");
+const banner = document.getElementById("banner");
+const nav = document.getElementById("nav");
+const who = document.getElementById("who");
+const connection = document.getElementById("connection");
+
+let signaling = null;
+let cleanup = null;
+let pendingFlash = null;
+let expiryTimer = null;
+let currentWatch = null;
+let currentRoute = null;
+
+window.__mumu = {
+  get signaling() {
+    return signaling;
+  },
+  get watch() {
+    return currentWatch;
+  },
+  get pc() {
+    return currentWatch?.pc ?? null;
+  },
+  get state() {
+    return currentWatch?.state ?? null;
+  },
+  get stats() {
+    return currentWatch?.stats ?? null;
+  },
+  get route() {
+    return currentRoute;
+  },
+};
+
+// --- banner -----------------------------------------------------------------------------------
+
+function flash(text, kind = "info") {
+  banner.className = `banner ${kind}`;
+  replace(banner, h("span", {}, text),
+    h("button", { class: "banner-close", type: "button", "aria-label": "Dismiss", onclick: () => (banner.hidden = true) }, "×"));
+  banner.dataset.kind = kind;
+  banner.hidden = false;
+}
+
+/** Navigates and shows `text` on the page that follows. */
+function go(hash, text = null, kind = "info") {
+  if (text) pendingFlash = { text, kind };
+  if (window.location.hash === hash) route();
+  else window.location.hash = hash;
+}
+
+// --- session ----------------------------------------------------------------------------------
+
+function startSignaling() {
+  if (signaling) return;
+  signaling = new Signaling({ getToken: session.token });
+  signaling.addEventListener("state", (event) => showConnection(event.detail));
+  signaling.addEventListener("unauthorized", () => expired());
+  signaling.start();
+}
+
+function stopSignaling() {
+  if (!signaling) return;
+  signaling.close();
+  signaling = null;
+  connection.hidden = true;
+}
+
+function showConnection({ state, retryInMs }) {
+  connection.dataset.state = state;
+  connection.hidden = state === "closed";
+  const words = {
+    connecting: "Connecting…",
+    open: "Connected",
+    reconnecting: retryInMs ? `Reconnecting in ${Math.max(1, Math.round(retryInMs / 1000))} s…` : "Reconnecting…",
+  }[state];
+  connection.textContent = words || "";
+  connection.title = state === "open" ? "Connected to the MuMu cloud" : "Not connected to the MuMu cloud";
+  if (state === "reconnecting") {
+    flash("Connection to the MuMu cloud lost. Reconnecting… Live video keeps playing if it can.", "warning");
+    banner.dataset.signaling = "lost";
+  } else if (state === "open" && banner.dataset.signaling === "lost") {
+    delete banner.dataset.signaling;
+    banner.hidden = true;
+  }
+}
+
+function armExpiry() {
+  clearTimeout(expiryTimer);
+  const ms = session.msUntilExpiry();
+  if (Number.isFinite(ms)) expiryTimer = setTimeout(expired, Math.min(Math.max(ms, 0), 2 ** 31 - 1));
+}
+
+function signedIn(accessToken, email) {
+  session.signIn(accessToken, email);
+  armExpiry();
+  startSignaling();
+  const claim = session.takeClaim();
+  go(claim ? `#/claim/${claim}` : "#/devices");
+}
+
+function expired() {
+  const wasSignedIn = Boolean(localStorage.getItem("mumu.token"));
+  session.signOut();
+  stopSignaling();
+  if (wasSignedIn || currentRoute?.auth) go("#/signin", EXPIRED, "error");
+}
+
+function signOut() {
+  session.signOut();
+  clearTimeout(expiryTimer);
+  stopSignaling();
+  go("#/signin", "You are signed out.", "info");
+}
+
+window.addEventListener(api.UNAUTHORIZED_EVENT, () => expired());
+// Another tab signed in or out: follow it.
+window.addEventListener("storage", (event) => {
+  if (event.key !== "mumu.token") return;
+  if (!event.newValue) {
+    stopSignaling();
+    go("#/signin", "You signed out in another window.", "info");
+  } else {
+    armExpiry();
+    route();
+  }
+});
+
+// --- routing ----------------------------------------------------------------------------------
+
+const ROUTES = [
+  { pattern: /^\/signin$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signin" }) },
+  { pattern: /^\/signup$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signup" }) },
+  { pattern: /^\/devices$/, auth: true, show: (ctx) => devicesPage.render(ctx) },
+  { pattern: /^\/pair$/, auth: true, show: (ctx) => pairPage.render(ctx) },
+  { pattern: /^\/claim\/([A-Za-z0-9_.~-]+)$/, auth: "claim", show: (ctx, [claimToken]) => pairPage.renderClaim(ctx, { claimToken }) },
+  { pattern: /^\/watch\/([^/]+)$/, auth: true, show: (ctx, [id]) => watchPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
+];
+
+function route() {
+  const path = window.location.hash.replace(/^#/, "") || "/";
+  const signed = Boolean(session.token());
+  const match = ROUTES.map((r) => ({ r, m: r.pattern.exec(path) })).find(({ m }) => m);
+
+  if (!match) {
+    go(signed ? "#/devices" : "#/signin");
+    return;
+  }
+  const { r, m } = match;
+  if (r.auth === "claim" && !signed) {
+    session.rememberClaim(m[1]);
+    go("#/signin", "Sign in or create an account to add this camera to it.", "info");
+    return;
+  }
+  if (r.auth === true && !signed) {
+    const wasExpired = session.hasExpiredToken();
+    if (wasExpired) session.signOut();
+    go("#/signin", wasExpired ? EXPIRED : null, "error");
+    return;
+  }
+  if (r.auth === false && signed) {
+    go("#/devices");
+    return;
+  }
+
+  if (cleanup) cleanup();
+  cleanup = null;
+  if (pendingFlash) {
+    flash(pendingFlash.text, pendingFlash.kind);
+    pendingFlash = null;
+  } else if (banner.dataset.signaling !== "lost") {
+    banner.hidden = true;
+  }
+  if (signed) startSignaling();
+  nav.hidden = !signed;
+  who.textContent = signed ? session.email() : "";
+  for (const link of nav.querySelectorAll("a[data-route]")) {
+    link.classList.toggle("active", path.startsWith(link.dataset.route));
+  }
+  document.title = "MuMu Camera";
+  currentRoute = { path, auth: r.auth };
+
+  const ctx = {
+    signaling,
+    show: (...nodes) => replace(main, ...nodes),
+    flash,
+    go,
+    signedIn,
+    setWatch: (watch) => (currentWatch = watch),
+  };
+  cleanup = r.show(ctx, m.slice(1)) || null;
+  main.focus({ preventScroll: true });
+  window.scrollTo(0, 0);
+}
+
+document.getElementById("signout").addEventListener("click", signOut);
+window.addEventListener("hashchange", route);
+if (session.token()) armExpiry();
+route();

@@ -1,0 +1,37 @@
+// Human words for the signaling protocol's error codes and session end reasons
+// (protocol.js lists them; the cloud's own message is used for anything not listed here).
+
+const ERROR_WORDS = {
+  device_offline: "This camera is offline right now.",
+  forbidden: "This camera is not on your account.",
+  not_found: "This camera was not found. It may have been unpaired.",
+  rate_limited: "Too many requests. Please wait a moment.",
+  session_not_found: "The viewing session has ended.",
+  not_session_party: "This viewing session belongs to another window.",
+  not_authenticated: "Your session has expired. Please sign in again.",
+  internal: "The MuMu cloud had a problem. Please try again.",
+};
+
+const END_WORDS = {
+  viewer_ended: "You stopped watching.",
+  device_ended: "The camera stopped the stream.",
+  viewer_disconnected: "The connection to the MuMu cloud was lost.",
+  device_disconnected: "The camera went offline.",
+  device_unpaired: "This camera was unpaired from your account.",
+  expired: "The viewing session expired.",
+  error: "The stream stopped because of an error.",
+};
+
+/** Words for an `error` payload {code, message, ref}. */
+export function describeError(payload) {
+  const words = ERROR_WORDS[payload?.code];
+  const message = (payload?.message || "").trim();
+  if (words) return words;
+  if (message) return message.charAt(0).toUpperCase() + message.slice(1).replace(/\.?$/, ".");
+  return `The MuMu cloud refused the request (${payload?.code || "unknown error"}).`;
+}
+
+/** Words for a `watch_ended` reason. */
+export function describeEnd(reason) {
+  return END_WORDS[reason] || "The stream ended.";
+}

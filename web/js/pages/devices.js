@@ -1,0 +1,191 @@
+// The camera list (#/devices): live online/offline state, rename, unpair.
+
+import * as api from "../api.js";
+import { h, replace } from "../dom.js";
+import { MSG } from "../protocol.js";
+import { ago } from "../time.js";
+
+const REFRESH_MS = 30_000;
+
+export function render(ctx) {
+  const list = h("div", { class: "device-grid", "data-testid": "device-list", "aria-busy": "true" });
+  const error = h("p", { class: "form-error", role: "alert", "data-testid": "devices-error", hidden: true });
+  const cards = new Map(); // device_id -> {device, card}
+  let loaded = false;
+
+  ctx.show(
+    h("section", {},
+      h("div", { class: "page-head" },
+        h("h1", { "data-testid": "page-title" }, "Your cameras"),
+        h("a", { class: "button primary", href: "#/pair", "data-testid": "add-camera" }, "+ Add camera"),
+      ),
+      error,
+      list,
+    ),
+  );
+  replace(list, h("p", { class: "muted loading" }, "Loading your cameras…"));
+
+  async function refresh() {
+    try {
+      const devices = await api.listDevices();
+      error.hidden = true;
+      draw(devices);
+    } catch (failure) {
+      if (failure.status === 401) return; // the app goes back to sign-in
+      error.textContent = `Could not load your cameras: ${failure.message}`;
+      error.hidden = false;
+      if (!loaded) replace(list);
+    }
+  }
+
+  function draw(devices) {
+    loaded = true;
+    list.removeAttribute("aria-busy");
+    cards.clear();
+    if (devices.length === 0) {
+      replace(list, empty());
+      return;
+    }
+    replace(list, devices.map((device) => {
+      const card = deviceCard(device);
+      cards.set(device.device_id, { device, card });
+      return card;
+    }));
+  }
+
+  function empty() {
+    return h("div", { class: "card empty", "data-testid": "devices-empty" },
+      h("img", { src: "img/camera.svg", alt: "", width: 64, height: 64 }),
+      h("h2", {}, "No cameras yet"),
+      h("p", { class: "muted" }, "Power on your MuMu camera, then add it with the code on its screen or by scanning its QR code."),
+      h("a", { class: "button primary", href: "#/pair" }, "Add your first camera"),
+    );
+  }
+
+  function statusText(device) {
+    if (device.online) return "Online";
+    const seen = ago(device.last_seen);
+    return seen ? `Offline · seen ${seen}` : "Offline";
+  }
+
+  function deviceCard(device) {
+    const id = device.device_id;
+    const status = h("span", { class: `status ${device.online ? "online" : "offline"}`, "data-testid": "device-status" },
+      statusText(device));
+    const name = h("h2", { class: "device-name", "data-testid": "device-name" }, device.name || "Camera");
+    const cardError = h("p", { class: "form-error", role: "alert", "data-testid": "device-error", hidden: true });
+    const panel = h("div", { class: "inline-panel", hidden: true });
+    const watchLink = h("a", {
+      class: `button primary${device.online ? "" : " disabled"}`,
+      href: `#/watch/${encodeURIComponent(id)}`,
+      "data-testid": "watch",
+    }, "Watch");
+
+    const card = h("article", { class: "card device-card", "data-testid": "device-card", "data-device-id": id },
+      h("a", { class: "device-thumb", href: `#/watch/${encodeURIComponent(id)}`, "aria-label": `Watch ${device.name}`, tabindex: -1 },
+        h("img", { src: "img/camera.svg", alt: "", width: 48, height: 48 }),
+      ),
+      h("div", { class: "device-body" },
+        name,
+        h("p", { class: "muted small" }, device.model || "MuMu camera"),
+        status,
+      ),
+      h("div", { class: "device-actions" },
+        watchLink,
+        h("button", { class: "button", type: "button", "data-testid": "rename", onclick: () => openRename() }, "Rename"),
+        h("button", { class: "button subtle-danger", type: "button", "data-testid": "unpair", onclick: () => openUnpair() }, "Unpair"),
+      ),
+      panel,
+      cardError,
+    );
+
+    function showError(message) {
+      cardError.textContent = message;
+      cardError.hidden = !message;
+    }
+
+    function openRename() {
+      showError("");
+      const input = h("input", { type: "text", value: device.name || "", maxlength: 64, required: true, "data-testid": "rename-input", "aria-label": "New name" });
+      const save = h("button", { class: "button primary", type: "submit", "data-testid": "rename-save" }, "Save");
+      replace(panel, h("form", {
+        class: "row",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          const newName = input.value.trim();
+          if (!newName) {
+            showError("Please enter a name.");
+            return;
+          }
+          save.disabled = true;
+          try {
+            const updated = await api.renameDevice(id, newName);
+            device.name = updated?.name ?? newName;
+            name.textContent = device.name;
+            panel.hidden = true;
+          } catch (failure) {
+            showError(`Could not rename: ${failure.message}`);
+            save.disabled = false;
+          }
+        },
+      }, input, save, h("button", { class: "button", type: "button", onclick: () => (panel.hidden = true) }, "Cancel")));
+      panel.hidden = false;
+      input.focus();
+      input.select();
+    }
+
+    function openUnpair() {
+      showError("");
+      const confirmButton = h("button", { class: "button danger", type: "button", "data-testid": "unpair-confirm", onclick: async () => {
+        confirmButton.disabled = true;
+        try {
+          await api.unpairDevice(id);
+          cards.delete(id);
+          card.remove();
+          if (cards.size === 0) replace(list, empty());
+          ctx.flash(`${device.name || "The camera"} was unpaired.`, "info");
+        } catch (failure) {
+          showError(`Could not unpair: ${failure.message}`);
+          confirmButton.disabled = false;
+        }
+      } }, "Unpair");
+      replace(panel,
+        h("p", {}, `Unpair ${device.name || "this camera"}? It leaves your account and shows a new pairing code.`),
+        h("div", { class: "row" }, confirmButton,
+          h("button", { class: "button", type: "button", onclick: () => (panel.hidden = true) }, "Cancel")),
+      );
+      panel.hidden = false;
+    }
+
+    card.setStatus = (online) => {
+      device.online = online;
+      if (!online) device.last_seen = new Date().toISOString();
+      status.className = `status ${online ? "online" : "offline"}`;
+      status.textContent = statusText(device);
+      watchLink.classList.toggle("disabled", !online);
+    };
+    return card;
+  }
+
+  // Live state: device_status messages, a periodic refresh, and a refresh after reconnecting.
+  const onMessage = (event) => {
+    const message = event.detail;
+    if (message.type !== MSG.DEVICE_STATUS) return;
+    const entry = cards.get(message.payload.device_id);
+    if (entry) entry.card.setStatus(message.payload.online);
+    else refresh(); // paired from another tab or window
+  };
+  const onReady = (event) => {
+    if (event.detail.reconnected) refresh();
+  };
+  ctx.signaling.addEventListener("message", onMessage);
+  ctx.signaling.addEventListener("ready", onReady);
+  const timer = setInterval(refresh, REFRESH_MS);
+  refresh();
+
+  return () => {
+    clearInterval(timer);
+    ctx.signaling.removeEventListener("message", onMessage);
+    ctx.signaling.removeEventListener("ready", onReady);
+  };
+}

@@ -1,0 +1,125 @@
+// Adding a camera: by its 6-digit code (#/pair) or by the claim link of its QR code
+// (#/claim/<token>; see app.js for the signed-out case).
+
+import * as api from "../api.js";
+import { h, replace } from "../dom.js";
+
+/** Words for a refused pairing, by HTTP status (the cloud's own message otherwise). */
+function pairingWords(failure, how) {
+  switch (failure.status) {
+    case 400:
+    case 404:
+      return how === "code"
+        ? "That code is not valid. Check the 6 digits on the camera's screen and try again."
+        : "This camera link is not valid. Scan the QR code on the camera again.";
+    case 410:
+      return how === "code"
+        ? "That code has expired. The camera shows a new one: please enter that."
+        : "This camera link has expired. Scan the new QR code on the camera.";
+    case 409:
+      return "This camera belongs to another account. Its owner must unpair it first (or reset the camera).";
+    case 429:
+      return failure.message; // includes "Try again in N seconds."
+    default:
+      return failure.message;
+  }
+}
+
+function paired(ctx, device) {
+  return h("div", { class: "card center stack", "data-testid": "pair-success" },
+    h("div", { class: "success-mark", "aria-hidden": "true" }, "✓"),
+    h("h1", { "data-testid": "page-title" }, "Camera added"),
+    h("p", { class: "lead" }, [h("strong", { "data-testid": "paired-name" }, device?.name || "Your camera"), " is now on your account."]),
+    h("div", { class: "row center" },
+      device?.device_id
+        ? h("a", { class: "button primary", href: `#/watch/${encodeURIComponent(device.device_id)}`, "data-testid": "watch-paired" }, "Watch now")
+        : null,
+      h("a", { class: "button", href: "#/devices", "data-testid": "to-devices" }, "All cameras"),
+    ),
+  );
+}
+
+export function render(ctx) {
+  const code = h("input", {
+    class: "code-input",
+    name: "code",
+    inputmode: "numeric",
+    autocomplete: "one-time-code",
+    maxlength: 7,
+    placeholder: "000000",
+    "aria-label": "Pairing code",
+    "data-testid": "pair-code",
+  });
+  const error = h("p", { class: "form-error", role: "alert", "data-testid": "pair-error", hidden: true });
+  const submit = h("button", { class: "button primary wide", type: "submit", "data-testid": "pair-submit" }, "Add camera");
+  const card = h("div", { class: "card stack" });
+
+  const form = h("form", { class: "stack", novalidate: true, "data-testid": "pair-form", onsubmit: async (event) => {
+    event.preventDefault();
+    const digits = code.value.replace(/[\s-]/g, "");
+    if (!/^\d{6}$/.test(digits)) {
+      error.textContent = "The pairing code has 6 digits. It is shown on the camera's screen.";
+      error.hidden = false;
+      return;
+    }
+    error.hidden = true;
+    submit.disabled = true;
+    submit.textContent = "Adding…";
+    try {
+      const device = await api.pairWithCode(digits);
+      replace(card.parentElement, paired(ctx, device));
+    } catch (failure) {
+      error.textContent = pairingWords(failure, "code");
+      error.hidden = false;
+      submit.disabled = false;
+      submit.textContent = "Add camera";
+    }
+  } },
+    h("label", {}, "Pairing code", code),
+    error,
+    submit,
+  );
+
+  replace(card,
+    h("h1", { "data-testid": "page-title" }, "Add a camera"),
+    h("ol", { class: "steps" },
+      h("li", {}, "Power on the camera and connect it to your network."),
+      h("li", {}, "Its screen shows a 6-digit pairing code and a QR code."),
+      h("li", {}, "Type the code below, or scan the QR code with your phone's camera."),
+    ),
+    form,
+  );
+  ctx.show(h("section", { class: "narrow" }, card));
+  code.focus();
+}
+
+/** #/claim/<token> while signed in: pair straight away. */
+export function renderClaim(ctx, { claimToken }) {
+  const holder = h("section", { class: "narrow" },
+    h("div", { class: "card center stack", "data-testid": "claim-progress" },
+      h("div", { class: "spinner", "aria-hidden": "true" }),
+      h("h1", { "data-testid": "page-title" }, "Adding your camera…"),
+    ),
+  );
+  ctx.show(holder);
+  let live = true;
+  api.pairWithClaim(claimToken).then(
+    (device) => {
+      if (live) replace(holder, paired(ctx, device));
+    },
+    (failure) => {
+      if (!live || failure.status === 401) return;
+      replace(holder, h("div", { class: "card center stack", "data-testid": "claim-failed" },
+        h("h1", { "data-testid": "page-title" }, "Could not add the camera"),
+        h("p", { class: "form-error", role: "alert", "data-testid": "pair-error" }, pairingWords(failure, "claim")),
+        h("div", { class: "row center" },
+          h("a", { class: "button primary", href: "#/pair" }, "Enter the code instead"),
+          h("a", { class: "button", href: "#/devices" }, "All cameras"),
+        ),
+      ));
+    },
+  );
+  return () => {
+    live = false;
+  };
+}

@@ -1,0 +1,72 @@
+// Sign in (#/signin) and sign up (#/signup).
+
+import * as api from "../api.js";
+import { h } from "../dom.js";
+
+export function render(ctx, { mode }) {
+  const signup = mode === "signup";
+  const error = h("p", { class: "form-error", role: "alert", "data-testid": "form-error", hidden: true });
+  const email = h("input", {
+    type: "email",
+    name: "email",
+    autocomplete: "email",
+    required: true,
+    "data-testid": "email",
+    placeholder: "you@example.org",
+  });
+  const password = h("input", {
+    type: "password",
+    name: "password",
+    autocomplete: signup ? "new-password" : "current-password",
+    required: true,
+    minlength: signup ? 8 : null,
+    "data-testid": "password",
+  });
+  const submit = h("button", { class: "button primary wide", type: "submit", "data-testid": "submit" },
+    signup ? "Create account" : "Sign in");
+
+  const form = h("form", { class: "stack", "data-testid": "auth-form", onsubmit: onSubmit },
+    h("label", {}, "Email", email),
+    h("label", {}, "Password", password,
+      signup ? h("span", { class: "hint" }, "At least 8 characters.") : null),
+    error,
+    submit,
+  );
+
+  async function onSubmit(event) {
+    event.preventDefault();
+    error.hidden = true;
+    submit.disabled = true;
+    submit.textContent = signup ? "Creating account…" : "Signing in…";
+    const address = email.value.trim();
+    try {
+      if (signup) await api.register(address, password.value);
+      const { access_token: accessToken } = await api.login(address, password.value);
+      ctx.signedIn(accessToken, address);
+    } catch (failure) {
+      error.textContent = failure.message;
+      error.hidden = false;
+      submit.disabled = false;
+      submit.textContent = signup ? "Create account" : "Sign in";
+    }
+  }
+
+  ctx.show(
+    h("section", { class: "auth" },
+      h("div", { class: "auth-intro" },
+        h("img", { src: "img/logo.svg", alt: "", class: "auth-logo", width: 56, height: 56 }),
+        h("h1", { "data-testid": "page-title" }, signup ? "Create your account" : "Sign in"),
+        h("p", { class: "lead" }, signup
+          ? "One account for all your MuMu cameras. Video goes straight from the camera to you."
+          : "Watch your MuMu cameras live, from anywhere."),
+      ),
+      h("div", { class: "card auth-card" },
+        form,
+        h("p", { class: "switch" }, signup
+          ? ["Already have an account? ", h("a", { href: "#/signin", "data-testid": "to-signin" }, "Sign in")]
+          : ["New here? ", h("a", { href: "#/signup", "data-testid": "to-signup" }, "Create an account")]),
+      ),
+    ),
+  );
+  email.focus();
+}

@@ -1,0 +1,438 @@
+// Watching one camera: the viewer's side of a watch session and its RTCPeerConnection.
+//
+// watch_request -> watch_ready {session_id, ice_servers} -> peer connection with a recvonly
+// video transceiver -> signal_offer -> signal_answer, signal_ice both ways -> media flows
+// peer-to-peer (or through the TURN relay).  Recovery, so that nobody has to reload:
+//   * ICE "disconnected" is often transient (Wi-Fi roaming): wait it out for a while;
+//   * ICE "failed", or "disconnected" for too long: a fresh watch (new session, new peer
+//     connection; the camera agent (aiortc) cannot do an ICE restart), retried with backoff;
+//   * signaling socket dropped: Signaling reconnects; then watch_resume while media still flows
+//     (session_not_found -> a fresh watch);
+//   * camera offline: wait for its device_status "online" (or retry slowly) and watch again.
+//
+// Events (EventTarget): "state" detail {state, message}; "stats" detail summary (stats.js);
+// "track" detail MediaStream.
+// States: requesting, connecting, connected, interrupted, recovering, waiting_device, ended, failed.
+
+import { MSG } from "./protocol.js";
+import { backoffDelay } from "./signaling.js";
+import { describeEnd, describeError } from "./errors.js";
+import { summarize } from "./stats.js";
+
+const READY_TIMEOUT_MS = 15_000; // watch_request -> watch_ready
+const CONNECT_TIMEOUT_MS = 30_000; // watch_ready -> peer connection "connected"
+const DISCONNECTED_GRACE_MS = 8_000; // ICE "disconnected" before giving up on this session
+const RESUME_TIMEOUT_MS = 8_000;
+const DEVICE_RETRY_MS = 20_000; // camera offline: try again this often even without news
+const STATS_EVERY_MS = 1_000;
+
+const STATE_WORDS = {
+  requesting: "Asking the camera…",
+  connecting: "Connecting to the camera…",
+  connected: "Live",
+  interrupted: "Connection interrupted. Waiting for it to come back…",
+  recovering: "Reconnecting to the camera…",
+  waiting_device: "The camera is offline. Watching resumes when it is back.",
+  ended: "Stopped watching.",
+  failed: "Could not watch this camera.",
+};
+
+/** Puts H.264 (constrained baseline first) ahead of other codecs: the camera sends H.264. */
+function preferH264(transceiver) {
+  if (typeof RTCRtpReceiver.getCapabilities !== "function" || !transceiver.setCodecPreferences) return;
+  const codecs = RTCRtpReceiver.getCapabilities("video")?.codecs || [];
+  const rank = (codec) => {
+    if (codec.mimeType.toLowerCase() !== "video/h264") return 2;
+    return /profile-level-id=42e0/i.test(codec.sdpFmtpLine || "") ? 0 : 1;
+  };
+  const sorted = [...codecs].sort((a, b) => rank(a) - rank(b));
+  try {
+    transceiver.setCodecPreferences(sorted);
+  } catch {
+    // Some browsers refuse a list that contains rtx/red entries; the default order works too.
+  }
+}
+
+export class Watch extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {import("./signaling.js").Signaling} options.signaling
+   * @param {string} options.deviceId
+   * @param {boolean} [options.forceRelay] iceTransportPolicy "relay" (TURN only)
+   */
+  constructor({ signaling, deviceId, forceRelay = false }) {
+    super();
+    this.signaling = signaling;
+    this.deviceId = deviceId;
+    this.forceRelay = forceRelay;
+    this.state = "idle";
+    this.message = "";
+    this.sessionId = null;
+    this.pc = null;
+    this.stream = null;
+    this.stats = null;
+    this.attempt = 0; // consecutive failed attempts (for the retry backoff)
+    this.awaiting = null; // "ready" | "resume" | null
+    this.remoteCandidates = [];
+    this.timers = {};
+    this.statsTimer = null;
+    this.stopped = false;
+    this.onMessage = (event) => this.handle(event.detail);
+    this.onReady = (event) => this.signalingReady(event.detail);
+    signaling.addEventListener("message", this.onMessage);
+    signaling.addEventListener("ready", this.onReady);
+  }
+
+  start() {
+    this.request();
+  }
+
+  /** The person stops watching: end the session on both sides ("Watch again": retry()). */
+  end() {
+    this.endSession();
+    this.clearTimers();
+    this.closePeer();
+    this.awaiting = null;
+    this.setState("ended", STATE_WORDS.ended);
+  }
+
+  /** Leaving the page: end the session and stop listening for good. */
+  dispose() {
+    this.teardown();
+  }
+
+  /** "Try again" after a failure. */
+  retry() {
+    if (this.stopped) return;
+    this.attempt = 0;
+    this.request();
+  }
+
+  // --- session lifecycle -----------------------------------------------------------------------
+
+  request() {
+    this.clearTimers();
+    this.closePeer();
+    this.sessionId = null;
+    this.awaiting = "ready";
+    this.setState("requesting", STATE_WORDS.requesting);
+    if (!this.signaling.send(MSG.WATCH_REQUEST, { device_id: this.deviceId })) {
+      return; // not connected: signalingReady() sends it
+    }
+    this.timers.ready = setTimeout(() => this.recover("The camera did not answer."), READY_TIMEOUT_MS);
+  }
+
+  /** Gives up on the current session and starts a fresh one after a backoff. */
+  recover(reason) {
+    if (this.stopped) return;
+    this.endSession();
+    this.clearTimers();
+    this.closePeer();
+    const delay = backoffDelay(this.attempt, { baseMs: 1_000, maxMs: 15_000 });
+    this.attempt += 1;
+    this.setState("recovering", reason ? `${reason} Reconnecting…` : STATE_WORDS.recovering);
+    this.timers.retry = setTimeout(() => this.request(), delay);
+  }
+
+  waitForDevice(words) {
+    this.endSession();
+    this.clearTimers();
+    this.closePeer();
+    this.awaiting = null;
+    this.setState("waiting_device", words || STATE_WORDS.waiting_device);
+    this.timers.retry = setTimeout(() => this.request(), DEVICE_RETRY_MS);
+  }
+
+  fail(words) {
+    this.endSession();
+    this.clearTimers();
+    this.closePeer();
+    this.awaiting = null;
+    this.setState("failed", words);
+  }
+
+  endSession() {
+    if (this.sessionId) {
+      this.signaling.send(MSG.WATCH_END, { session_id: this.sessionId });
+      this.sessionId = null;
+    }
+  }
+
+  teardown() {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.endSession();
+    this.clearTimers();
+    this.closePeer();
+    this.signaling.removeEventListener("message", this.onMessage);
+    this.signaling.removeEventListener("ready", this.onReady);
+  }
+
+  /** After every (re)connect of the signaling socket. */
+  signalingReady() {
+    if (this.stopped) return;
+    if (this.awaiting === "ready" && !this.sessionId) {
+      this.request();
+      return;
+    }
+    if (!this.sessionId || !this.pc) return;
+    const pcState = this.pc.connectionState;
+    if (pcState === "connected" || pcState === "disconnected") {
+      // Media may still flow: re-attach the session to the new socket.
+      this.awaiting = "resume";
+      this.signaling.send(MSG.WATCH_RESUME, { session_id: this.sessionId });
+      clearTimeout(this.timers.resume);
+      this.timers.resume = setTimeout(() => {
+        if (this.awaiting === "resume") this.recover("The session could not be resumed.");
+      }, RESUME_TIMEOUT_MS);
+    } else {
+      // Offer/answer or candidates may have been lost with the old socket.
+      this.recover();
+    }
+  }
+
+  // --- messages from the cloud ----------------------------------------------------------------
+
+  handle(message) {
+    if (this.stopped) return;
+    const payload = message.payload || {};
+    switch (message.type) {
+      case MSG.WATCH_READY:
+        if (this.awaiting === "ready" && payload.device_id === this.deviceId) this.ready(payload);
+        break;
+      case MSG.SIGNAL_ANSWER:
+        if (payload.session_id === this.sessionId) this.answer(payload.sdp);
+        break;
+      case MSG.SIGNAL_OFFER:
+        if (payload.session_id === this.sessionId) this.offer(payload.sdp);
+        break;
+      case MSG.SIGNAL_ICE:
+        if (payload.session_id === this.sessionId) this.remoteCandidate(payload.candidate ?? null);
+        break;
+      case MSG.WATCH_RESUMED:
+        if (payload.session_id === this.sessionId && this.awaiting === "resume") {
+          this.awaiting = null;
+          clearTimeout(this.timers.resume);
+        }
+        break;
+      case MSG.WATCH_ENDED:
+        if (payload.session_id === this.sessionId) this.ended(payload.reason);
+        break;
+      case MSG.DEVICE_STATUS:
+        if (payload.device_id === this.deviceId && payload.online && this.state === "waiting_device") {
+          this.attempt = 0;
+          this.request();
+        }
+        break;
+      case MSG.ERROR:
+        this.refused(payload);
+        break;
+      default:
+        break;
+    }
+  }
+
+  ended(reason) {
+    this.sessionId = null; // already gone at the cloud: no watch_end
+    if (reason === "device_disconnected" || reason === "device_ended" || reason === "expired") {
+      this.waitForDevice(`${describeEnd(reason)} Watching resumes when it is back.`);
+    } else if (reason === "viewer_disconnected" || reason === "error") {
+      this.recover(describeEnd(reason));
+    } else {
+      this.fail(describeEnd(reason));
+    }
+  }
+
+  refused(payload) {
+    const ref = payload.ref || "";
+    const aboutRequest = ref === MSG.WATCH_REQUEST && this.awaiting === "ready";
+    const aboutSession = Boolean(this.sessionId) && ref.includes(this.sessionId);
+    if (!aboutRequest && !aboutSession) return;
+    const words = describeError(payload);
+    switch (payload.code) {
+      case "device_offline":
+        this.waitForDevice(`${words} Watching starts when it comes online.`);
+        break;
+      case "session_not_found":
+        this.sessionId = null;
+        this.recover(this.awaiting === "resume" ? "" : words);
+        break;
+      case "rate_limited":
+      case "internal":
+        this.recover(words);
+        break;
+      case "not_session_party":
+        this.recover(words);
+        break;
+      default:
+        this.fail(words);
+    }
+  }
+
+  // --- the peer connection --------------------------------------------------------------------
+
+  async ready({ session_id: sessionId, ice_servers: iceServers }) {
+    clearTimeout(this.timers.ready);
+    this.awaiting = null;
+    this.sessionId = sessionId;
+    this.remoteCandidates = [];
+    this.setState("connecting", STATE_WORDS.connecting);
+    const pc = new RTCPeerConnection({
+      iceServers: iceServers || [],
+      iceTransportPolicy: this.forceRelay ? "relay" : "all",
+      bundlePolicy: "max-bundle",
+    });
+    this.pc = pc;
+    preferH264(pc.addTransceiver("video", { direction: "recvonly" }));
+    pc.ontrack = (event) => {
+      if (pc !== this.pc) return;
+      this.stream = event.streams[0] || new MediaStream([event.track]);
+      this.dispatchEvent(new CustomEvent("track", { detail: this.stream }));
+    };
+    pc.onicecandidate = (event) => {
+      if (pc !== this.pc) return;
+      const c = event.candidate;
+      const candidate = c && c.candidate ? c.toJSON() : null;
+      this.signaling.send(MSG.SIGNAL_ICE, { session_id: sessionId, candidate });
+    };
+    pc.onconnectionstatechange = () => this.peerState(pc);
+    this.timers.connect = setTimeout(() => {
+      if (pc === this.pc && pc.connectionState !== "connected") {
+        this.recover("The connection to the camera could not be set up.");
+      }
+    }, CONNECT_TIMEOUT_MS);
+    this.startStats(pc);
+    try {
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      if (pc !== this.pc) return;
+      this.signaling.send(MSG.SIGNAL_OFFER, {
+        session_id: sessionId,
+        sdp: { type: pc.localDescription.type, sdp: pc.localDescription.sdp },
+      });
+    } catch (error) {
+      if (pc === this.pc) this.fail(`This browser could not start the video connection (${error.message}).`);
+    }
+  }
+
+  async answer(sdp) {
+    const pc = this.pc;
+    if (!pc || pc.signalingState !== "have-local-offer") return;
+    try {
+      await pc.setRemoteDescription(sdp);
+      await this.flushCandidates(pc);
+    } catch (error) {
+      if (pc === this.pc) this.recover(`The camera's answer was not usable (${error.message}).`);
+    }
+  }
+
+  /** The camera renegotiates (not done today, but answered correctly if it does). */
+  async offer(sdp) {
+    const pc = this.pc;
+    if (!pc) return;
+    try {
+      await pc.setRemoteDescription(sdp);
+      await this.flushCandidates(pc);
+      await pc.setLocalDescription(await pc.createAnswer());
+      if (pc !== this.pc) return;
+      this.signaling.send(MSG.SIGNAL_ANSWER, {
+        session_id: this.sessionId,
+        sdp: { type: pc.localDescription.type, sdp: pc.localDescription.sdp },
+      });
+    } catch (error) {
+      if (pc === this.pc) this.recover(`The camera's offer was not usable (${error.message}).`);
+    }
+  }
+
+  async remoteCandidate(candidate) {
+    const pc = this.pc;
+    if (!pc) return;
+    if (!pc.remoteDescription) {
+      this.remoteCandidates.push(candidate);
+      return;
+    }
+    await this.addCandidate(pc, candidate);
+  }
+
+  async flushCandidates(pc) {
+    const queued = this.remoteCandidates;
+    this.remoteCandidates = [];
+    for (const candidate of queued) await this.addCandidate(pc, candidate);
+  }
+
+  async addCandidate(pc, candidate) {
+    try {
+      // null = end of candidates
+      await pc.addIceCandidate(candidate === null ? undefined : candidate);
+    } catch {
+      // One unusable candidate (e.g. an address family this browser lacks) is not fatal.
+    }
+  }
+
+  peerState(pc) {
+    if (pc !== this.pc) return;
+    switch (pc.connectionState) {
+      case "connected":
+        this.attempt = 0;
+        clearTimeout(this.timers.connect);
+        clearTimeout(this.timers.disconnected);
+        this.setState("connected", STATE_WORDS.connected);
+        break;
+      case "disconnected":
+        this.setState("interrupted", STATE_WORDS.interrupted);
+        clearTimeout(this.timers.disconnected);
+        this.timers.disconnected = setTimeout(() => {
+          if (pc === this.pc && pc.connectionState !== "connected") {
+            this.recover("The connection did not come back.");
+          }
+        }, DISCONNECTED_GRACE_MS);
+        break;
+      case "failed":
+        this.recover("The connection to the camera failed.");
+        break;
+      default:
+        break;
+    }
+  }
+
+  startStats(pc) {
+    clearInterval(this.statsTimer);
+    let previous = null;
+    this.statsTimer = setInterval(async () => {
+      if (pc !== this.pc) return;
+      try {
+        const summary = summarize(await pc.getStats(), previous);
+        previous = summary;
+        if (pc !== this.pc) return;
+        this.stats = summary;
+        this.dispatchEvent(new CustomEvent("stats", { detail: summary }));
+      } catch {
+        // getStats on a closing connection: nothing to show
+      }
+    }, STATS_EVERY_MS);
+  }
+
+  closePeer() {
+    clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    if (this.pc) {
+      const pc = this.pc;
+      this.pc = null;
+      pc.ontrack = pc.onicecandidate = pc.onconnectionstatechange = null;
+      pc.close();
+    }
+    this.stats = null;
+    this.remoteCandidates = [];
+  }
+
+  clearTimers() {
+    for (const timer of Object.values(this.timers)) clearTimeout(timer);
+    this.timers = {};
+  }
+
+  setState(state, message) {
+    this.state = state;
+    this.message = message || STATE_WORDS[state] || "";
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, message: this.message } }));
+  }
+}
