@@ -34,7 +34,7 @@ def split_nals(data: bytes) -> list[bytes]:
         begin = start + 3
         nxt = data.find(b"\x00\x00\x01", begin)
         end = len(data) if nxt == -1 else nxt
-        nal = data[begin:end].rstrip(b"\x00") if nxt != -1 else data[begin:end]
+        nal = data[begin:end].rstrip(b"\x00")  # a NAL unit never ends in 0x00: padding
         if nal:
             nals.append(nal)
         start = nxt

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 NAME = "synthetic"
 
 
-class TestPattern:
+class PatternGenerator:
     """Draws picture ``n`` of the pattern as a ``yuv420p`` ``av.VideoFrame``."""
 
     BOX = 96
@@ -104,7 +104,7 @@ class SyntheticCamera:
 
     def __init__(self, config: CameraConfig, encoder: str = "libx264") -> None:
         self.config = config
-        self._pattern = TestPattern(config.width, config.height)
+        self._pattern = PatternGenerator(config.width, config.height)
         self._encoder = H264SoftwareEncoder(config, encoder)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

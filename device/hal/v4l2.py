@@ -209,6 +209,8 @@ class V4L2Camera:
                 continue
             capture = time.time()
             data, keyframe = normalizer.normalize(bytes(packet))
+            if not keyframe and self.frames == 0:
+                continue  # a stream joined mid-GOP: nothing decodes before its first IDR
             pts = round((time.monotonic() - start) * CLOCK_RATE)
             self.frames += 1
             sink(AccessUnit(data, pts, keyframe, capture))
