@@ -241,7 +241,8 @@ class PairingController:
             return delay
         if self._paired is not False or device_id != self._device_id:
             return None  # things changed while we waited: this code is moot
-        valid = issued.valid_for_s
+        # A code that looks (nearly) expired on arrival means the clocks disagree: show it anyway.
+        valid = max(issued.valid_for_s, self._min_refresh_s)
         self._code = issued.code
         self._code_deadline = time.monotonic() + valid
         self._problem = ""

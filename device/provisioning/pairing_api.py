@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 from dataclasses import dataclass
 from typing import Annotated, Final
@@ -23,8 +24,7 @@ PATH: Final = "/api/pairing/generate"
 #: A Date header further than this from the device's clock means the device's clock is wrong
 #: (a Pi has no real-time clock): then the code's lifetime is measured on the cloud's clock.
 CLOCK_SKEW_TOLERANCE_S: Final = 5.0
-#: Bounds on how long a code is taken to be valid, whatever the clocks say.
-MIN_VALID_S: Final = 5.0
+#: The longest a code is taken to be valid, whatever the clocks say.
 MAX_VALID_S: Final = 3600.0
 
 
@@ -105,7 +105,7 @@ def _valid_for(expires_at: float, received: float, response: httpx.Response) -> 
     server_now = _date_header(response)
     if server_now is not None and abs(server_now - received) > CLOCK_SKEW_TOLERANCE_S:
         now = server_now
-    return min(max(expires_at - now, MIN_VALID_S), MAX_VALID_S)
+    return min(max(expires_at - now, 0.0), MAX_VALID_S)
 
 
 def _date_header(response: httpx.Response) -> float | None:
@@ -139,5 +139,12 @@ def _describe(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.ConnectError):
-        return "connection refused" if "refused" in str(exc).lower() else "cannot connect"
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ConnectionRefusedError):
+                return "connection refused"
+            if isinstance(cause, socket.gaierror):
+                return "name not found"
+            cause = cause.__cause__ or cause.__context__
+        return "cannot connect"
     return type(exc).__name__
