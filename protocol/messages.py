@@ -67,7 +67,7 @@ class WatchRequestPayload(_Payload):
     device_id: Id
 
 
-class IceServer(_Payload):
+class IceServer(_Payload, omit_defaults=True):
     """One entry of ``RTCConfiguration.iceServers`` (the browser's field names)."""
 
     urls: list[Annotated[str, msgspec.Meta(max_length=512)]]
@@ -95,7 +95,7 @@ class SessionDescription(_Payload):
     sdp: SdpText
 
 
-class IceCandidate(_Payload):
+class IceCandidate(_Payload, omit_defaults=True):
     """An ``RTCIceCandidateInit`` (the browser's field names)."""
 
     candidate: Annotated[str, msgspec.Meta(max_length=2048)]
