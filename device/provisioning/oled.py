@@ -61,11 +61,10 @@ def draw_screen(draw: ImageDraw.ImageDraw, screen: Screen, size: tuple[int, int]
         title = "! " + title
     big = font(18, bold=True)
     small = font(11)
-    draw.text((0, 0), "MuMu Camera", font=small, fill=1)
-    draw.line((0, 14, width - 1, 14), fill=1)
-    draw.text((0, 17), title, font=big, fill=1)
-    for i, line in enumerate(wrap(screen.detail, small, width, max_lines=2)):
-        draw.text((0, 39 + i * 12), line, font=small, fill=1)
+    draw.text((0, 0), title, font=big, fill=1)
+    draw.line((0, 23, width - 1, 23), fill=1)
+    for i, line in enumerate(wrap(screen.detail, small, width, max_lines=3)):
+        draw.text((0, 25 + i * 12), line, font=small, fill=1)
 
 
 def _draw_code(draw: ImageDraw.ImageDraw, screen: Screen, width: int, height: int) -> None:
