@@ -85,6 +85,11 @@ class CloudProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
+    def restart(self, timeout: float = 30.0) -> CloudProcess:
+        """Start again on the same port and data dir (after :meth:`kill` or :meth:`stop`)."""
+        self.kill()
+        return self.start(timeout)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -167,6 +172,13 @@ class ApiClient:
         code = (await self.code(camera))["code"]
         r = await self.http.post("/api/devices/pair", json={"code": code}, headers=account.auth)
         assert r.status_code == 200, r.text
+
+    async def pair_code(self, account: Account, code: str) -> dict[str, Any]:
+        """Claim a camera with the code it shows; the paired device."""
+        r = await self.http.post("/api/devices/pair", json={"code": code}, headers=account.auth)
+        assert r.status_code == 200, r.text
+        device: dict[str, Any] = r.json()["device"]
+        return device
 
     async def owned_camera(self, account: Account, name: str = "Test camera") -> Camera:
         camera = await self.camera(name)
