@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ def backend_env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
     pg_server: str = request.getfixturevalue("pg_server")
     redis_url: str = request.getfixturevalue("redis_server_url")
     name = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_create_database(pg_server, name))
+    # In a thread of its own: callers may be inside a running event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _create_database(pg_server, name)).result()
     client = redis.Redis.from_url(redis_url)
     client.flushall()
     client.close()

@@ -51,13 +51,13 @@ class Client:
         raise AssertionError(f"unexpected message {message!r}")
 
     async def closed(self, timeout: float = 5.0) -> int | None:
-        """Wait for the server to close the socket; its close code."""
+        """Wait for the server to close the socket; its close code (1006: dropped, no code)."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     await self.ws.recv()
         except ConnectionClosed as exc:
-            return exc.rcvd.code if exc.rcvd else None
+            return exc.rcvd.code if exc.rcvd else 1006
         return None
 
     async def close(self) -> None:
