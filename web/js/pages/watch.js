@@ -10,7 +10,7 @@ export function forceRelay() {
 }
 
 const PATH_WORDS = {
-  direct: "Direct (peer-to-peer)",
+  direct: "Direct (P2P)",
   relay: "Relayed (TURN)",
 };
 

@@ -1,0 +1,486 @@
+"""The web app against a real cloud, in Debian's headless Chromium.
+
+One ``mumu-cloud serve`` (SQLite, in-process presence) behind nginx with the repository's
+config, one coturn with the repository's config (loopback test overrides).  A person's paths:
+sign up, sign in, sign out, pair (code and claim link), rename, unpair, the live online state,
+refusals shown in words, an expired session, signaling loss and recovery, and watching live
+video from a camera (a real aiortc sender with the synthetic camera, speaking the device
+protocol over a real WebSocket), directly and through the TURN relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.browser import (
+    PHONE_VIEWPORT,
+    Coturn,
+    Nginx,
+    PageProblems,
+    coturn_server,
+    launch_chromium,
+    nginx_server,
+    screenshot,
+)
+from tests.cloud_fixtures import RELAXED
+from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
+from tests.signaling_client import Client, device
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, BrowserContext, Page
+
+TURN_SECRET = "web-test-turn-secret"
+#: Refusals the browser logs on its own (a 4xx the app then explains on the page).
+EXPECTED_HTTP_ERRORS = "the server responded with a status of 4"
+
+
+@pytest.fixture(scope="module")
+def coturn() -> Iterator[Coturn]:
+    with coturn_server(TURN_SECRET) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory, coturn: Coturn) -> Iterator[CloudProcess]:
+    env = {
+        **RELAXED,
+        "MUMU_TURN_SECRET": TURN_SECRET,
+        "MUMU_TURN_URLS": ",".join(coturn.urls),
+        "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
+        "MUMU_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    with CloudProcess(tmp_path_factory.mktemp("cloud"), env=env) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def nginx(cloud: CloudProcess) -> Iterator[Nginx]:
+    with nginx_server([cloud.port]) as server:
+        yield server
+
+
+@pytest.fixture
+async def api(nginx: Nginx) -> AsyncIterator[ApiClient]:
+    client = ApiClient(nginx.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launch_chromium() as launched:
+        yield launched
+
+
+def unexpected(problems: PageProblems) -> list[str]:
+    return [e for e in problems.errors if EXPECTED_HTTP_ERRORS not in e]
+
+
+async def open_app(
+    browser: Browser, nginx: Nginx, account: Account | None = None, **options: Any
+) -> tuple[BrowserContext, Page, PageProblems]:
+    """A fresh browser context on the app; signed in as ``account`` if given."""
+    context = await browser.new_context(**options)
+    page = await context.new_page()
+    problems = PageProblems()
+    problems.watch(page)
+    await page.goto(nginx.url + "/")
+    if account is not None:
+        await page.evaluate(
+            "([t, e]) => { localStorage.setItem('mumu.token', t);"
+            " localStorage.setItem('mumu.email', e); }",
+            [account.token, account.email],
+        )
+        await page.goto(nginx.url + "/#/devices")
+        await page.wait_for_selector("[data-testid=page-title]:has-text('Your cameras')")
+    return context, page, problems
+
+
+async def text(page: Page, testid: str) -> str:
+    return (await page.text_content(f"[data-testid={testid}]")) or ""
+
+
+# --- accounts ---------------------------------------------------------------------------------
+
+
+async def test_sign_up_sign_out_sign_in(nginx: Nginx, browser: Browser) -> None:
+    email = f"person-{time.monotonic_ns()}@example.com"
+    password = "a good long password"
+    context, page, problems = await open_app(browser, nginx)
+
+    await page.click("[data-testid=to-signup]")
+    await page.fill("[data-testid=email]", email)
+    await page.fill("[data-testid=password]", password)
+    await page.click("[data-testid=submit]")
+    await page.wait_for_selector("[data-testid=devices-empty]")
+    assert await page.evaluate("location.hash") == "#/devices"
+    assert await text(page, "who") == email
+    await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    await screenshot(page, "app-devices-empty")
+
+    # The same address again: the cloud's 409 in words.
+    await page.click("[data-testid=signout]")
+    await page.wait_for_selector("[data-testid=auth-form]")
+    assert "signed out" in await text(page, "banner")
+    assert await page.evaluate("localStorage.getItem('mumu.token')") is None
+    assert await page.is_hidden("[data-testid=signaling-state]")
+    await page.click("[data-testid=to-signup]")
+    await page.fill("[data-testid=email]", email)
+    await page.fill("[data-testid=password]", password)
+    await page.click("[data-testid=submit]")
+    await page.wait_for_selector("[data-testid=form-error]:visible")
+    assert await text(page, "form-error")
+
+    # A wrong password, then the right one.
+    await page.click("[data-testid=to-signin]")
+    await page.fill("[data-testid=email]", email)
+    await page.fill("[data-testid=password]", "not the password")
+    await page.click("[data-testid=submit]")
+    await page.wait_for_selector("[data-testid=form-error]:visible")
+    assert await text(page, "form-error")
+    await page.fill("[data-testid=password]", password)
+    await page.click("[data-testid=submit]")
+    await page.wait_for_selector("[data-testid=devices-empty]")
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+async def test_a_token_the_cloud_refuses_returns_to_sign_in(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+
+    def b64(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    header, _, signature = account.token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(account.token.split(".")[1] + "=="))
+    # Not expired by its own claim, but not signed by the cloud's key: a revoked/stale session.
+    claims["exp"] = int(time.time()) + 3600
+    forged = Account(account.email, "", account.user_id, f"{header}.{b64(claims)}.{signature}")
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(nginx.url + "/")
+    await page.evaluate("t => localStorage.setItem('mumu.token', t)", forged.token)
+    await page.goto(nginx.url + "/#/devices")
+    await page.wait_for_selector("[data-testid=auth-form]")
+    assert "expired" in await text(page, "banner")
+    assert await page.evaluate("localStorage.getItem('mumu.token')") is None
+    await context.close()
+
+
+# --- pairing, the list --------------------------------------------------------------------------
+
+
+async def test_a_wrong_pairing_code_is_explained(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    context, page, problems = await open_app(browser, nginx, await api.account())
+    await page.click("[data-testid=add-camera]")
+    await page.fill("[data-testid=pair-code]", "12")
+    await page.click("[data-testid=pair-submit]")
+    assert "6 digits" in await text(page, "pair-error")
+    await page.fill("[data-testid=pair-code]", "000 000")
+    await page.click("[data-testid=pair-submit]")
+    await page.wait_for_selector("[data-testid=pair-error]:has-text('not valid')")
+    await screenshot(page, "app-pair-wrong-code")
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+async def test_pair_rename_live_status_unpair(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+    camera = await api.camera("Porch")
+    code = (await api.code(camera))["code"]
+    context, page, problems = await open_app(browser, nginx, account)
+
+    await page.click("[data-testid=add-camera]")
+    await page.fill("[data-testid=pair-code]", code)
+    await page.click("[data-testid=pair-submit]")
+    await page.wait_for_selector("[data-testid=pair-success]")
+    assert await text(page, "paired-name") == "Porch"
+    await page.click("[data-testid=to-devices]")
+    card = page.locator(f"[data-device-id='{camera.device_id}']")
+    await card.wait_for()
+    assert (await card.locator("[data-testid=device-status]").text_content() or "").startswith(
+        "Offline"
+    )
+
+    # The camera comes online and goes away: the list follows without a reload.
+    await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    cam_ws = await device(nginx.ws_url, camera.hello())
+    status = card.locator("[data-testid=device-status]")
+    await status.filter(has_text="Online").wait_for(timeout=10_000)
+    await screenshot(page, "app-devices-online")
+    await cam_ws.close()
+    await status.filter(has_text="Offline").wait_for(timeout=10_000)
+
+    await card.locator("[data-testid=rename]").click()
+    await card.locator("[data-testid=rename-input]").fill("Back porch")
+    await card.locator("[data-testid=rename-save]").click()
+    await card.locator("[data-testid=device-name]").filter(has_text="Back porch").wait_for()
+    listed = (await api.http.get("/api/devices", headers=account.auth)).json()["devices"]
+    assert [d["name"] for d in listed] == ["Back porch"]
+
+    await card.locator("[data-testid=unpair]").click()
+    await card.locator("[data-testid=unpair-confirm]").click()
+    await page.wait_for_selector("[data-testid=devices-empty]")
+    assert (await api.http.get("/api/devices", headers=account.auth)).json()["devices"] == []
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+async def test_claim_link_signs_in_first_then_pairs(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+    camera = await api.camera("Garage")
+    claim_url: str = (await api.code(camera))["claim_url"]
+    fragment = claim_url[claim_url.index("#/claim/") :]
+    assert claim_url.startswith(nginx.url), claim_url  # nginx passes the Host with its port
+
+    context, page, problems = await open_app(browser, nginx, viewport=PHONE_VIEWPORT)
+    await page.goto(nginx.url + "/" + fragment)
+    await page.wait_for_selector("[data-testid=auth-form]")
+    assert "add this camera" in await text(page, "banner")
+    await page.fill("[data-testid=email]", account.email)
+    await page.fill("[data-testid=password]", account.password)
+    await page.click("[data-testid=submit]")
+    await page.wait_for_selector("[data-testid=pair-success]")
+    assert await text(page, "paired-name") == "Garage"
+    await screenshot(page, "app-claim-paired-phone")
+
+    # The same link again (already ours, code used): refused, in words.
+    await page.click("[data-testid=to-devices]")
+    await page.wait_for_selector("[data-testid=device-card]")
+    await page.goto(nginx.url + "/" + fragment)
+    await page.wait_for_selector("[data-testid=claim-failed]")
+    assert await text(page, "pair-error")
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+# --- watching -----------------------------------------------------------------------------------
+
+
+class TestCamera:
+    """The device side of watching, as the agent does it: a real signaling socket, a real aiortc
+    peer connection per session, the synthetic camera's H.264 through the shared media hub."""
+
+    __test__ = False
+
+    def __init__(self, ws: Client) -> None:
+        from device.hal.camera import CameraConfig
+        from device.hal.synthetic import open_synthetic
+        from device.media import MediaHub
+
+        self.ws = ws
+        config = CameraConfig(width=640, height=360, fps=15, bitrate=600_000)
+        self.hub = MediaHub(open_synthetic, config)
+        self.ice: dict[str, list[dict[str, Any]]] = {}
+        self.peers: dict[str, Any] = {}
+        self.ended: list[tuple[str, str]] = []
+        self.task = asyncio.create_task(self.run())
+
+    @classmethod
+    async def connect(cls, ws_url: str, camera: Camera) -> TestCamera:
+        return cls(await device(ws_url, camera.hello()))
+
+    async def run(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                message = await self.ws.recv(timeout=3600)
+                await self.handle(message["type"], message["payload"])
+
+    async def handle(self, kind: str, payload: dict[str, Any]) -> None:
+        from aiortc import RTCSessionDescription
+        from aiortc.sdp import candidate_from_sdp
+
+        from device.media import answer
+
+        if kind == "watch_request":
+            self.ice[payload["session_id"]] = payload["ice_servers"]
+        elif kind == "signal_offer":
+            session_id = payload["session_id"]
+            pc = self.peer_connection(self.ice.get(session_id, []))
+            track = self.hub.subscribe()
+            self.peers[session_id] = (pc, track)
+            offer = RTCSessionDescription(payload["sdp"]["sdp"], payload["sdp"]["type"])
+            local = await answer(pc, offer, track)
+            await self.ws.send(
+                "signal_answer",
+                {"session_id": session_id, "sdp": {"type": local.type, "sdp": local.sdp}},
+            )
+        elif kind == "signal_ice" and payload["session_id"] in self.peers:
+            init = payload.get("candidate")
+            if init and init.get("candidate"):
+                candidate = candidate_from_sdp(init["candidate"].split(":", 1)[1])
+                candidate.sdpMid = init.get("sdpMid")
+                candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+                await self.peers[payload["session_id"]][0].addIceCandidate(candidate)
+        elif kind == "watch_ended":
+            self.ended.append((payload["session_id"], payload["reason"]))
+            await self.close_peer(payload["session_id"])
+
+    @staticmethod
+    def peer_connection(ice_servers: list[dict[str, Any]]) -> Any:
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
+        servers = [
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in ice_servers
+        ]
+        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+    async def close_peer(self, session_id: str) -> None:
+        pc, track = self.peers.pop(session_id, (None, None))
+        if pc is not None:
+            track.stop()
+            await pc.close()
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        for session_id in list(self.peers):
+            await self.close_peer(session_id)
+        await self.hub.close()
+
+
+async def watch_until_live(page: Page) -> dict[str, Any]:
+    """Waits until the page shows moving video; the page's stats summary."""
+    await page.wait_for_selector("[data-testid=watch-state][data-state=connected]", timeout=30_000)
+    await page.wait_for_function(
+        """() => { const v = document.querySelector("[data-testid=video]");
+                   return v.videoWidth > 0 && v.currentTime > 0.5 && !v.paused; }""",
+        timeout=30_000,
+    )
+    await page.wait_for_function(
+        "() => window.__mumu.stats && window.__mumu.stats.path && window.__mumu.stats.fps > 0",
+        timeout=15_000,
+    )
+    stats: dict[str, Any] = await page.evaluate("window.__mumu.stats")
+    return stats
+
+
+async def read_timecode(page: Page) -> int | None:
+    value: int | None = await page.evaluate(
+        """async () => {
+          const { readTimecode } = await import("/js/timecode.js");
+          return readTimecode(document.querySelector("[data-testid=video]"));
+        }"""
+    )
+    return value
+
+
+@pytest.mark.slow
+async def test_watch_live_video_then_end(nginx: Nginx, browser: Browser, api: ApiClient) -> None:
+    account = await api.account()
+    camera = await api.owned_camera(account, "Hallway")
+    cam = await TestCamera.connect(nginx.ws_url, camera)
+    try:
+        context, page, problems = await open_app(browser, nginx, account)
+        card = page.locator(f"[data-device-id='{camera.device_id}']")
+        await card.locator("[data-testid=device-status]").filter(has_text="Online").wait_for()
+        await card.locator("[data-testid=watch]").click()
+        stats = await watch_until_live(page)
+        assert stats["path"] == "direct", stats
+        assert stats["codec"] == "H264" and stats["width"] == 640, stats
+        await page.wait_for_function("() => window.__mumu.stats.bitrateKbps > 0")
+        assert "Direct" in await text(page, "stat-path")
+        assert await text(page, "stat-fps") != "—"
+        assert await text(page, "watch-title") == "Hallway"
+        stamp = await read_timecode(page)
+        assert stamp is not None  # the synthetic camera's capture time, read from the picture
+        assert await page.evaluate("document.querySelector('video').muted") is True
+        await screenshot(page, "app-watch-live")
+
+        await page.click("[data-testid=end-watch]")
+        await page.wait_for_selector("[data-testid=watch-state][data-state=ended]")
+        for _ in range(50):
+            if cam.ended:
+                break
+            await asyncio.sleep(0.1)
+        assert [reason for _, reason in cam.ended] == ["viewer_ended"]
+        assert await page.is_visible("[data-testid=retry]")
+        await context.close()
+        assert unexpected(problems) == [], problems.errors
+    finally:
+        await cam.close()
+
+
+@pytest.mark.slow
+async def test_watch_through_the_turn_relay_and_camera_going_offline(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+    camera = await api.owned_camera(account, "Relay cam")
+    cam = await TestCamera.connect(nginx.ws_url, camera)
+    closed = False
+    try:
+        context, page, problems = await open_app(browser, nginx, account, viewport=PHONE_VIEWPORT)
+        await page.goto(f"{nginx.url}/?relay=1#/watch/{camera.device_id}")
+        stats = await watch_until_live(page)
+        assert stats["path"] == "relay" and stats["localType"] == "relay", stats
+        assert "Relayed" in await text(page, "stat-path")
+        assert await page.is_visible("[data-testid=relay-forced]")
+        await screenshot(page, "app-watch-relay-phone")
+
+        # The camera drops off: the page says so and waits, no reload needed.
+        await cam.close()
+        closed = True
+        await page.wait_for_selector(
+            "[data-testid=watch-state][data-state=waiting_device]", timeout=15_000
+        )
+        assert "offline" in await text(page, "watch-message")
+        # It comes back: watching resumes by itself.
+        cam = await TestCamera.connect(nginx.ws_url, camera)
+        closed = False
+        await watch_until_live(page)
+        await context.close()
+        assert unexpected(problems) == [], problems.errors
+    finally:
+        if not closed:
+            await cam.close()
+
+
+@pytest.mark.slow
+async def test_signaling_loss_is_shown_and_recovered(
+    nginx: Nginx, browser: Browser, api: ApiClient, cloud: CloudProcess
+) -> None:
+    account = await api.account()
+    context, page, problems = await open_app(browser, nginx, account)
+    await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    cloud.kill()
+    try:
+        await page.wait_for_selector(
+            "[data-testid=signaling-state][data-state=reconnecting]", timeout=10_000
+        )
+        assert "Reconnecting" in await text(page, "banner")
+        await screenshot(page, "app-signaling-lost")
+    finally:
+        cloud.start()
+    await page.wait_for_selector("[data-testid=signaling-state][data-state=open]", timeout=40_000)
+    await page.wait_for_selector("[data-testid=banner]", state="hidden")
+    await context.close()
+    # While the cloud was down nginx answered 502 (a refused upstream): expected here.
+    assert [e for e in unexpected(problems) if "502" not in e] == [], problems.errors
+
+
+def test_screenshots_are_kept_out_of_git() -> None:
+    ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().split()
+    assert "artifacts/" in ignored
