@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar, WebSocket, websocket
 from litestar.datastructures import State
@@ -11,6 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
 
 from cloud.api import ROUTES, services
 from cloud.config import Settings
@@ -41,8 +43,15 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await svc.stop()
 
+    handlers: list[Any] = [*ROUTES, ws_device, ws_viewer]
+    if settings.web_dir is not None:
+        handlers.append(
+            create_static_files_router(
+                path="/", directories=[settings.web_dir], html_mode=True, include_in_schema=False
+            )
+        )
     return Litestar(
-        route_handlers=[*ROUTES, ws_device, ws_viewer],
+        route_handlers=handlers,
         state=State({"services": svc}),
         lifespan=[lifespan],
         exception_handlers={

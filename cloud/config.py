@@ -42,6 +42,7 @@ class Settings:
     session_ttl_s: float = 120.0
     presence_ttl_s: float = 90.0
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    web_dir: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,6 +70,7 @@ VARIABLES: dict[str, str] = {
     "MUMU_SESSION_TTL": "seconds a watch session lives without any sign of its parties",
     "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 90)",
     "MUMU_TRUSTED_PROXIES": "comma-separated addresses whose X-Forwarded-For is believed",
+    "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
 }
 
@@ -130,7 +132,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
                 ) from None
             rates[key.removeprefix("MUMU_").lower()] = merged[key]
 
+    web_dir = None
+    if merged.get("MUMU_WEB_DIR"):
+        web_dir = Path(merged["MUMU_WEB_DIR"]).expanduser().resolve()
+        if not (web_dir / "index.html").is_file():
+            raise ConfigError(f"MUMU_WEB_DIR: no index.html in {web_dir}")
+
     return Settings(
+        web_dir=web_dir,
         data_dir=data_dir,
         database_url=database_url,
         redis_url=redis_url,
