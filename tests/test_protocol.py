@@ -1,0 +1,66 @@
+"""The protocol is defined once: the docs and the web client's constants must agree with it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from protocol import ProtocolError, decode, encode
+from protocol.messages import (
+    DIRECTIONS,
+    END_REASONS,
+    ERROR_CODES,
+    MAX_MESSAGE_BYTES,
+    CloudToViewer,
+    Heartbeat,
+    ViewerToCloud,
+    WatchRequest,
+    message_types,
+)
+from protocol.webgen import render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_web_constants_are_generated_from_the_module() -> None:
+    generated = (ROOT / "web/js/protocol.js").read_text()
+    assert generated == render(), "run: python -m protocol.webgen > web/js/protocol.js"
+
+
+def test_docs_describe_every_message_error_and_reason() -> None:
+    doc = (ROOT / "docs/protocol.md").read_text()
+    heading_lines = re.findall(r"^### (.*)$", doc, flags=re.MULTILINE)
+    headings = {name for line in heading_lines for name in re.findall(r"`([a-z_]+)`", line)}
+    every_type = {t for union in DIRECTIONS.values() for t in message_types(union)}
+    assert every_type <= headings, f"undocumented: {sorted(every_type - headings)}"
+    assert headings <= every_type, f"documented but gone: {sorted(headings - every_type)}"
+    for code in ERROR_CODES:
+        assert f"| `{code}` |" in doc, code
+    for reason in END_REASONS:
+        assert f"`{reason}`" in doc, reason
+
+
+def test_round_trip_and_clear_errors() -> None:
+    text = encode(WatchRequest(payload={"device_id": "d1"}))  # type: ignore[arg-type]
+    assert text == '{"type":"watch_request","payload":{"device_id":"d1"}}'
+    assert isinstance(decode(text, ViewerToCloud), WatchRequest)
+    assert decode('{"type":"heartbeat"}', ViewerToCloud) == Heartbeat()
+    with pytest.raises(ProtocolError) as bad:
+        decode('{"type":"watch_request","payload":{"device_id":1}}', ViewerToCloud)
+    assert bad.value.code == "invalid_message" and "$.payload.device_id" in bad.value.message
+    with pytest.raises(ProtocolError) as wrong_way:
+        decode('{"type":"watch_ready","payload":{}}', ViewerToCloud)
+    assert wrong_way.value.code == "unknown_type"
+    with pytest.raises(ProtocolError) as big:
+        decode(" " * (MAX_MESSAGE_BYTES + 1), CloudToViewer)
+    assert big.value.code == "too_large"
+
+
+def test_every_message_type_is_a_tagged_struct() -> None:
+    for union in DIRECTIONS.values():
+        for member in union.__args__:  # type: ignore[attr-defined]
+            info = msgspec.inspect.type_info(member)
+            assert isinstance(info, msgspec.inspect.StructType) and info.tag_field == "type"
