@@ -26,7 +26,7 @@ import httpx
 import msgspec
 
 from device import credentials as creds
-from device.config import AgentConfig, ConfigError
+from device.config import AgentConfig, ConfigError, explain_option_error
 from device.credentials import Credentials, RegistrationError
 from device.signaling import Backoff, SignalingClient
 from device.systemd import Notifier
@@ -80,7 +80,7 @@ def open_displays(config: AgentConfig) -> Display:
             opened.append(open_display(name, options))
         except OptionError as exc:
             DisplayGroup(opened).close()
-            raise ConfigError(f"displays[{i}]: {exc}") from None
+            raise ConfigError(f"displays[{i}]: {explain_option_error(str(exc))}") from None
         except DisplayError as exc:
             log.error("display %s unavailable, going on without it: %s", name, exc)
     return DisplayGroup(opened)

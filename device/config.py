@@ -96,22 +96,30 @@ def _where(path: str) -> str:
 
 
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`(?: - at `(?P<at>[^`]*)`)?$")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]*)`(?: - at `(?P<at>[^`]*)`)?$")
 _AT = re.compile(r"^(?P<what>.*) - at `(?P<at>[^`]*)`$")
 
 
-def explain(exc: msgspec.ValidationError) -> str:
+def explain(exc: msgspec.ValidationError | str) -> str:
     """A msgspec validation error as ``"key.path: what is wrong"``."""
     text = str(exc)
-    unknown = _UNKNOWN.match(text)
-    if unknown:
-        at = _where(unknown["at"] or "$")
-        key = unknown["key"] if at == "(top level)" else f"{at}.{unknown['key']}"
-        return f"{key}: unknown key"
+    for pattern, problem in ((_UNKNOWN, "unknown key"), (_MISSING, "required")):
+        found = pattern.match(text)
+        if found:
+            at = _where(found["at"] or "$")
+            key = found["key"] if at == "(top level)" else f"{at}.{found['key']}"
+            return f"{key}: {problem}"
     located = _AT.match(text)
     if located:
         what = located["what"]
         return f"{_where(located['at'])}: {what[0].lower()}{what[1:]}"
     return text
+
+
+def explain_option_error(text: str) -> str:
+    """A provisioning ``OptionError`` (``"display 'x': <msgspec text>"``) made as readable."""
+    what, sep, detail = text.partition(": ")
+    return f"{what}: {explain(detail)}" if sep else text
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -197,5 +205,11 @@ def _check(config: AgentConfig, source: str) -> None:
     for i, entry in enumerate(config.displays):
         if not isinstance(entry.get("backend"), str):
             raise ConfigError(f"{source}: displays[{i}].backend: required (a display backend)")
-    if config.button is not None and "pin" not in config.button:
-        raise ConfigError(f"{source}: button.pin: required (the GPIO pin of the button)")
+    if config.button is not None:
+        from device.provisioning.button import parse_button_options
+        from device.provisioning.display import OptionError
+
+        try:
+            parse_button_options(config.button)
+        except OptionError as exc:
+            raise ConfigError(f"{source}: {explain_option_error(str(exc))}") from None

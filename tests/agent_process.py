@@ -172,6 +172,7 @@ class CloudViewer:
         self.peer: Viewer | None = None
         self.session_id: str | None = None
         self.ended: dict[str, Any] | None = None
+        self._ended = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         #: ``time.time()`` when ``watch_request`` was sent.
         self.requested_at = 0.0
@@ -226,6 +227,7 @@ class CloudViewer:
                 message = await client.recv(timeout=3600)
                 if message["type"] == "watch_ended":
                     self.ended = message["payload"]
+                    self._ended.set()
                 elif message["type"] == "signal_ice" and message["payload"].get("candidate"):
                     from device.sessions import parse_candidate
                     from protocol.messages import IceCandidate
@@ -233,6 +235,12 @@ class CloudViewer:
                     candidate = parse_candidate(IceCandidate(**message["payload"]["candidate"]))
                     if candidate is not None:
                         await self.peer.pc.addIceCandidate(candidate)
+
+    async def wait_ended(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The payload of ``watch_ended`` (waiting for it)."""
+        await asyncio.wait_for(self._ended.wait(), timeout)
+        assert self.ended is not None
+        return self.ended
 
     async def end(self) -> None:
         """``watch_end`` (if still connected to the cloud)."""

@@ -1,0 +1,135 @@
+"""The cloud going away: streaming peers keep streaming, the agent reconnects with backoff, and
+a cloud that forgot the device (reset) makes the agent register anew."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+
+from tests.agent_process import AgentProcess, CloudViewer
+from tests.cloud_process import ApiClient, CloudProcess
+from tests.test_agent_watch import CLOUD_ENV
+
+FPS = 15
+RECONNECT_CAP_S = 1.0
+CONFIG = {
+    "camera": {"width": 640, "height": 360, "fps": FPS},
+    "reconnect": {"base": 0.1, "cap": RECONNECT_CAP_S},
+}
+
+
+async def _paired_agent(cloud: CloudProcess, state: Path) -> tuple[AgentProcess, str, str]:
+    """A running agent paired to a new account: (agent, the account's token, device id)."""
+    agent = AgentProcess(cloud.url, state, config=CONFIG).start()
+    code = await agent.pairing_code()
+    api = ApiClient(cloud.url)
+    try:
+        account = await api.account()
+        device = await api.pair_code(account, code)
+    finally:
+        await api.aclose()
+    await agent.wait_for(r"the cloud says: paired")
+    return agent, account.token, str(device["device_id"])
+
+
+async def test_streaming_survives_a_cloud_crash_and_the_agent_reconnects(tmp_path: Path) -> None:
+    cloud = CloudProcess(tmp_path / "cloud", env=CLOUD_ENV).start()
+    agent, token, device_id = await _paired_agent(cloud, tmp_path / "state")
+    first = CloudViewer(cloud.ws_url, token)
+    second: CloudViewer | None = None
+    try:
+        await first.watch(device_id)
+        assert first.peer is not None
+        await first.peer.wait_frames(FPS, timeout=30)
+
+        cloud.kill()  # SIGKILL: no goodbye to anyone
+        await agent.wait_for(r"signaling: connection closed|signaling: cannot reach")
+        # The peer connection is direct to the agent: media does not notice.
+        during = len(first.peer.frames)
+        await first.peer.wait_frames(during + 2 * FPS, timeout=10)
+        assert agent.count(r"session \w+: closed") == 0, "the agent closed a streaming peer"
+
+        cloud.start()  # same port, same data dir
+        ready = time.monotonic()
+        await agent.wait_for(r"(?s)signaling: connection closed.*signaling: connected", 30)
+        # Functional bound: one backoff cap plus time to dial on a busy machine.
+        assert time.monotonic() - ready < RECONNECT_CAP_S + 5
+        # The old session still streams after the reconnection.
+        after = len(first.peer.frames)
+        await first.peer.wait_frames(after + FPS, timeout=10)
+
+        second = CloudViewer(cloud.ws_url, token)
+        await second.watch(device_id)
+        assert second.peer is not None
+        await second.peer.wait_frames(FPS, timeout=30)
+        assert all(f.timecode is not None for f in second.peer.frames)
+        assert agent.count(r"camera started") == 1, "one camera, never restarted"
+    finally:
+        for viewer in (first, second):
+            if viewer is not None:
+                await viewer.close()
+        assert agent.terminate() == 0
+        cloud.stop()
+
+
+async def test_signals_wait_for_the_cloud_and_stale_ones_are_dropped(tmp_path: Path) -> None:
+    """A viewer that leaves while the cloud is down: its session's ``watch_end`` waits in the
+    outbox and reaches the restarted cloud (which no longer knows the session and says so)."""
+    cloud = CloudProcess(tmp_path / "cloud", env=CLOUD_ENV).start()
+    agent, token, device_id = await _paired_agent(cloud, tmp_path / "state")
+    viewer = CloudViewer(cloud.ws_url, token)
+    try:
+        session = await viewer.watch(device_id)
+        assert viewer.peer is not None
+        await viewer.peer.wait_frames(5, timeout=30)
+        cloud.kill()
+        await agent.wait_for(r"signaling: connection closed|signaling: cannot reach")
+        await viewer.peer.pc.close()  # DTLS close: the agent's peer closes
+        await agent.wait_for(rf"session {session[:8]}: closed")
+        cloud.start()
+        await agent.wait_for(rf"the cloud refused {session}: watch_end: no such live session")
+    finally:
+        await viewer.close()
+        assert agent.terminate() == 0
+        cloud.stop()
+
+
+async def test_a_reset_cloud_makes_the_agent_register_anew(tmp_path: Path) -> None:
+    data = tmp_path / "cloud"
+    cloud = CloudProcess(data, env=CLOUD_ENV).start()
+    state = tmp_path / "state"
+    agent = AgentProcess(cloud.url, state, config=CONFIG).start()
+    try:
+        await agent.pairing_code()
+        old = json.loads((state / "credentials.json").read_text())["device_id"]
+        cloud.kill()
+        shutil.rmtree(data)  # the cloud loses every device
+        cloud.start()
+        await agent.wait_for(rf"the cloud does not know device {old}")
+        found = await agent.wait_for(r"registered as device (\w+)(?s:.*)registered as device (\w+)")
+        new = found[2]
+        assert new != old
+        assert json.loads((state / "credentials.json").read_text())["device_id"] == new
+        # And it shows a code for the new identity that a user can claim.
+        await agent.wait_for(r"(?s)registered as device \w+.*registered as device.*\d{3} \d{3}")
+    finally:
+        assert agent.terminate() == 0
+        cloud.stop()
+
+
+async def test_cloud_down_at_first_start_is_retried(tmp_path: Path) -> None:
+    """Registration (HTTP) and the socket retry on refused connections until the cloud is up."""
+    cloud = CloudProcess(tmp_path / "cloud", env=CLOUD_ENV)  # not started yet
+    agent = AgentProcess(cloud.url, tmp_path / "state", config=CONFIG).start()
+    try:
+        await agent.wait_for(r"registration failed: cannot reach .*; retrying")
+        await asyncio.sleep(1.0)
+        assert agent.count(r"registration failed") >= 2, "retried with backoff"
+        cloud.start()
+        await agent.pairing_code(timeout=30)
+    finally:
+        assert agent.terminate() == 0
+        cloud.stop()
