@@ -291,6 +291,7 @@ class TestCamera:
         self.ice: dict[str, list[dict[str, Any]]] = {}
         self.peers: dict[str, Any] = {}
         self.ended: list[tuple[str, str]] = []
+        self.dropped: list[Any] = []
         self.task = asyncio.create_task(self.run())
 
     @classmethod
@@ -351,6 +352,16 @@ class TestCamera:
             track.stop()
             await pc.close()
 
+    async def drop_media(self, session_id: str) -> None:
+        """The peer connection vanishes (network loss) while signaling stays up."""
+        pc, track = self.peers[session_id]
+        track.stop()
+        # Stop answering ICE consent checks without a DTLS goodbye: like a cable pulled.
+        for transceiver in pc.getTransceivers():
+            await transceiver.sender.transport.transport.stop()
+        self.peers.pop(session_id)
+        self.dropped.append(pc)
+
     async def close(self) -> None:
         await self.ws.close()
         self.task.cancel()
@@ -358,6 +369,8 @@ class TestCamera:
             await self.task
         for session_id in list(self.peers):
             await self.close_peer(session_id)
+        for pc in self.dropped:
+            await pc.close()
         await self.hub.close()
 
 
@@ -409,6 +422,12 @@ async def test_watch_live_video_then_end(nginx: Nginx, browser: Browser, api: Ap
         assert await page.evaluate("document.querySelector('video').muted") is True
         await screenshot(page, "app-watch-live")
 
+        # A second viewer (another tab or person) watches the same camera at the same time.
+        second = await context.new_page()
+        await second.goto(f"{nginx.url}/#/watch/{camera.device_id}")
+        await watch_until_live(second)
+        assert len(cam.peers) == 2
+
         await page.click("[data-testid=end-watch]")
         await page.wait_for_selector("[data-testid=watch-state][data-state=ended]")
         for _ in range(50):
@@ -417,6 +436,20 @@ async def test_watch_live_video_then_end(nginx: Nginx, browser: Browser, api: Ap
             await asyncio.sleep(0.1)
         assert [reason for _, reason in cam.ended] == ["viewer_ended"]
         assert await page.is_visible("[data-testid=retry]")
+        # The other viewer keeps watching.
+        assert await second.get_attribute("[data-testid=watch-state]", "data-state") == "connected"
+        frames = await second.evaluate("window.__mumu.stats.framesDecoded")
+        await second.wait_for_function(f"() => window.__mumu.stats.framesDecoded > {frames}")
+
+        # Its media path dies without a word on signaling (the camera's network drops the
+        # peer): the page notices, starts a fresh watch by itself and is live again.
+        (session_id,) = list(cam.peers)
+        await cam.drop_media(session_id)
+        await second.wait_for_selector(
+            "[data-testid=watch-state]:not([data-state=connected])", timeout=30_000
+        )
+        await watch_until_live(second)
+        assert session_id not in cam.peers and len(cam.peers) == 1
         await context.close()
         assert unexpected(problems) == [], problems.errors
     finally:
@@ -450,6 +483,14 @@ async def test_watch_through_the_turn_relay_and_camera_going_offline(
         # It comes back: watching resumes by itself.
         cam = await TestCamera.connect(nginx.ws_url, camera)
         closed = False
+        await watch_until_live(page)
+
+        # The viewer's signaling socket drops (not the media): it reconnects with backoff, then
+        # resumes the session (or, if the cloud ended it meanwhile, starts a fresh one; today's
+        # cloud ends a viewer's sessions as soon as its socket closes).
+        await page.evaluate("window.__mumu.signaling.ws.close()")
+        await page.wait_for_selector("[data-testid=signaling-state][data-state=reconnecting]")
+        await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
         await watch_until_live(page)
         await context.close()
         assert unexpected(problems) == [], problems.errors

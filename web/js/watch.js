@@ -388,6 +388,7 @@ export class Watch extends EventTarget {
         }, DISCONNECTED_GRACE_MS);
         break;
       case "failed":
+      case "closed": // closed from the far side (we detach before closing our own)
         this.recover("The connection to the camera failed.");
         break;
       default:
