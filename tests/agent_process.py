@@ -164,18 +164,23 @@ def strip_candidates(sdp: str) -> tuple[str, list[str]]:
 class CloudViewer:
     """A viewer watching a device through the cloud (see the module doc)."""
 
-    def __init__(self, ws_base: str, token: str, *, trickle: bool = True) -> None:
+    def __init__(
+        self, ws_base: str, token: str, *, trickle: bool = True, read_timecodes: bool = True
+    ) -> None:
         self.ws_base = ws_base
         self.token = token
         self.trickle = trickle
+        self.read_timecodes = read_timecodes
         self.client: signaling_client.Client | None = None
         self.peer: Viewer | None = None
         self.session_id: str | None = None
         self.ended: dict[str, Any] | None = None
         self._ended = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
-        #: ``time.time()`` when ``watch_request`` was sent.
+        #: ``time.time()`` when ``watch_request`` was sent, ``watch_ready`` and the answer came.
         self.requested_at = 0.0
+        self.ready_at = 0.0
+        self.answered_at = 0.0
 
     async def connect(self) -> CloudViewer:
         self.client = await signaling_client.viewer(self.ws_base, self.token)
@@ -190,13 +195,17 @@ class CloudViewer:
         self.requested_at = time.time()
         await client.send("watch_request", {"device_id": device_id})
         ready = (await client.recv("watch_ready", timeout))["payload"]
+        self.ready_at = time.time()
         session_id = str(ready["session_id"])
         self.session_id = session_id
         servers = [
             RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
             for s in ready["ice_servers"]
         ]
-        self.peer = Viewer(pc=RTCPeerConnection(RTCConfiguration(iceServers=servers)))
+        self.peer = Viewer(
+            pc=RTCPeerConnection(RTCConfiguration(iceServers=servers)),
+            read_timecodes=self.read_timecodes,
+        )
         offer = await self.peer.offer()
         sdp, candidates = strip_candidates(offer.sdp) if self.trickle else (offer.sdp, [])
         await client.send(
@@ -213,6 +222,7 @@ class CloudViewer:
         if self.trickle:
             await client.send("signal_ice", {"session_id": session_id, "candidate": None})
         answer = (await client.recv("signal_answer", timeout))["payload"]
+        self.answered_at = time.time()
         assert answer["session_id"] == session_id
         await self.peer.accept(RTCSessionDescription(sdp=answer["sdp"]["sdp"], type="answer"))
         self._pump = asyncio.create_task(self._messages())
