@@ -92,6 +92,7 @@ async def _sender(conn: Connection, mode: str, viewers: int) -> None:
             await pc.setLocalDescription(await pc.createAnswer())
             local = pc.localDescription
         conn.send(local.sdp)
+    await hub.settled()  # the camera is started by now
     camera = hub.camera
     thread = getattr(camera, "_thread", None)
     conn.send(("ready", thread.native_id if thread is not None else None))

@@ -77,7 +77,12 @@ class H264SoftwareEncoder:
                 ":repeat-headers=1:scenecut=0",
             }
         elif codec == "h264_v4l2m2m":
-            ctx.options = {"profile": "constrained_baseline"}  # ffmpeg maps it to V4L2
+            # ffmpeg passes the profile to the V4L2 encoder; SPS/PPS then come in extradata
+            # and the normalizer repeats them before each keyframe.
+            try:
+                ctx.profile = "Constrained Baseline"
+            except (ValueError, AttributeError):
+                log.warning("%s: cannot ask for constrained baseline", codec)
         try:
             ctx.open()
         except Exception as exc:  # av.error.FFmpegError and friends
