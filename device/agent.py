@@ -168,15 +168,17 @@ class Agent:
         if self._client is not None:
             await self._client.flush(SHUTDOWN_FLUSH_S)
             await self._client.close()
-        for task in (signaling, watchdog, self._controller_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        for task in (signaling, watchdog):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._hub is not None:
             await self._hub.close()
         if self._controller is not None:
-            await self._controller.close()
+            await self._controller.close()  # stops its run() and closes the display
+            if self._controller_task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._controller_task
         elif self._display is not None:
             await asyncio.to_thread(self._display.close)
         if self._http is not None:

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from device import credentials as creds
+from device.agent import Agent
 from device.cli import main
-from tests.agent_process import BIN, AgentProcess
-from tests.cloud_process import CloudProcess
+from device.config import load
+from device.provisioning import DisplayGroup
+from tests.agent_process import BIN, AgentProcess, CloudViewer
+from tests.cloud_process import ApiClient, CloudProcess
 from tests.test_agent_watch import CLOUD_ENV
 
 CONFIG = {"camera": {"width": 640, "height": 360, "fps": 15}, "reconnect": {"cap": 1.0}}
@@ -93,9 +97,6 @@ async def test_systemd_notify_ready_watchdog_and_clean_sigterm(
 
 
 async def test_sigterm_with_a_viewer_ends_the_session(cloud: CloudProcess, tmp_path: Path) -> None:
-    from tests.agent_process import CloudViewer
-    from tests.cloud_process import ApiClient
-
     agent = AgentProcess(cloud.url, tmp_path / "state", config=CONFIG).start()
     api = ApiClient(cloud.url)
     viewer = None
@@ -218,3 +219,51 @@ def test_probe_prints_the_hal_report() -> None:
     assert done.returncode == 0, done.stderr
     assert "synthetic" in done.stdout
     assert "Would use:" in done.stdout
+
+
+async def test_button_held_at_boot_is_a_factory_reset(cloud: CloudProcess, tmp_path: Path) -> None:
+    """In-process agent, gpiozero's mock pins as the GPIO: the held button forgets the saved
+    credentials and the agent registers as a new device (nobody's camera any more)."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    from tests.test_provisioning_gpio import ButtonPin
+
+    state = tmp_path / "state"
+    api = ApiClient(cloud.url)
+    try:
+        camera = await api.camera()  # valid credentials: without a reset they would be reused
+    finally:
+        await api.aclose()
+    old = creds.Credentials(device_id=camera.device_id, device_token=camera.device_token)
+    creds.save(state, old)
+    config = load(
+        None,
+        {
+            "cloud": cloud.url,
+            "state_dir": str(state),
+            "camera.backend": "synthetic",
+            "button": {"pin": 27, "hold_seconds": 0.2},
+        },
+        env={},
+    )
+    factory = MockFactory(pin_class=ButtonPin)
+    previous = Device.pin_factory
+    Device.pin_factory = factory
+    try:
+        pin = factory.pin(27)
+        assert isinstance(pin, ButtonPin)
+        pin.press()
+        agent = Agent(config, display=DisplayGroup([]))
+        running = asyncio.create_task(agent.run())
+        async with asyncio.timeout(20):
+            while agent.client is None or not agent.client.is_connected:
+                await asyncio.sleep(0.05)
+        assert agent.client.failures == 0, "registered anew at start, not after a refusal"
+        agent.stop()
+        await asyncio.wait_for(running, 10)
+    finally:
+        Device.pin_factory = previous
+        factory.close()
+    new = creds.load(state)
+    assert new is not None and new.device_id != old.device_id
