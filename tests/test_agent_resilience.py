@@ -4,9 +4,13 @@ a cloud that forgot the device (reset) makes the agent register anew."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.agent_process import AgentProcess, CloudViewer
@@ -120,16 +124,47 @@ async def test_a_reset_cloud_makes_the_agent_register_anew(tmp_path: Path) -> No
         cloud.stop()
 
 
-async def test_cloud_down_at_first_start_is_retried(tmp_path: Path) -> None:
-    """Registration (HTTP) and the socket retry on refused connections until the cloud is up."""
+async def test_cloud_down_or_failing_at_first_start_is_retried(tmp_path: Path) -> None:
+    """Registration (HTTP) retries on refused connections and on 5xx until the cloud works."""
     cloud = CloudProcess(tmp_path / "cloud", env=CLOUD_ENV)  # not started yet
     agent = AgentProcess(cloud.url, tmp_path / "state", config=CONFIG).start()
     try:
         await agent.wait_for(r"registration failed: cannot reach .*; retrying")
-        await asyncio.sleep(1.0)
-        assert agent.count(r"registration failed") >= 2, "retried with backoff"
+        with _failing_server(cloud.port):  # a proxy in front of a broken cloud, say
+            await agent.wait_for(r"registration failed: \S+ answered 503")
+            await asyncio.sleep(0.5)
+        assert agent.count(r"registration failed") >= 3, "retried with backoff"
         cloud.start()
         await agent.pairing_code(timeout=30)
     finally:
         assert agent.terminate() == 0
         cloud.stop()
+
+
+@contextlib.contextmanager
+def _failing_server(port: int) -> Iterator[None]:
+    """An HTTP server on ``port`` that answers every request with 503."""
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = b'{"error": {"code": "unavailable", "message": "try later"}}'
+            self.send_response(503)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
