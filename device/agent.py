@@ -155,8 +155,9 @@ class Agent:
             stopping = asyncio.create_task(self._stop.wait())
             await asyncio.wait({stopping, signaling}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
-            if signaling.done() and not signaling.cancelled() and signaling.exception():
-                raise signaling.exception()  # type: ignore[misc]
+            failed = signaling.exception() if signaling.done() else None
+            if failed is not None:
+                raise failed
         finally:
             await self._shutdown(signaling, watchdog)
 
