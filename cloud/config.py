@@ -41,6 +41,7 @@ class Settings:
     pair_rate_per_address: str = "20/minute"
     session_ttl_s: float = 120.0
     presence_ttl_s: float = 90.0
+    resume_grace_s: float = 20.0
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     web_dir: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -69,6 +70,7 @@ VARIABLES: dict[str, str] = {
     "MUMU_PAIR_RATE_PER_ADDRESS": "pairing attempts per client address",
     "MUMU_SESSION_TTL": "seconds a watch session lives without any sign of its parties",
     "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 90)",
+    "MUMU_RESUME_GRACE": "seconds a session outlives its party's dropped socket (default 20)",
     "MUMU_TRUSTED_PROXIES": "comma-separated addresses whose X-Forwarded-For is believed",
     "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
@@ -152,6 +154,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         public_url=public_url,
         session_ttl_s=float(_int(merged, "MUMU_SESSION_TTL", 120, 10, 3600)),
         presence_ttl_s=float(_int(merged, "MUMU_PRESENCE_TTL", 90, 5, 3600)),
+        resume_grace_s=float(_int(merged, "MUMU_RESUME_GRACE", 20, 0, 600)),
         trusted_proxies=tuple(
             p.strip()
             for p in merged.get("MUMU_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")

@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -129,6 +130,7 @@ class SignalingHub:
         self.metrics = metrics
         self._viewers: set[Connection] = set()
         self._janitor: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
         metrics.active_sessions.set_function(lambda: sum(len(c.sessions) for c in self._viewers))
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -137,6 +139,8 @@ class SignalingHub:
         self._janitor = asyncio.create_task(self._sweep_forever(), name="session-janitor")
 
     async def stop(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
         if self._janitor is not None:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -423,8 +427,9 @@ class SignalingHub:
             await self.live.unsubscribe(f"device:{conn.principal}", conn.deliver)
             if await self.live.set_offline(conn.principal, conn.conn_id):
                 await self.store.touch_device(conn.principal, time.time())
-                for session in await self.live.sessions_of_device(conn.principal):
-                    await self.end_session(session.session_id, "device_disconnected")
+                sessions = await self.live.sessions_of_device(conn.principal)
+                if sessions:
+                    self._later(self._end_unless_device_returns(conn.principal, sessions))
                 device = await self.store.device(conn.principal)  # ownership may have changed
                 if device is not None and device.owner_id is not None:
                     await self._device_status(device.owner_id, conn.principal, online=False)
@@ -432,8 +437,32 @@ class SignalingHub:
         self._viewers.discard(conn)
         await self.live.unsubscribe(f"viewer:{conn.conn_id}", conn.deliver)
         await self.live.unsubscribe(f"user:{conn.principal}", conn.deliver)
-        for session in await self.live.sessions_of_viewer_conn(conn.conn_id):
-            await self.end_session(session.session_id, "viewer_disconnected")
+        sessions = await self.live.sessions_of_viewer_conn(conn.conn_id)
+        if sessions:
+            self._later(self._end_unless_viewer_resumes(conn.conn_id, sessions))
+
+    # The media of a session flows peer to peer, so a dropped signaling socket need not end it:
+    # its party gets ``resume_grace_s`` to come back (a viewer with ``watch_resume``, a device
+    # with a new ``hello``) before the session is ended and the other party told.
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _end_unless_viewer_resumes(self, conn_id: str, sessions: list[LiveSession]) -> None:
+        await asyncio.sleep(self.settings.resume_grace_s)
+        for old in sessions:
+            now = await self.live.get_session(old.session_id)
+            if now is not None and now.viewer_conn == conn_id:
+                await self.end_session(old.session_id, "viewer_disconnected")
+
+    async def _end_unless_device_returns(self, device_id: str, sessions: list[LiveSession]) -> None:
+        await asyncio.sleep(self.settings.resume_grace_s)
+        if device_id in await self.live.online([device_id]):
+            return
+        for old in sessions:
+            await self.end_session(old.session_id, "device_disconnected")
 
     # --- used by the HTTP API ------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ RELAXED = {
     "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
     "MUMU_PAIR_RATE": "100000/minute",
     "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
+    "MUMU_RESUME_GRACE": "1",
 }
 
 BACKENDS = ["embedded", "scaled"]

@@ -354,3 +354,36 @@ async def test_presence_expires_when_heartbeats_stop(
             assert listed["online"] is False
         finally:
             await api.aclose()
+
+
+async def test_a_dropped_socket_may_come_back_and_resume(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    """Media flows peer to peer: a party whose signaling socket drops gets a grace period."""
+    owner = await api.account()
+    camera = await api.owned_camera(owner)
+    device = await sig.device(cloud.ws_url, camera.hello())
+    viewer = await sig.viewer(cloud.ws_url, owner.token)
+    sid = await watch(viewer, device, camera.device_id)
+
+    await viewer.close()  # the viewer's network blips...
+    viewer = await sig.viewer(cloud.ws_url, owner.token)
+    await viewer.send("watch_resume", {"session_id": sid})  # ...and it is back in time
+    assert (await viewer.recv("watch_resumed"))["payload"] == {"session_id": sid}
+
+    await device.close()  # the camera's socket drops and comes back
+    device = await sig.device(cloud.ws_url, camera.hello())
+    await asyncio.sleep(1.5)  # past the grace period (1 s in these tests)
+    await viewer.send("signal_offer", {"session_id": sid, "sdp": SDP_OFFER})
+    assert (await device.recv("signal_offer"))["payload"]["session_id"] == sid
+    await device.nothing()
+
+    # gone for good: ended after the grace period
+    await viewer.close()
+    ended = (await device.recv("watch_ended", timeout=5))["payload"]
+    assert ended == {"session_id": sid, "reason": "viewer_disconnected"}
+    other = await sig.viewer(cloud.ws_url, owner.token)
+    await other.send("watch_resume", {"session_id": sid})
+    assert (await other.error())["code"] == "session_not_found"
+    await other.close()
+    await device.close()
