@@ -258,8 +258,9 @@ class Agent:
         if self._controller is not None:
             self._controller.set_connection_state(ConnectionState.CONNECTED)
             self._controller.set_paired(bool(ack.payload.paired))
-        if self._sessions is not None and not first:
-            self._sessions.drop_unanswered()
+        # Sessions are kept across reconnections: the cloud gives a returning device a grace
+        # period, queued answers and watch_ends go out now, and a session whose offer was lost
+        # ends at its offer timeout.
         status = f"connected as {ack.payload.id}, {'paired' if ack.payload.paired else 'unpaired'}"
         if first:
             self._ready_sent = True

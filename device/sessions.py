@@ -212,14 +212,6 @@ class SessionManager:
             log.info("session %s: ended by the cloud (%s)", session.short, reason)
             self.end(session, notify=False)
 
-    def drop_unanswered(self) -> None:
-        """After reconnecting: the cloud forgot sessions whose offer never came; end them.
-        Sessions that answered (connecting or streaming) are left to connect or fail."""
-        for session in list(self._sessions.values()):
-            if session.phase is Phase.AWAITING_OFFER:
-                log.info("session %s: no offer before the cloud went away; ending", session.short)
-                self.end(session, notify=True)
-
     # --- ending ---------------------------------------------------------------------------------
 
     def end(self, session: Session, *, notify: bool) -> None:
