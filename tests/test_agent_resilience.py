@@ -168,3 +168,34 @@ def _failing_server(port: int) -> Iterator[None]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+async def test_a_dropped_socket_keeps_the_session_and_its_signaling(tmp_path: Path) -> None:
+    """The agent's socket is kicked (another hello with its credentials: close 4409) while a
+    viewer watches: the agent reconnects, the media never stops, and the session is still the
+    cloud's (its grace period): the viewer's ``watch_end`` reaches the agent afterwards."""
+    from tests import signaling_client
+
+    cloud = CloudProcess(tmp_path / "cloud", env=CLOUD_ENV).start()
+    agent, token, device_id = await _paired_agent(cloud, tmp_path / "state")
+    viewer = CloudViewer(cloud.ws_url, token)
+    try:
+        session = await viewer.watch(device_id)
+        assert viewer.peer is not None
+        await viewer.peer.wait_frames(FPS, timeout=30)
+        saved = json.loads((tmp_path / "state" / "credentials.json").read_text())
+        intruder = await signaling_client.device(
+            cloud.ws_url,
+            {"type": "hello", "payload": {k: saved[k] for k in ("device_id", "device_token")}},
+        )
+        await agent.wait_for(r"signaling: connection closed \(code 4409")
+        await agent.wait_for(r"(?s)code 4409.*signaling: connected")  # and it kicks the intruder
+        assert await intruder.closed() == 4409
+        frames = len(viewer.peer.frames)
+        await viewer.peer.wait_frames(frames + FPS, timeout=10)
+        await viewer.end()
+        await agent.wait_for(rf"session {session[:8]}: ended by the cloud \(viewer_ended\)")
+    finally:
+        await viewer.close()
+        assert agent.terminate() == 0
+        cloud.stop()
