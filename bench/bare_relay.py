@@ -7,16 +7,23 @@ frame is either answered (heartbeat) or forwarded as is to the device "bare" ses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 devices: dict[str, ServerConnection] = {}
 first_device: list[str] = []
 
 
 async def handler(ws: ServerConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        await relay(ws)
+
+
+async def relay(ws: ServerConnection) -> None:
     hello = json.loads(await ws.recv())
     device_id = hello["payload"].get("device_id")
     if device_id:

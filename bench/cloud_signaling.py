@@ -209,8 +209,12 @@ def measure(
     holder = ctx.Process(target=hold, args=(ws_base, ids[1:], ready, stop), daemon=True)
     t0 = time.monotonic()
     holder.start()
-    if not ready.wait(600):
-        raise TimeoutError("devices did not connect in time")
+    deadline = time.monotonic() + 600
+    while not ready.wait(0.5):
+        if not holder.is_alive():
+            raise RuntimeError(f"{label}: the device holder failed (see above)")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{label}: devices did not connect in time")
     connect_s = time.monotonic() - t0
     time.sleep(2)
     server = psutil.Process(server_pid)

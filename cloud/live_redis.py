@@ -49,9 +49,16 @@ class RedisLiveState:
         return self._redis
 
     async def open(self) -> None:
-        self._redis = aioredis.Redis.from_url(
-            self.url, decode_responses=True, health_check_interval=30, max_connections=200
+        # A blocking pool: a burst (thousands of devices reconnecting at once) waits for a free
+        # connection instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            decode_responses=True,
+            health_check_interval=30,
+            max_connections=64,
+            timeout=20,
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         await self._redis.ping()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._reader = asyncio.create_task(self._read(), name="redis-pubsub-reader")

@@ -68,6 +68,7 @@ CLOSE_BAD_HELLO = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REPLACED = 4409
 CLOSE_IDLE = 4408
+CLOSE_TRY_AGAIN = 1013
 HELLO_TIMEOUT_S = 10.0
 #: A device's ``last_seen`` is written on connect, on disconnect and at most this often between.
 LAST_SEEN_EVERY_S = 300.0
@@ -173,7 +174,13 @@ class SignalingHub:
         conn = Connection(role=role, socket=socket)
         self.metrics.connections.labels(role).inc()
         try:
-            if await self._authenticate(conn):
+            try:
+                authenticated = await self._authenticate(conn)
+            except Exception:  # the database or Redis failed: say so, the client retries
+                log.exception("could not authenticate a %s", conn.role)
+                await self._refuse(conn, CLOSE_TRY_AGAIN, "internal", "the cloud failed; try again")
+                return
+            if authenticated:
                 await self._run(conn)
         finally:
             self.metrics.connections.labels(role).dec()
