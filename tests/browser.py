@@ -136,7 +136,9 @@ def render_nginx_conf(
     server_name: str = "_",
     web_root: Path = WEB_ROOT,
 ) -> str:
-    servers = "\n        ".join(
+    # All on one line: the template's header comment names ${MUMU_UPSTREAM_SERVERS} too, and a
+    # second line substituted there would fall outside the comment.
+    servers = " ".join(
         f"server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;" for port in upstream_ports
     )
     if not servers:

@@ -1,0 +1,311 @@
+"""The whole system end to end, in a real browser.
+
+Debian's Chromium (headless, Playwright) opens the web app through real nginx in front of two
+``mumu-cloud serve`` processes on PostgreSQL + Redis; the camera is the real agent
+(``mumu-agent run --camera synthetic``) connected through the same nginx; TURN is a real coturn
+with the repository's config.  One stack and one Chromium serve the whole module
+(``tests/e2e_stack.py``); each test opens its own browser contexts.
+
+* a person signs up in the page, pairs the camera with the code the agent printed, watches
+  (frames really decoded and shown), ends, sees the camera online, unpairs it;
+* relay only (``?relay=1``): the selected candidate pair is a TURN relay and frames flow;
+  a cloud whose TURN secret coturn does not know: the page says so, it does not hang;
+* two browser contexts watch the camera at once;
+* the cloud process holding the page's socket is SIGKILLed mid-watch: the video keeps
+  playing and the page reconnects to the other process by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+
+from tests.browser import PHONE_VIEWPORT, launch_chromium, screenshot
+from tests.cloud_process import Account, ApiClient
+from tests.e2e_stack import (
+    PAIRED,
+    UNPAIRED,
+    WRONG_TURN_SECRET,
+    Stack,
+    frames_flow,
+    open_app,
+    open_sockets,
+    playback,
+    selected_pair,
+    start_stack,
+    text_of,
+    wait_playing,
+)
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture(scope="module")
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with start_stack(request, tmp_path_factory.mktemp("e2e")) as started:
+        yield started
+
+
+@pytest.fixture(autouse=True)
+def _diagnostics(stack: Stack) -> Iterator[None]:
+    """Shown by pytest only when a test fails: what the agent, clouds and nginx said."""
+    yield
+    print(stack.diagnostics())
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with launch_chromium() as launched:
+        yield launched
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def owner(stack: Stack) -> AsyncIterator[tuple[Account, str]]:
+    """An account owning the agent's camera (paired over HTTP with the code the agent shows
+    now); its device id."""
+    api = ApiClient(stack.url)
+    try:
+        account = await api.account()
+        mark = len(stack.agent.lines)
+        device = await api.pair_code(account, await stack.pairing_code())
+        await stack.agent_says(PAIRED, after_line=mark)
+        yield account, str(device["device_id"])
+    finally:
+        await api.aclose()
+
+
+#: Records the peer connections' ``icecandidateerror`` events (TURN refusals) in the page.
+RECORD_ICE_ERRORS = """
+window.__iceErrors = [];
+const Native = window.RTCPeerConnection;
+window.RTCPeerConnection = class extends Native {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("icecandidateerror", (e) =>
+      window.__iceErrors.push({ code: e.errorCode, text: e.errorText, url: e.url }));
+  }
+};
+"""
+
+
+async def watch(page: Page, url: str, device_id: str, *, relay: bool = False) -> None:
+    query = "?relay=1" if relay else ""
+    await page.goto(f"{url}/{query}#/watch/{device_id}")
+
+
+# --- a person's path, all in the page ---------------------------------------------------------
+
+
+async def test_sign_up_pair_watch_end_unpair(stack: Stack, browser: Browser) -> None:
+    code = await stack.pairing_code()
+    email = f"e2e-{time.monotonic_ns()}@example.com"
+    context, page = await open_app(browser, stack.url)
+    try:
+        await page.click("[data-testid=to-signup]")
+        await page.fill("[data-testid=email]", email)
+        await page.fill("[data-testid=password]", "a long enough password")
+        await page.click("[data-testid=submit]")
+        await page.wait_for_selector("[data-testid=devices-empty]")
+        assert await text_of(page, "who") == email
+
+        # Pair: the code the agent printed on its console, typed as a person would.
+        mark = len(stack.agent.lines)
+        await page.click("[data-testid=add-camera]")
+        await page.fill("[data-testid=pair-code]", f"{code[:3]} {code[3:]}")
+        await page.click("[data-testid=pair-submit]")
+        await page.wait_for_selector("[data-testid=pair-success]")
+        assert await text_of(page, "paired-name") == "E2E camera"
+        await stack.agent_says(PAIRED, after_line=mark)
+
+        await page.click("[data-testid=to-devices]")
+        card = page.locator("[data-testid=device-card]")
+        await card.wait_for()
+        status = card.locator("[data-testid=device-status]")
+        await status.filter(has_text="Online").wait_for(timeout=15_000)
+        device_id = await card.get_attribute("data-device-id")
+        assert device_id
+
+        # Watch: the video is really playing.
+        await card.locator("[data-testid=watch]").click()
+        state = await wait_playing(page)
+        assert (state["width"], state["height"]) == (640, 360), state
+        await frames_flow(page, seconds=3)
+        pair = await selected_pair(page)
+        assert pair is not None and pair["state"] == "succeeded", pair
+        assert (pair["local"], pair["remote"]) == ("host", "host"), pair  # direct, on loopback
+        assert await text_of(page, "watch-title") == "E2E camera"
+        shot = await screenshot(page, "e2e-watch-live")
+        assert shot.stat().st_size > 10_000
+        await stack.agent_says(r"peer connected", after_line=mark)
+
+        # End: the page stops, the agent hears of it.
+        await page.click("[data-testid=end-watch]")
+        await page.wait_for_selector("[data-testid=watch-state][data-state=ended]")
+        assert await page.is_visible("[data-testid=retry]")
+        await stack.agent_says(r"session \w+.*(ended|closed)", after_line=mark)
+
+        # The list: still online.  Unpair in the UI: the list is empty, the agent shows a new code.
+        await page.click("[data-testid=back]")
+        card = page.locator(f"[data-device-id='{device_id}']")
+        await (
+            card.locator("[data-testid=device-status]")
+            .filter(has_text="Online")
+            .wait_for(timeout=15_000)
+        )
+        mark = len(stack.agent.lines)
+        await card.locator("[data-testid=unpair]").click()
+        await card.locator("[data-testid=unpair-confirm]").click()
+        await page.wait_for_selector("[data-testid=devices-empty]")
+        await stack.agent_says(UNPAIRED, after_line=mark)
+        assert await stack.pairing_code(after_line=mark) != code
+    finally:
+        await context.close()
+
+
+# --- several viewers, the relay --------------------------------------------------------------
+
+
+async def test_two_browser_contexts_watch_one_camera(
+    stack: Stack, browser: Browser, owner: tuple[Account, str]
+) -> None:
+    account, device_id = owner
+    contexts = []
+    try:
+        pages: list[Page] = []
+        for viewport in (None, PHONE_VIEWPORT):
+            options = {"viewport": viewport} if viewport else {}
+            context, page = await open_app(browser, stack.url, account, **options)
+            contexts.append(context)
+            pages.append(page)
+            await watch(page, stack.url, device_id)
+        for page in pages:
+            await wait_playing(page)
+        sessions = {await page.evaluate("window.__mumu.watch.sessionId") for page in pages}
+        assert len(sessions) == 2, sessions
+        # Both play at the same time: frames grow on each over the same seconds.
+        await asyncio.gather(*(frames_flow(page, seconds=3) for page in pages))
+        await screenshot(pages[1], "e2e-watch-second-viewer-phone")
+    finally:
+        for context in contexts:
+            await context.close()
+
+
+async def test_relay_only_through_coturn(
+    stack: Stack, browser: Browser, owner: tuple[Account, str]
+) -> None:
+    account, device_id = owner
+    context, page = await open_app(browser, stack.url, account)
+    try:
+        await watch(page, stack.url, device_id, relay=True)
+        await wait_playing(page)
+        assert await page.is_visible("[data-testid=relay-forced]")
+        await frames_flow(page, seconds=3)
+        pair = await selected_pair(page)
+        assert pair is not None, "no selected candidate pair"
+        assert pair["local"] == "relay", pair
+        # The relayed address is coturn's (relay-ip=127.0.0.1, its min/max-port range).
+        assert pair["localAddress"] == "127.0.0.1", pair
+        assert pair["url"] is None or f":{stack.coturn.port}" in pair["url"], pair
+        await page.wait_for_function("() => window.__mumu.stats && window.__mumu.stats.path")
+        assert "Relayed" in await text_of(page, "stat-path")
+        await screenshot(page, "e2e-watch-relay")
+    finally:
+        await context.close()
+
+
+async def test_a_wrong_turn_secret_fails_in_words(
+    stack: Stack, browser: Browser, owner: tuple[Account, str]
+) -> None:
+    """A cloud whose TURN secret coturn does not know: relay-only watching cannot work.  The
+    page must say so within a bounded time, not spin forever."""
+    account, device_id = owner
+    with stack.other_cloud(WRONG_TURN_SECRET) as (_, nginx):
+        context, page = await open_app(browser, nginx.url, account)
+        await context.add_init_script(RECORD_ICE_ERRORS)
+        try:
+            started = time.monotonic()
+            await watch(page, nginx.url, device_id, relay=True)
+            await page.wait_for_selector(
+                "[data-testid=watch-state][data-state=failed],"
+                "[data-testid=watch-state][data-state=recovering]",
+                timeout=45_000,
+            )
+            took = time.monotonic() - started
+            message = await text_of(page, "watch-message")
+            assert await page.is_visible("[data-testid=watch-message]")
+            assert "could not be set up" in message, (took, message)
+            await screenshot(page, "e2e-watch-wrong-turn-secret")
+            # Why: coturn refused the credentials this cloud made (401 on both transports).
+            errors = await page.evaluate("window.__iceErrors")
+            assert {e["url"] for e in errors if e["code"] == 401} == set(stack.coturn.urls), errors
+            # No picture ever came (Chrome shows a 2x2 placeholder frame before any media).
+            assert (await playback(page))["width"] < 16
+        finally:
+            await context.close()
+
+
+# --- a cloud process dies ------------------------------------------------------------------------
+
+RECORD_SIGNALING_STATES = """() => {
+  window.__signalingStates = [];
+  window.__mumu.signaling.addEventListener("state", (e) =>
+    window.__signalingStates.push(e.detail.state));
+}"""
+
+
+async def test_killing_the_cloud_of_the_page_keeps_the_video_playing(
+    stack: Stack, browser: Browser, owner: tuple[Account, str]
+) -> None:
+    account, device_id = owner
+    context, page = await open_app(browser, stack.url, account)
+    killed = None
+    try:
+        await watch(page, stack.url, device_id)
+        await wait_playing(page)
+        session_id = await page.evaluate("window.__mumu.watch.sessionId")
+
+        # Which process holds the page's socket: the one whose /metrics counts a viewer.
+        deadline = time.monotonic() + 10
+        while sorted(stack.sockets("viewer")) != [0, 1]:
+            assert time.monotonic() < deadline, stack.sockets("viewer")
+            await asyncio.sleep(0.1)
+        killed = stack.clouds[stack.sockets("viewer").index(1)]
+        survivor = next(c for c in stack.clouds if c is not killed)
+        agent_on_killed = stack.sockets("device")[stack.clouds.index(killed)] == 1
+        print(f"page on :{killed.port}; the agent is {'also' if agent_on_killed else 'not'} there")
+
+        await page.evaluate(RECORD_SIGNALING_STATES)
+        before = (await playback(page))["frames"]
+        killed.kill()
+
+        # The video plays on (media never went through the cloud) ...
+        counts = await frames_flow(page, seconds=4)
+        assert counts[0] >= before
+        # ... and the page is back on the other process by itself, same session.
+        await page.wait_for_function(
+            "() => window.__signalingStates.includes('reconnecting')", timeout=10_000
+        )
+        await page.wait_for_selector(
+            "[data-testid=signaling-state][data-state=open]", timeout=30_000
+        )
+        assert await text_of(page, "signaling-state") == "Connected"
+        assert open_sockets(survivor) == 1
+        assert await page.evaluate("window.__mumu.watch.sessionId") == session_id
+        assert await page.get_attribute("[data-testid=watch-state]", "data-state") == "connected"
+        await frames_flow(page, seconds=2)
+        states = await page.evaluate("window.__signalingStates")
+        print(f"signaling states: {states}")
+    finally:
+        await context.close()
+        if killed is not None:
+            killed.restart()
