@@ -263,35 +263,48 @@ RECORD_SIGNALING_STATES = """() => {
 }"""
 
 
-async def test_killing_the_cloud_of_the_page_keeps_the_video_playing(
-    stack: Stack, browser: Browser, owner: tuple[Account, str]
-) -> None:
-    account, device_id = owner
-    context, page = await open_app(browser, stack.url, account)
-    killed = None
-    try:
-        await watch(page, stack.url, device_id)
+async def placement(stack: Stack, timeout: float = 10.0) -> tuple[int, bool]:
+    """Which cloud holds the page's socket (the only viewer socket), and whether the agent's
+    socket is on the same one (from each cloud's ``/metrics``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        viewers, devices = stack.sockets("viewer"), stack.sockets("device")
+        if sorted(viewers) == [0, 1] and sorted(devices) == [0, 1]:
+            index = viewers.index(1)
+            return index, devices[index] == 1
+        assert time.monotonic() < deadline, (viewers, devices)
+        await asyncio.sleep(0.1)
+
+
+async def steer(page: Page, stack: Stack, *, with_agent: bool, timeout: float = 30.0) -> int:
+    """Reconnects the page's signaling socket until nginx puts it on the cloud that does (or
+    does not) hold the agent's socket; that cloud's index."""
+    deadline = time.monotonic() + timeout
+    while True:
+        index, together = await placement(stack)
+        if together == with_agent:
+            return index
+        assert time.monotonic() < deadline, "nginx never put the page where it was wanted"
+        await page.evaluate("window.__mumu.signaling.ws.close()")
+        await page.wait_for_selector("[data-testid=signaling-state][data-state=reconnecting]")
+        await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
         await wait_playing(page)
-        session_id = await page.evaluate("window.__mumu.watch.sessionId")
+        await asyncio.sleep(0.5)
 
-        # Which process holds the page's socket: the one whose /metrics counts a viewer.
-        deadline = time.monotonic() + 10
-        while sorted(stack.sockets("viewer")) != [0, 1]:
-            assert time.monotonic() < deadline, stack.sockets("viewer")
-            await asyncio.sleep(0.1)
-        killed = stack.clouds[stack.sockets("viewer").index(1)]
-        survivor = next(c for c in stack.clouds if c is not killed)
-        agent_on_killed = stack.sockets("device")[stack.clouds.index(killed)] == 1
-        print(f"page on :{killed.port}; the agent is {'also' if agent_on_killed else 'not'} there")
 
-        await page.evaluate(RECORD_SIGNALING_STATES)
-        before = (await playback(page))["frames"]
-        killed.kill()
-
+async def kill_and_recover(page: Page, stack: Stack, index: int) -> None:
+    """SIGKILLs cloud ``index`` (which holds the page's socket): the video plays on, and the
+    page is back on the other process by itself, in the same watch session."""
+    killed, survivor = stack.clouds[index], stack.clouds[1 - index]
+    session_id = await page.evaluate("window.__mumu.watch.sessionId")
+    await page.evaluate(RECORD_SIGNALING_STATES)
+    before = (await playback(page))["frames"]
+    killed.kill()
+    try:
         # The video plays on (media never went through the cloud) ...
         counts = await frames_flow(page, seconds=4)
         assert counts[0] >= before
-        # ... and the page is back on the other process by itself, same session.
+        # ... and the page is back, on the other process, by itself, in the same session.
         await page.wait_for_function(
             "() => window.__signalingStates.includes('reconnecting')", timeout=10_000
         )
@@ -299,13 +312,28 @@ async def test_killing_the_cloud_of_the_page_keeps_the_video_playing(
             "[data-testid=signaling-state][data-state=open]", timeout=30_000
         )
         assert await text_of(page, "signaling-state") == "Connected"
-        assert open_sockets(survivor) == 1
+        assert open_sockets(survivor, "viewer") == 1
         assert await page.evaluate("window.__mumu.watch.sessionId") == session_id
         assert await page.get_attribute("[data-testid=watch-state]", "data-state") == "connected"
         await frames_flow(page, seconds=2)
-        states = await page.evaluate("window.__signalingStates")
-        print(f"signaling states: {states}")
+    finally:
+        killed.restart()
+
+
+async def test_killing_the_cloud_of_the_page_keeps_the_video_playing(
+    stack: Stack, browser: Browser, owner: tuple[Account, str]
+) -> None:
+    """Twice: once with the agent's socket on the same process as the page's (both reconnect),
+    once on the other one (only the page does), in whichever order nginx deals them."""
+    account, device_id = owner
+    context, page = await open_app(browser, stack.url, account)
+    try:
+        await watch(page, stack.url, device_id)
+        await wait_playing(page)
+        index, together = await placement(stack)
+        await kill_and_recover(page, stack, index)
+        # The other case: steer the page's socket next to (or away from) the agent's.
+        await kill_and_recover(page, stack, await steer(page, stack, with_agent=not together))
+        assert (await selected_pair(page) or {}).get("state") == "succeeded"
     finally:
         await context.close()
-        if killed is not None:
-            killed.restart()
