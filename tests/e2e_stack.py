@@ -23,7 +23,7 @@ import itertools
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +77,6 @@ class Stack:
     agent: AgentProcess
     backend: Mapping[str, str]
     tmp: Path
-    extra: list[contextlib.ExitStack] = field(default_factory=list)
 
     @property
     def url(self) -> str:
