@@ -10,9 +10,13 @@ import asyncio
 import contextlib
 import json
 import sys
+from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cloud.gc_policy import steward
 
 devices: dict[str, ServerConnection] = {}
 first_device: list[str] = []
@@ -42,7 +46,7 @@ async def relay(ws: ServerConnection) -> None:
 
 async def main(port: int) -> None:
     async with serve(handler, "127.0.0.1", port, ping_interval=None):
-        await asyncio.Future()
+        await steward()  # the cloud's collector policy, so that the floor is fair
 
 
 if __name__ == "__main__":

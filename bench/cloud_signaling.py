@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -109,6 +110,9 @@ def hold(ws_base: str, ids: list[str], ready: Any, stop: Any) -> None:
             await ws.send(json.dumps(hello))
             await ws.recv()
             connected += 1
+            if connected == len(ids):
+                gc.collect()
+                gc.freeze()  # the holder's pauses would delay heartbeats
         await asyncio.sleep(random.uniform(0, HEARTBEAT_S))
         while True:
             await ws.send('{"type":"heartbeat","payload":{}}')
@@ -161,6 +165,10 @@ async def relay_latency(
         await device.recv()  # watch_request
     samples: list[float] = []
     total = int(rate * seconds)
+    # The probe's own collector must not add pauses to what it measures.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
 
     async def receive() -> None:
         while len(samples) < total:
@@ -185,6 +193,8 @@ async def relay_latency(
             )
         )
     await asyncio.wait_for(receiver, 30)
+    gc.enable()
+    gc.unfreeze()
     await viewer.close()
     await device.close()
     return samples

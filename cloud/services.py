@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
+from cloud import gc_policy
 from cloud.auth import PairingHasher, TokenIssuer
 from cloud.config import Settings
 from cloud.live import LiveState, MemoryLiveState
@@ -23,6 +25,7 @@ class Services:
     pairing: PairingHasher
     metrics: Metrics
     hub: SignalingHub
+    _gc: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -51,8 +54,10 @@ class Services:
         await self.store.open()
         await self.live.open()
         self.hub.start()
+        self._gc = asyncio.create_task(gc_policy.steward(), name="gc-steward")
 
     async def stop(self) -> None:
+        self._gc.cancel()
         await self.hub.stop()
         await self.live.close()
         await self.store.close()
