@@ -276,9 +276,13 @@ class MediaHub:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
                 loop.call_soon_threadsafe(self._dispatch, generation, unit)
 
+        # Known before its first unit can be dispatched (the loop may run that before it sees
+        # this function return), so that ``capabilities`` is never None while frames flow.
+        self._camera = camera
         try:
             camera.start(sink)
         except BaseException:
+            self._camera = None
             camera.close()
             raise
         log.info("camera started: %s", camera.capabilities)

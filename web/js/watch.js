@@ -296,6 +296,25 @@ export class Watch extends EventTarget {
       this.signaling.send(MSG.SIGNAL_ICE, { session_id: sessionId, candidate });
     };
     pc.onconnectionstatechange = () => this.peerState(pc);
+    // A relay-only watch whose TURN server refuses or cannot be reached will never connect:
+    // say so as soon as candidate gathering ends instead of waiting for the connect timeout.
+    const turnErrors = [];
+    let relayCandidates = 0;
+    pc.addEventListener("icecandidate", (event) => {
+      if (event.candidate && event.candidate.type === "relay") relayCandidates += 1;
+    });
+    pc.onicecandidateerror = (event) => {
+      if (/^turns?:/.test(event.url || "")) turnErrors.push(event.errorCode);
+    };
+    pc.onicegatheringstatechange = () => {
+      if (pc !== this.pc || pc.iceGatheringState !== "complete") return;
+      if (this.forceRelay && relayCandidates === 0) {
+        const why = turnErrors.includes(401)
+          ? "the relay (TURN) server refused the credentials"
+          : "no relay (TURN) server could be reached";
+        this.recover(`The connection to the camera could not be set up: ${why}.`);
+      }
+    };
     this.timers.connect = setTimeout(() => {
       if (pc === this.pc && pc.connectionState !== "connected") {
         this.recover("The connection to the camera could not be set up.");
