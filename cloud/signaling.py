@@ -73,6 +73,7 @@ HELLO_TIMEOUT_S = 10.0
 #: A device's ``last_seen`` is written on connect, on disconnect and at most this often between.
 LAST_SEEN_EVERY_S = 300.0
 _WATCH_ENDED_PREFIX = '{"type":"watch_ended"'
+_WATCH_REQUEST_PREFIX = '{"type":"watch_request"'
 
 
 @dataclass(eq=False)
@@ -81,7 +82,8 @@ class Connection:
     socket: WebSocket[Any, Any, Any]
     conn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     principal: str = ""  # device id or user id, once authenticated
-    sessions: set[str] = field(default_factory=set)
+    #: The live sessions this socket is a party of, as far as it has heard: id -> device id.
+    sessions: dict[str, str] = field(default_factory=dict)
     closed: bool = False
     last_seen_written: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -109,9 +111,13 @@ class Connection:
             await self.close(CLOSE_REPLACED, "replaced by a newer connection of this device")
             return
         if text.startswith(_WATCH_ENDED_PREFIX):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(msgspec.DecodeError):
                 ended = msgspec.json.decode(text, type=WatchEnded)
-                self.sessions.discard(ended.payload.session_id)
+                self.sessions.pop(ended.payload.session_id, None)
+        elif self.role == "device" and text.startswith(_WATCH_REQUEST_PREFIX):
+            with contextlib.suppress(msgspec.DecodeError):
+                request = msgspec.json.decode(text, type=DeviceWatchRequest)
+                self.sessions[request.payload.session_id] = self.principal
         await self.send(text)
 
 
@@ -252,7 +258,9 @@ class SignalingHub:
             await self.live.subscribe(f"device:{device.id}", conn.deliver)
             conn.last_seen_written = time.time()
             await self.store.touch_device(device.id, conn.last_seen_written)
-            conn.sessions = {s.session_id for s in await self.live.sessions_of_device(device.id)}
+            conn.sessions = {
+                s.session_id: s.device_id for s in await self.live.sessions_of_device(device.id)
+            }
             await conn.send(
                 encode(
                     HelloAck(
@@ -353,7 +361,7 @@ class SignalingHub:
             LiveSession(session_id, device_id, conn.principal, conn.conn_id, now),
             self.settings.session_ttl_s,
         )
-        conn.sessions.add(session_id)
+        conn.sessions[session_id] = device_id
         delivered = await self.live.publish(
             f"device:{device_id}",
             encode(
@@ -366,7 +374,7 @@ class SignalingHub:
         )
         if not delivered:
             await self.end_session(session_id, "device_disconnected", notify=False)
-            conn.sessions.discard(session_id)
+            conn.sessions.pop(session_id, None)
             raise ProtocolError("device_offline", "the camera is offline", "watch_request")
         await conn.send(
             encode(
@@ -386,7 +394,7 @@ class SignalingHub:
         if session is None or session.viewer_id != conn.principal:
             raise ProtocolError("session_not_found", "that watch session has ended", session_id)
         await self.live.rebind_viewer(session_id, conn.conn_id, self.settings.session_ttl_s)
-        conn.sessions.add(session_id)
+        conn.sessions[session_id] = session.device_id
         await conn.send(encode(WatchResumed(payload=message.payload)))
 
     async def _party_session(self, conn: Connection, session_id: str, kind: str) -> LiveSession:
@@ -406,8 +414,16 @@ class SignalingHub:
     async def _forward(
         self, conn: Connection, message: SignalOffer | SignalAnswer | SignalIce
     ) -> None:
+        session_id = message.payload.session_id
+        device_id = conn.sessions.get(session_id) if conn.role == "viewer" else None
+        if device_id is not None:
+            # This socket opened (or resumed) the session and has not heard it end: it is a
+            # party, and the device is known without asking the live state.
+            if not await self.live.publish(f"device:{device_id}", encode(message)):
+                raise ProtocolError("device_offline", "the camera is offline", session_id)
+            return
         kind = str(type(message).__struct_config__.tag)
-        session = await self._party_session(conn, message.payload.session_id, kind)
+        session = await self._party_session(conn, session_id, kind)
         if conn.role == "device":
             # A viewer between sockets misses it; it resumes or restarts ICE on its own.
             await self.live.publish(f"viewer:{session.viewer_conn}", encode(message))

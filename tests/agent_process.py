@@ -28,6 +28,7 @@ import yaml
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from tests import signaling_client
+from tests.cloud_process import Account, ApiClient
 from tests.media_peers import Viewer
 
 BIN = Path(sys.executable).parent
@@ -147,6 +148,19 @@ class AgentProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def pair_agent(cloud_url: str, agent: AgentProcess) -> tuple[Account, dict[str, Any]]:
+    """Pair a running agent to a new account with the code it prints: (account, device)."""
+    code = await agent.pairing_code()
+    api = ApiClient(cloud_url)
+    try:
+        account = await api.account()
+        device = await api.pair_code(account, code)
+    finally:
+        await api.aclose()
+    await agent.wait_for(r"the cloud says: paired")
+    return account, device
 
 
 def strip_candidates(sdp: str) -> tuple[str, list[str]]:

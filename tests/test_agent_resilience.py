@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.agent_process import AgentProcess, CloudViewer
-from tests.cloud_process import ApiClient, CloudProcess
+from tests.agent_process import AgentProcess, CloudViewer, pair_agent
+from tests.cloud_process import CloudProcess
 from tests.test_agent_watch import CLOUD_ENV
 
 FPS = 15
@@ -28,14 +28,7 @@ CONFIG = {
 async def _paired_agent(cloud: CloudProcess, state: Path) -> tuple[AgentProcess, str, str]:
     """A running agent paired to a new account: (agent, the account's token, device id)."""
     agent = AgentProcess(cloud.url, state, config=CONFIG).start()
-    code = await agent.pairing_code()
-    api = ApiClient(cloud.url)
-    try:
-        account = await api.account()
-        device = await api.pair_code(account, code)
-    finally:
-        await api.aclose()
-    await agent.wait_for(r"the cloud says: paired")
+    account, device = await pair_agent(cloud.url, agent)
     return agent, account.token, str(device["device_id"])
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_process import AgentProcess, CloudViewer
-from tests.cloud_process import Account, ApiClient, CloudProcess
+from tests.agent_process import AgentProcess, CloudViewer, pair_agent
+from tests.cloud_process import Account, CloudProcess
 
 WIDTH, HEIGHT, FPS = 640, 360, 15
 #: Rate limits out of the way: the suite signs up many accounts from one address.
@@ -57,14 +57,7 @@ def paired(cloud: CloudProcess, tmp_path_factory: pytest.TempPathFactory) -> Ite
     agent = AgentProcess(cloud.url, state, config=AGENT_CONFIG).start()
 
     async def pair() -> Paired:
-        code = await agent.pairing_code()
-        api = ApiClient(cloud.url)
-        try:
-            account = await api.account()
-            device = await api.pair_code(account, code)
-        finally:
-            await api.aclose()
-        await agent.wait_for(r"the cloud says: paired")
+        account, device = await pair_agent(cloud.url, agent)
         return Paired(agent, account, device["device_id"])
 
     try:
