@@ -51,6 +51,17 @@ async def watch(viewer: sig.Client, device: sig.Client, device_id: str) -> str:
     return str(ready["session_id"])
 
 
+async def owner_watching(
+    cloud: CloudProcess, api: ApiClient
+) -> tuple[Account, Camera, sig.Client, sig.Client]:
+    """A new account owning a connected camera, and a connected viewer socket of that account."""
+    owner = await api.account()
+    camera = await api.owned_camera(owner)
+    device = await sig.device(cloud.ws_url, camera.hello())
+    viewer = await sig.viewer(cloud.ws_url, owner.token)
+    return owner, camera, device, viewer
+
+
 async def test_device_hello(cloud: CloudProcess, api: ApiClient) -> None:
     camera = await api.camera()
     device = await sig.device(cloud.ws_url, camera.hello())
@@ -114,10 +125,7 @@ async def test_viewer_hello_refuses_bad_tokens(cloud: CloudProcess, api: ApiClie
 
 
 async def test_full_watch_flow(cloud: CloudProcess, api: ApiClient) -> None:
-    owner = await api.account()
-    camera = await api.owned_camera(owner)
-    device = await sig.device(cloud.ws_url, camera.hello())
-    viewer = await sig.viewer(cloud.ws_url, owner.token)
+    owner, camera, device, viewer = await owner_watching(cloud, api)
 
     await viewer.send("watch_request", {"device_id": camera.device_id})
     ready = (await viewer.recv("watch_ready"))["payload"]
@@ -239,10 +247,7 @@ async def test_offline_device_and_several_viewers(cloud: CloudProcess, api: ApiC
 
 
 async def test_viewer_disconnect_ends_its_sessions(cloud: CloudProcess, api: ApiClient) -> None:
-    owner = await api.account()
-    camera = await api.owned_camera(owner)
-    device = await sig.device(cloud.ws_url, camera.hello())
-    viewer = await sig.viewer(cloud.ws_url, owner.token)
+    _owner, camera, device, viewer = await owner_watching(cloud, api)
     sid = await watch(viewer, device, camera.device_id)
     await viewer.close()
     assert (await device.recv("watch_ended"))["payload"] == {
@@ -277,10 +282,7 @@ async def test_pairing_and_unpairing_reach_the_device(cloud: CloudProcess, api: 
 async def test_bad_messages_get_errors_and_the_socket_stays_usable(
     cloud: CloudProcess, api: ApiClient
 ) -> None:
-    owner = await api.account()
-    camera = await api.owned_camera(owner)
-    device = await sig.device(cloud.ws_url, camera.hello())
-    viewer = await sig.viewer(cloud.ws_url, owner.token)
+    _owner, camera, device, viewer = await owner_watching(cloud, api)
     cases: list[tuple[str | bytes, str]] = [
         ("{", "invalid_json"),
         ("[]", "invalid_message"),
@@ -360,10 +362,7 @@ async def test_a_dropped_socket_may_come_back_and_resume(
     cloud: CloudProcess, api: ApiClient
 ) -> None:
     """Media flows peer to peer: a party whose signaling socket drops gets a grace period."""
-    owner = await api.account()
-    camera = await api.owned_camera(owner)
-    device = await sig.device(cloud.ws_url, camera.hello())
-    viewer = await sig.viewer(cloud.ws_url, owner.token)
+    owner, camera, device, viewer = await owner_watching(cloud, api)
     sid = await watch(viewer, device, camera.device_id)
 
     await viewer.close()  # the viewer's network blips...
