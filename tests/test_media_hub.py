@@ -195,3 +195,38 @@ async def test_factory_can_be_open_camera() -> None:
     assert hub.capabilities is not None and hub.capabilities.backend == "synthetic"
     await hub.close()
     assert track.readyState == "ended"
+
+
+async def test_a_camera_that_fails_while_running_is_restarted() -> None:
+    """A USB camera unplugged mid-stream: viewers keep their tracks and resume from a keyframe
+    when the camera is back (here: the next fake camera the factory opens)."""
+    from device.hal.v4l2 import V4L2Camera
+    from tests.fakes.v4l2 import FakeUvcCamera
+
+    fakes: list[FakeUvcCamera] = []
+
+    def plug_in(config: CameraConfig) -> Camera:
+        fake = FakeUvcCamera("MJPG", config.width, config.height, config.fps)
+        fakes.append(fake)
+        return V4L2Camera(config, fake.device)
+
+    hub = MediaHub(plug_in, CONFIG)
+    hub.restart_delay_s = 0.2
+    hub.health_check_s = 0.1
+    try:
+        track = hub.subscribe()
+        got: list[bytes] = []
+        reader = asyncio.create_task(drain(track, got))
+        await wait_until(lambda: len(got) >= 5)
+        fakes[0].close()  # unplugged
+        await wait_until(lambda: hub.failures == 1)
+        assert isinstance(hub.last_error, CameraError)
+        before = len(got)
+        await wait_until(lambda: hub.starts == 2 and len(got) >= before + 5)
+        assert track.readyState == "live"
+        assert is_keyframe(got[before]), "pictures resume from a keyframe"
+        reader.cancel()
+    finally:
+        await hub.close()
+        for fake in fakes:
+            fake.close()

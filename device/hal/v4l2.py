@@ -192,6 +192,8 @@ class V4L2Camera:
                     self._pass_through(container, stream, sink)
                 else:
                     self._transcode(container, stream, sink)
+            if not self._stop.is_set():  # unplugged, or the driver gave up
+                raise CameraError(f"{self.device.path} stopped delivering pictures")
         except BaseException as exc:
             if not self._stop.is_set():
                 self._error = exc

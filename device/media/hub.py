@@ -142,6 +142,11 @@ class MediaHub:
         self._generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._camera_started_at = 0.0
+        #: How often a running camera's health is checked, and the first restart delay.
+        self.health_check_s = 1.0
+        self.restart_delay_s = 1.0
         self._closed = False
         self._last_keyframe_request = 0.0
         self._pending_keyframe: asyncio.TimerHandle | None = None
@@ -150,6 +155,8 @@ class MediaHub:
         self.access_units = 0
         self.keyframe_requests = 0
         self.last_error: BaseException | None = None
+        #: Cameras that failed while running (each restarted while viewers remain).
+        self.failures = 0
 
     # --- viewers ----------------------------------------------------------------------------
 
@@ -212,6 +219,8 @@ class MediaHub:
         if self._loop is not None:
             self._poke()
             await self.settled()
+        if self._monitor is not None:
+            self._monitor.cancel()
 
     # --- keyframes --------------------------------------------------------------------------
 
@@ -259,12 +268,42 @@ class MediaHub:
                         track.stop()
                     return
                 self.starts += 1
+                if self._monitor is None or self._monitor.done():
+                    self._monitor = asyncio.create_task(self._watch_camera())
             elif not want and self._camera is not None:
                 camera, self._camera = self._camera, None
                 self._generation += 1
                 await asyncio.to_thread(camera.close)
             else:
                 return
+
+    async def _watch_camera(self) -> None:
+        """Restart a camera that failed while running (unplugged, driver error), with backoff.
+
+        Viewers keep their tracks meanwhile: pictures resume, from a keyframe, when it is back.
+        """
+        delay = self.restart_delay_s
+        while not self._closed:
+            await asyncio.sleep(self.health_check_s)
+            camera = self._camera
+            if camera is None:
+                if not self._wanted():
+                    return
+                continue
+            if camera.error is None:
+                if time.monotonic() - self._camera_started_at > 30:
+                    delay = self.restart_delay_s  # healthy for a while: start over
+                continue
+            self.last_error = camera.error
+            self.failures += 1
+            log.error("the camera failed (%s); restarting it in %.0f s", camera.error, delay)
+            if self._camera is camera:
+                self._camera = None
+                self._generation += 1
+            await asyncio.to_thread(camera.close)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            self._poke()
 
     def _start_camera(self, generation: int) -> Camera:
         """In a worker thread: open and start a camera whose units reach :meth:`_dispatch`."""
@@ -279,6 +318,7 @@ class MediaHub:
         # Known before its first unit can be dispatched (the loop may run that before it sees
         # this function return), so that ``capabilities`` is never None while frames flow.
         self._camera = camera
+        self._camera_started_at = time.monotonic()
         try:
             camera.start(sink)
         except BaseException:
