@@ -10,7 +10,6 @@ camera draws and encodes in real time; it drops pictures rather than fall behind
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ from device.hal.camera import (
     Capabilities,
 )
 from device.hal.encoder import H264SoftwareEncoder
+from device.hal.worker import CameraThread
 
 if TYPE_CHECKING:
     import av
@@ -99,16 +99,14 @@ class PatternGenerator:
         return frame
 
 
-class SyntheticCamera:
+class SyntheticCamera(CameraThread):
     """The test pattern at the configured size and rate, through :class:`H264SoftwareEncoder`."""
 
     def __init__(self, config: CameraConfig, encoder: str = "libx264") -> None:
+        super().__init__()
         self.config = config
         self._pattern = PatternGenerator(config.width, config.height)
         self._encoder = H264SoftwareEncoder(config, encoder)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         #: Pictures drawn, and those skipped because drawing + encoding fell behind.
         self.frames = 0
         self.dropped = 0
@@ -128,55 +126,37 @@ class SyntheticCamera:
             fps=float(self.config.fps),
         )
 
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
     def start(self, sink: AccessUnitSink) -> None:
-        if self._thread is not None:
-            raise CameraError("camera already started")
-        self._thread = threading.Thread(
-            target=self._run, args=(sink,), name="camera-synthetic", daemon=True
-        )
-        self._thread.start()
+        self._start_thread(self._run, sink, name="camera-synthetic")
 
     def request_keyframe(self) -> None:
         self._encoder.request_keyframe()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
 
     def _run(self, sink: AccessUnitSink) -> None:
         period = 1.0 / self.config.fps
         start = time.monotonic()
         n = 0
-        try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                due = start + n * period
-                if now < due:
-                    if self._stop.wait(due - now):
-                        break
-                elif now - due > period:  # late by more than a picture: skip ahead
-                    skipped = int((now - due) / period)
-                    self.dropped += skipped
-                    n += skipped
-                capture = time.time()
-                t0 = time.thread_time()
-                frame = self._pattern.frame(n, capture)
-                t1 = time.thread_time()
-                units = self._encoder.encode(frame, round(n * period * CLOCK_RATE), capture)
-                self.encode_cpu_s += time.thread_time() - t1
-                self.draw_cpu_s += t1 - t0
-                self.frames += 1
-                n += 1
-                for unit in units:
-                    sink(unit)
-        except BaseException as exc:
-            self._error = exc
-            log.exception("synthetic camera failed")
+        while not self._stop.is_set():
+            now = time.monotonic()
+            due = start + n * period
+            if now < due:
+                if self._stop.wait(due - now):
+                    break
+            elif now - due > period:  # late by more than a picture: skip ahead
+                skipped = int((now - due) / period)
+                self.dropped += skipped
+                n += skipped
+            capture = time.time()
+            t0 = time.thread_time()
+            frame = self._pattern.frame(n, capture)
+            t1 = time.thread_time()
+            units = self._encoder.encode(frame, round(n * period * CLOCK_RATE), capture)
+            self.encode_cpu_s += time.thread_time() - t1
+            self.draw_cpu_s += t1 - t0
+            self.frames += 1
+            n += 1
+            for unit in units:
+                sink(unit)
 
 
 def open_synthetic(config: CameraConfig) -> SyntheticCamera:

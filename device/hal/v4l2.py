@@ -15,7 +15,6 @@ import glob
 import logging
 import os
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -30,6 +29,7 @@ from device.hal.camera import (
 )
 from device.hal.encoder import H264SoftwareEncoder, m2m_encoder_present
 from device.hal.h264 import StreamNormalizer, parameter_sets_from_extradata
+from device.hal.worker import CameraThread
 
 if TYPE_CHECKING:
     import av
@@ -108,10 +108,11 @@ def pick_encoder() -> str:
     return "h264_v4l2m2m" if m2m_encoder_present() else "libx264"
 
 
-class V4L2Camera:
+class V4L2Camera(CameraThread):
     """One V4L2 device, read in a thread of its own."""
 
     def __init__(self, config: CameraConfig, device: V4L2Device, encoder: str | None = None):
+        super().__init__()
         fmt = device.best_format
         if fmt is None:
             raise CameraError(f"{device.path} offers none of {', '.join(INPUT_FORMATS)}")
@@ -121,9 +122,6 @@ class V4L2Camera:
         self.passthrough = fmt == "H264"
         self._encoder_name = "camera" if self.passthrough else (encoder or pick_encoder())
         self._encoder: H264SoftwareEncoder | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         self._keyframe_wanted = False
         self.frames = 0
 
@@ -141,29 +139,16 @@ class V4L2Camera:
             keyframe_on_request=not self.passthrough,
         )
 
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
     def start(self, sink: AccessUnitSink) -> None:
         if self._thread is not None:
             raise CameraError("camera already started")
-        container = self._open()
-        self._thread = threading.Thread(
-            target=self._run, args=(container, sink), name=f"camera-{self.device.path}", daemon=True
-        )
-        self._thread.start()
+        self._start_thread(self._run, self._open(), sink, name=f"camera {self.device.path}")
 
     def request_keyframe(self) -> None:
         if self._encoder is not None:
             self._encoder.request_keyframe()
         else:
             self._keyframe_wanted = True
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
 
     def _open(self) -> av.container.InputContainer:
         import av
@@ -185,19 +170,14 @@ class V4L2Camera:
             raise CameraError(f"cannot open {self.device.path}: {exc}") from exc
 
     def _run(self, container: av.container.InputContainer, sink: AccessUnitSink) -> None:
-        try:
-            with container:
-                stream = container.streams.video[0]
-                if self.passthrough:
-                    self._pass_through(container, stream, sink)
-                else:
-                    self._transcode(container, stream, sink)
-            if not self._stop.is_set():  # unplugged, or the driver gave up
-                raise CameraError(f"{self.device.path} stopped delivering pictures")
-        except BaseException as exc:
-            if not self._stop.is_set():
-                self._error = exc
-                log.exception("camera %s failed", self.device.path)
+        with container:
+            stream = container.streams.video[0]
+            if self.passthrough:
+                self._pass_through(container, stream, sink)
+            else:
+                self._transcode(container, stream, sink)
+        if not self._stop.is_set():  # unplugged, or the driver gave up
+            raise CameraError(f"{self.device.path} stopped delivering pictures")
 
     def _pass_through(
         self, container: av.container.InputContainer, stream: av.VideoStream, sink: AccessUnitSink
