@@ -64,13 +64,11 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     if isinstance(exc, ApiError):
         code, message = exc.code, str(exc.detail)
     elif isinstance(exc, ValidationException):
-        # Litestar says 400 for a body that fails validation; a body that is not JSON at all
-        # stays 400, a body of the wrong shape is 422.
-        detail = str(exc.detail or "")
-        if "JSON" in detail or "decode" in detail.lower() or "Malformed" in detail:
-            status, code, message = 400, "invalid_json", "the request body is not valid JSON"
-        else:
-            status, code, message = 422, "invalid_input", _validation_message(exc)
+        # Litestar says 400 for a body or parameter of the wrong shape: that is a 422.
+        status, code, message = 422, "invalid_input", _validation_message(exc)
+    elif status == 400:
+        # Litestar's other 400s come from decoding the body.
+        code, message = "invalid_json", f"the request body is not valid JSON ({exc.detail})"
     elif isinstance(exc, NotAuthorizedException):
         code, message = "unauthorized", str(exc.detail or "sign in first")
     elif isinstance(exc, NotFoundException):

@@ -342,7 +342,7 @@ class SignalingHub:
             if now - conn.last_seen_written >= LAST_SEEN_EVERY_S:
                 conn.last_seen_written = now
                 await self.store.touch_device(conn.principal, now)
-        await self.live.refresh_sessions(sorted(conn.sessions), self.settings.session_ttl_s)
+        await self.live.refresh_sessions(list(conn.sessions), self.settings.session_ttl_s)
         await conn.send(encode(HeartbeatAck()))
 
     async def _watch_request(self, conn: Connection, message: WatchRequest) -> None:

@@ -56,7 +56,10 @@ def decode(data: str | bytes, direction: Any) -> Any:
     Raises ``ProtocolError`` with a code that says what was wrong: ``too_large``,
     ``invalid_json``, ``unknown_type`` or ``invalid_message``.
     """
-    size = len(data.encode() if isinstance(data, str) else data)
+    # A str of n characters is at most 4n UTF-8 bytes: encode only when it could be too large.
+    size = len(data)
+    if isinstance(data, str) and size * 4 > MAX_MESSAGE_BYTES:
+        size = len(data.encode())
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError(
             "too_large", f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"

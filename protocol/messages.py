@@ -10,6 +10,7 @@ module.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -305,6 +306,7 @@ DIRECTIONS: Final[dict[str, object]] = {
 }
 
 
+@functools.cache
 def message_types(direction: object) -> tuple[str, ...]:
     """The ``type`` names of the messages in one direction's union, in declaration order."""
     names: list[str] = []

@@ -75,6 +75,7 @@ async def test_register_and_login(api: ApiClient) -> None:
             "/api/auth/register", content=b'{"email":', headers={"content-type": "application/json"}
         ),
         400,
+        "invalid_json",
     )
     assert_error(
         await h.post(
