@@ -227,7 +227,7 @@ def _stored_secret(data_dir: Path, name: str) -> str:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")  # one per process
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secret)

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import redis
 
 from tests.cloud_process import CloudProcess
-from tests.conftest import _create_database
+from tests.services import create_database
 
 JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
 TURN_SECRET = "test-turn-secret"
@@ -40,15 +37,12 @@ def backend_env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
         return {}
     pg_server: str = request.getfixturevalue("pg_server")
     redis_url: str = request.getfixturevalue("redis_server_url")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    # In a thread of its own: callers may be inside a running event loop.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _create_database(pg_server, name)).result()
+    database_url = create_database(pg_server)
     client = redis.Redis.from_url(redis_url)
     client.flushall()
     client.close()
     return {
-        "MUMU_DATABASE_URL": pg_server.rsplit("/", 1)[0] + f"/{name}",
+        "MUMU_DATABASE_URL": database_url,
         "MUMU_REDIS_URL": redis_url,
     }
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.services import postgres_server, redis_server
+from tests.services import create_database, postgres_server, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -25,22 +23,10 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-async def _create_database(admin_url: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def pg_url(pg_server: str) -> str:
     """A fresh, empty PostgreSQL database for one test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_create_database(pg_server, name))
-    return pg_server.rsplit("/", 1)[0] + f"/{name}"
+    return create_database(pg_server)
 
 
 @pytest.fixture

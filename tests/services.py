@@ -169,6 +169,29 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def create_database(server_url: str) -> str:
+    """A fresh, empty database on a PostgreSQL server; its URL.  Callable from inside a running
+    event loop too (the work runs on a thread of its own)."""
+    import asyncio
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result()
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @contextlib.contextmanager
 def redis_server(tmp: Path) -> Iterator[str]:
     """A throwaway Redis that keeps nothing on disk; yields a ``redis://`` URL."""
