@@ -132,12 +132,10 @@ def _bearer(request: Request[Any, Any, Any]) -> str:
 
 async def current_user(request: Request[Any, Any, Any], svc: Services) -> str:
     try:
-        user_id = svc.tokens.verify(_bearer(request))
+        identity = await svc.hub.authenticate(_bearer(request))
     except auth.TokenError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
-    if await svc.store.user_by_id(user_id) is None:
-        raise ApiError(401, "unauthorized", "that account no longer exists")
-    return user_id
+    return identity.user_id
 
 
 async def _limit(svc: Services, *checks: tuple[str, str, str]) -> None:

@@ -15,13 +15,38 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 #: Called with each text delivered to an address; ``kick`` asks the connection to close.
 Deliver = Callable[[str], Awaitable[None]]
 
 #: A control frame: the receiving connection closes itself (a newer connection replaced it).
 KICK = "\x00kick"
+
+
+@dataclass(frozen=True)
+class SignOutFrame:
+    """A control frame to ``user:<id>``: viewer sockets of that account close themselves.
+
+    ``sign_in`` set: only sockets opened with that sign-in's tokens; ``keep`` set: every socket
+    but that sign-in's; neither: all of them."""
+
+    sign_in: str | None = None
+    keep: str | None = None
+    PREFIX: ClassVar[str] = "\x00signout "
+
+    def encode(self) -> str:
+        return f"{self.PREFIX}{self.sign_in or '-'} {self.keep or '-'}"
+
+    @classmethod
+    def decode(cls, text: str) -> SignOutFrame:
+        only, _, keep = text.removeprefix(cls.PREFIX).partition(" ")
+        return cls(None if only == "-" else only, None if keep in ("", "-") else keep)
+
+    def applies_to(self, sign_in: str | None) -> bool:
+        if self.sign_in is not None:
+            return sign_in == self.sign_in
+        return self.keep is None or sign_in != self.keep
 
 
 @dataclass(frozen=True)

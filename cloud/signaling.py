@@ -24,7 +24,8 @@ from litestar import WebSocket
 
 from cloud.auth import TokenError, TokenIssuer, device_token_matches
 from cloud.config import Settings
-from cloud.live import KICK, LiveSession, LiveState
+from cloud.identity import Authenticate, token_authenticator
+from cloud.live import KICK, LiveSession, LiveState, SignOutFrame
 from cloud.metrics import Metrics
 from cloud.store import Store
 from cloud.turn import ice_servers
@@ -69,6 +70,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REPLACED = 4409
 CLOSE_IDLE = 4408
 CLOSE_TRY_AGAIN = 1013
+CLOSE_SIGNED_OUT = 4403
 HELLO_TIMEOUT_S = 10.0
 #: A device's ``last_seen`` is written on connect, on disconnect and at most this often between.
 LAST_SEEN_EVERY_S = 300.0
@@ -82,6 +84,8 @@ class Connection:
     socket: WebSocket[Any, Any, Any]
     conn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     principal: str = ""  # device id or user id, once authenticated
+    #: Viewers: the sign-in whose access token opened this socket (see ``cloud.identity``).
+    sign_in: str | None = None
     #: The live sessions this socket is a party of, as far as it has heard: id -> device id.
     sessions: dict[str, str] = field(default_factory=dict)
     closed: bool = False
@@ -110,6 +114,10 @@ class Connection:
         if text == KICK:
             await self.close(CLOSE_REPLACED, "replaced by a newer connection of this device")
             return
+        if text.startswith(SignOutFrame.PREFIX):
+            if SignOutFrame.decode(text).applies_to(self.sign_in):
+                await self.close(CLOSE_SIGNED_OUT, "signed out")
+            return
         if text.startswith(_WATCH_ENDED_PREFIX):
             with contextlib.suppress(msgspec.DecodeError):
                 ended = msgspec.json.decode(text, type=WatchEnded)
@@ -129,12 +137,14 @@ class SignalingHub:
         live: LiveState,
         tokens: TokenIssuer,
         metrics: Metrics,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.live = live
         self.tokens = tokens
         self.metrics = metrics
+        self.authenticate = authenticate or token_authenticator(tokens, store)
         self._viewers: set[Connection] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -274,14 +284,13 @@ class SignalingHub:
                 await self._device_status(device.owner_id, device.id, online=True)
             return True
         try:
-            user_id = self.tokens.verify(hello.payload.token)
+            identity = await self.authenticate(hello.payload.token)
         except TokenError as exc:
             await self._refuse(conn, CLOSE_UNAUTHENTICATED, "not_authenticated", str(exc))
             return False
-        if await self.store.user_by_id(user_id) is None:
-            await self._refuse(conn, CLOSE_UNAUTHENTICATED, "not_authenticated", "no such account")
-            return False
+        user_id = identity.user_id
         conn.principal = user_id
+        conn.sign_in = identity.sign_in
         self._viewers.add(conn)
         await self.live.subscribe(f"viewer:{conn.conn_id}", conn.deliver)
         await self.live.subscribe(f"user:{user_id}", conn.deliver)
@@ -501,6 +510,13 @@ class SignalingHub:
         )
         online = device_id in await self.live.online([device_id])
         await self._device_status(owner_id, device_id, online=online)
+
+    async def close_viewer_sockets(
+        self, user_id: str, *, sign_in: str | None = None, keep: str | None = None
+    ) -> None:
+        """Close the account's viewer sockets on every process (close code 4403): those opened
+        with ``sign_in``'s tokens, or all of them but ``keep``'s, or all of them."""
+        await self.live.publish(f"user:{user_id}", SignOutFrame(sign_in, keep).encode())
 
     async def device_unpaired(self, device_id: str) -> None:
         for session in await self.live.sessions_of_device(device_id):
