@@ -66,12 +66,19 @@ class LiveState(Protocol):
     async def ping(self) -> None: ...
 
     # presence
-    async def set_online(self, device_id: str, conn_id: str, ttl: float) -> None: ...
+    async def set_online(self, device_id: str, conn_id: str, ttl: float, address: str = "") -> None:
+        """Mark the device online through ``conn_id`` for ``ttl`` s; ``address``: the client
+        address its socket comes from (its network's public address behind a NAT)."""
+        ...
+
     async def set_offline(self, device_id: str, conn_id: str) -> bool:
         """Clear presence if ``conn_id`` still holds it; True if it did."""
         ...
 
     async def online(self, device_ids: list[str]) -> set[str]: ...
+    async def device_address(self, device_id: str) -> str | None:
+        """The address an online device's socket comes from; ``None`` when it is offline."""
+        ...
 
     # live sessions
     async def add_session(self, session: LiveSession, ttl: float) -> None: ...
@@ -131,7 +138,7 @@ class MemoryLiveState:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._presence: dict[str, tuple[str, float]] = {}
+        self._presence: dict[str, tuple[str, float, str]] = {}
         self._sessions: dict[str, tuple[LiveSession, float]] = {}
         self._subscribers = LocalSubscribers()
 
@@ -145,8 +152,8 @@ class MemoryLiveState:
     async def ping(self) -> None:
         return None
 
-    async def set_online(self, device_id: str, conn_id: str, ttl: float) -> None:
-        self._presence[device_id] = (conn_id, self._clock() + ttl)
+    async def set_online(self, device_id: str, conn_id: str, ttl: float, address: str = "") -> None:
+        self._presence[device_id] = (conn_id, self._clock() + ttl, address)
 
     async def set_offline(self, device_id: str, conn_id: str) -> bool:
         held = self._presence.get(device_id)
@@ -156,17 +163,18 @@ class MemoryLiveState:
         return True
 
     async def online(self, device_ids: list[str]) -> set[str]:
-        now = self._clock()
-        alive = set()
-        for device_id in device_ids:
-            held = self._presence.get(device_id)
-            if held is None:
-                continue
-            if held[1] <= now:
-                del self._presence[device_id]
-                continue
-            alive.add(device_id)
-        return alive
+        return {d for d in device_ids if self._held(d) is not None}
+
+    async def device_address(self, device_id: str) -> str | None:
+        held = self._held(device_id)
+        return None if held is None else held[2]
+
+    def _held(self, device_id: str) -> tuple[str, float, str] | None:
+        held = self._presence.get(device_id)
+        if held is not None and held[1] <= self._clock():
+            del self._presence[device_id]
+            return None
+        return held
 
     def _live(self, session_id: str) -> LiveSession | None:
         held = self._sessions.get(session_id)

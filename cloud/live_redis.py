@@ -2,7 +2,7 @@
 
 Keys (all under ``mumu:``):
 
-- ``presence:<device>`` = connection id, with a TTL refreshed by heartbeats;
+- ``presence:<device>`` = "<connection id> <client address>", with a TTL refreshed by heartbeats;
 - ``session:<id>`` = hash of the ``LiveSession`` fields, with a TTL refreshed by its parties;
 - ``device-sessions:<device>`` / ``conn-sessions:<conn>`` = sets of session ids (index);
 - pub/sub channel ``addr:<address>`` per subscribed address.
@@ -26,8 +26,12 @@ from cloud.live import Deliver, LiveSession, LocalSubscribers
 log = logging.getLogger(__name__)
 
 P = "mumu:"
+# Presence values are "<conn id> <address>": cleared only by the connection that holds it.
 _CLEAR_IF_HELD = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 _SESSION_FIELDS = ("session_id", "device_id", "viewer_id", "viewer_conn", "started_at")
@@ -80,8 +84,8 @@ class RedisLiveState:
 
     # presence ---------------------------------------------------------------------------------
 
-    async def set_online(self, device_id: str, conn_id: str, ttl: float) -> None:
-        await self.redis.set(f"{P}presence:{device_id}", conn_id, px=int(ttl * 1000))
+    async def set_online(self, device_id: str, conn_id: str, ttl: float, address: str = "") -> None:
+        await self.redis.set(f"{P}presence:{device_id}", f"{conn_id} {address}", px=int(ttl * 1000))
 
     async def set_offline(self, device_id: str, conn_id: str) -> bool:
         done = await self.redis.eval(_CLEAR_IF_HELD, 1, f"{P}presence:{device_id}", conn_id)
@@ -92,6 +96,10 @@ class RedisLiveState:
             return set()
         held = await self.redis.mget([f"{P}presence:{d}" for d in device_ids])
         return {d for d, v in zip(device_ids, held, strict=True) if v is not None}
+
+    async def device_address(self, device_id: str) -> str | None:
+        held = await self.redis.get(f"{P}presence:{device_id}")
+        return None if held is None else str(held).partition(" ")[2]
 
     # sessions ---------------------------------------------------------------------------------
 

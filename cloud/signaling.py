@@ -89,6 +89,8 @@ class Connection:
     #: The live sessions this socket is a party of, as far as it has heard: id -> device id.
     sessions: dict[str, str] = field(default_factory=dict)
     closed: bool = False
+    #: The client's address (behind trusted proxies: the one they forwarded).
+    address: str = ""
     last_seen_written: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -187,7 +189,9 @@ class SignalingHub:
 
     async def serve(self, socket: WebSocket[Any, Any, Any], role: Role) -> None:
         await socket.accept()
-        conn = Connection(role=role, socket=socket)
+        conn = Connection(
+            role=role, socket=socket, address=socket.client.host if socket.client else ""
+        )
         self.metrics.connections.labels(role).inc()
         try:
             try:
@@ -263,7 +267,9 @@ class SignalingHub:
                 return False
             conn.principal = device.id
             # Presence first, then kick any older socket of this device, then listen.
-            await self.live.set_online(device.id, conn.conn_id, self.settings.presence_ttl_s)
+            await self.live.set_online(
+                device.id, conn.conn_id, self.settings.presence_ttl_s, conn.address
+            )
             await self.live.publish(f"device:{device.id}", KICK)
             await self.live.subscribe(f"device:{device.id}", conn.deliver)
             conn.last_seen_written = time.time()
@@ -346,7 +352,9 @@ class SignalingHub:
 
     async def _heartbeat(self, conn: Connection) -> None:
         if conn.role == "device":
-            await self.live.set_online(conn.principal, conn.conn_id, self.settings.presence_ttl_s)
+            await self.live.set_online(
+                conn.principal, conn.conn_id, self.settings.presence_ttl_s, conn.address
+            )
             now = time.time()
             if now - conn.last_seen_written >= LAST_SEEN_EVERY_S:
                 conn.last_seen_written = now

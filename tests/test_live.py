@@ -55,7 +55,8 @@ class Inbox:
 
 async def test_presence_is_held_by_one_connection_and_expires(make_live: list[LiveState]) -> None:
     a, b = two(make_live)
-    await a.set_online("d1", "conn-1", ttl=0.3)
+    await a.set_online("d1", "conn-1", ttl=0.3, address="203.0.113.7")
+    assert await b.device_address("d1") == "203.0.113.7"
     assert await b.online(["d1", "d2"]) == {"d1"}
     assert not await b.set_offline("d1", "conn-old"), "a stale connection cannot clear it"
     assert await b.online(["d1"]) == {"d1"}
