@@ -8,11 +8,13 @@ from typing import Any
 
 from litestar import Litestar, WebSocket, websocket
 from litestar.datastructures import State
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from cloud.api import ROUTES, services
 from cloud.config import Settings
@@ -30,6 +32,22 @@ async def ws_device(socket: WebSocket[object, object, State]) -> None:
 async def ws_viewer(socket: WebSocket[object, object, State]) -> None:
     """Signaling for viewers: first message ``hello {token}`` (an access token)."""
     await services(socket.app.state).hub.serve(socket, "viewer")
+
+
+def expose_transport_abort(app: ASGIApp) -> ASGIApp:
+    """Middleware: gives a WebSocket's scope ``mumu.abort``, the server transport's ``abort``,
+    so that a socket that reads nothing can be reset (``cloud.connection``) rather than linger
+    with a full buffer.  Servers that do not expose their transport simply go without."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.WEBSOCKET:
+            transport = getattr(getattr(receive, "__self__", None), "transport", None)
+            abort = getattr(transport, "abort", None)
+            if callable(abort):
+                scope["mumu.abort"] = abort  # type: ignore[typeddict-unknown-key]
+        await app(scope, receive, send)
+
+    return middleware
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -53,6 +71,8 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=handlers,
         state=State({"services": svc}),
+        middleware=[expose_transport_abort],
+        request_max_body_size=settings.http_max_body_bytes,
         lifespan=[lifespan],
         exception_handlers={
             HTTPException: handle_http_exception,

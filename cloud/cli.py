@@ -56,14 +56,20 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from cloud.app import create_app
+    from cloud.http_server import HttpGuard, uvicorn_http_options
 
+    app = create_app(settings)
+    guard = HttpGuard.from_settings(settings, app.state.services.metrics)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        proxy_headers=True,
-        forwarded_allow_ips=",".join(settings.trusted_proxies),
+        # X-Forwarded-For is believed only from MUMU_TRUSTED_PROXIES (default: nobody), or any
+        # local forwarder could pick the address every per-address limit counts.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
+        **uvicorn_http_options(guard),
         ws_max_size=1024 * 1024,
         # No protocol-level pings: every client heartbeats (devices every 30 s) and a socket
         # silent past the presence TTL is closed by the hub, so pings would only add a timer,

@@ -42,7 +42,18 @@ class Settings:
     session_ttl_s: float = 120.0
     presence_ttl_s: float = 90.0
     resume_grace_s: float = 20.0
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    trusted_proxies: tuple[str, ...] = ()
+    max_sessions_per_device: int = 8
+    max_viewer_sockets_per_account: int = 20
+    max_pending_sockets_per_address: int = 16
+    ws_queue_messages: int = 1000
+    ws_queue_bytes: int = 2 * 1024 * 1024
+    ws_message_rate: float = 50.0
+    ws_message_burst: float = 200.0
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_connections_per_address: int = 64
+    http_max_body_bytes: int = 64 * 1024
     web_dir: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -71,7 +82,21 @@ VARIABLES: dict[str, str] = {
     "MUMU_SESSION_TTL": "seconds a watch session lives without any sign of its parties",
     "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 90)",
     "MUMU_RESUME_GRACE": "seconds a session outlives its party's dropped socket (default 20)",
-    "MUMU_TRUSTED_PROXIES": "comma-separated addresses whose X-Forwarded-For is believed",
+    "MUMU_TRUSTED_PROXIES": "comma-separated addresses whose X-Forwarded-For is believed "
+    "(default: none; behind nginx set its address, e.g. 127.0.0.1)",
+    "MUMU_MAX_SESSIONS_PER_DEVICE": "live watch sessions one camera may have (default 8)",
+    "MUMU_MAX_VIEWER_SOCKETS": "viewer WebSockets one account may hold open (default 20)",
+    "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "sockets per client address not yet past hello "
+    "(default 16, per process)",
+    "MUMU_WS_QUEUE_MESSAGES": "frames queued for one slow socket before it is dropped (1000)",
+    "MUMU_WS_QUEUE_BYTES": "bytes queued for one slow socket before it is dropped (2097152)",
+    "MUMU_WS_MESSAGE_RATE": "messages a second one socket may send on average (default 50)",
+    "MUMU_WS_MESSAGE_BURST": "messages one socket may send in a burst (default 200)",
+    "MUMU_HTTP_HEADER_TIMEOUT": "seconds a client has to send a request's headers (default 10)",
+    "MUMU_HTTP_BODY_TIMEOUT": "seconds a client has to send a request's body (default 30)",
+    "MUMU_HTTP_CONNECTIONS_PER_ADDRESS": "open HTTP connections per client address "
+    "(default 64, per process)",
+    "MUMU_HTTP_MAX_BODY": "largest request body in bytes (default 65536)",
     "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
 }
@@ -155,13 +180,40 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         session_ttl_s=float(_int(merged, "MUMU_SESSION_TTL", 120, 10, 3600)),
         presence_ttl_s=float(_int(merged, "MUMU_PRESENCE_TTL", 90, 5, 3600)),
         resume_grace_s=float(_int(merged, "MUMU_RESUME_GRACE", 20, 0, 600)),
-        trusted_proxies=tuple(
-            p.strip()
-            for p in merged.get("MUMU_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")
-            if p.strip()
+        trusted_proxies=_proxies(merged.get("MUMU_TRUSTED_PROXIES", "")),
+        max_sessions_per_device=_int(merged, "MUMU_MAX_SESSIONS_PER_DEVICE", 8, 1, 1000),
+        max_viewer_sockets_per_account=_int(merged, "MUMU_MAX_VIEWER_SOCKETS", 20, 1, 10000),
+        max_pending_sockets_per_address=_int(
+            merged, "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS", 16, 1, 100000
         ),
+        ws_queue_messages=_int(merged, "MUMU_WS_QUEUE_MESSAGES", 1000, 10, 1_000_000),
+        ws_queue_bytes=_int(merged, "MUMU_WS_QUEUE_BYTES", 2 * 1024 * 1024, 65536, 1 << 30),
+        ws_message_rate=float(_int(merged, "MUMU_WS_MESSAGE_RATE", 50, 1, 100000)),
+        ws_message_burst=float(_int(merged, "MUMU_WS_MESSAGE_BURST", 200, 1, 100000)),
+        http_header_timeout_s=float(_int(merged, "MUMU_HTTP_HEADER_TIMEOUT", 10, 1, 600)),
+        http_body_timeout_s=float(_int(merged, "MUMU_HTTP_BODY_TIMEOUT", 30, 1, 3600)),
+        http_connections_per_address=_int(
+            merged, "MUMU_HTTP_CONNECTIONS_PER_ADDRESS", 64, 1, 1_000_000
+        ),
+        http_max_body_bytes=_int(merged, "MUMU_HTTP_MAX_BODY", 64 * 1024, 1024, 1 << 30),
         **rates,
     )
+
+
+def _proxies(value: str) -> tuple[str, ...]:
+    import ipaddress
+
+    proxies = tuple(p.strip() for p in value.split(",") if p.strip())
+    for proxy in proxies:
+        if proxy == "*":
+            continue
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"MUMU_TRUSTED_PROXIES: {proxy!r} is not an IP address or network"
+            ) from None
+    return proxies
 
 
 def _read_yaml(path: Path) -> dict[str, str]:

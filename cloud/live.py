@@ -7,18 +7,23 @@ between cloud processes so that a device on one process and a viewer on another 
 Routing works by *address*: ``device:<id>`` (the device's connection), ``viewer:<conn id>`` (one
 viewer socket) and ``user:<id>`` (every socket of one account).  A connection subscribes its
 addresses with a callback; ``publish`` delivers a text frame to every subscriber of an address,
-wherever it is, and says whether anybody received it.
+wherever it is, and says whether anybody received it.  Delivery never awaits a socket: the
+callback of a connection only queues the frame (``cloud.connection``), so one slow client cannot
+hold up the routing of everybody else's frames.
+
+*Slots* bound how many of a thing one key may hold at once across every process (the viewer
+sockets of one account): a member holds a slot until it is released or its TTL lapses.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
-#: Called with each text delivered to an address; ``kick`` asks the connection to close.
-Deliver = Callable[[str], Awaitable[None]]
+#: Called with each text delivered to an address; it must not block (it only queues the frame).
+Deliver = Callable[[str], None]
 
 #: A control frame: the receiving connection closes itself (a newer connection replaced it).
 KICK = "\x00kick"
@@ -80,8 +85,17 @@ class LiveState(Protocol):
         """The address an online device's socket comes from; ``None`` when it is offline."""
         ...
 
+    async def device_heartbeat(
+        self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
+    ) -> None:
+        """Presence and the TTL of every live session of the device, in one go."""
+        ...
+
     # live sessions
-    async def add_session(self, session: LiveSession, ttl: float) -> None: ...
+    async def add_session(self, session: LiveSession, ttl: float, cap: int = 0) -> bool:
+        """Add a session unless its device has ``cap`` live ones already (0: no cap)."""
+        ...
+
     async def get_session(self, session_id: str) -> LiveSession | None: ...
     async def remove_session(self, session_id: str) -> LiveSession | None:
         """Remove and return the session; None if it was gone (somebody else ended it)."""
@@ -90,8 +104,18 @@ class LiveState(Protocol):
     async def rebind_viewer(self, session_id: str, viewer_conn: str, ttl: float) -> None: ...
     async def sessions_of_device(self, device_id: str) -> list[LiveSession]: ...
     async def sessions_of_viewer_conn(self, viewer_conn: str) -> list[LiveSession]: ...
-    async def refresh_sessions(self, session_ids: list[str], ttl: float) -> None: ...
+    async def viewer_heartbeat(self, viewer_conn: str, ttl: float) -> None:
+        """Refresh the TTL of every live session bound to this viewer socket."""
+        ...
+
     async def live_session_ids(self, session_ids: list[str]) -> set[str]: ...
+
+    # slots
+    async def acquire_slot(self, group: str, member: str, limit: int, ttl: float) -> bool:
+        """Take (or refresh) ``member``'s slot in ``group`` unless ``limit`` are held."""
+        ...
+
+    async def release_slot(self, group: str, member: str) -> None: ...
 
     # routing
     async def subscribe(self, address: str, deliver: Deliver) -> None: ...
@@ -126,11 +150,14 @@ class LocalSubscribers:
     def get(self, address: str) -> list[Deliver]:
         return list(self._by_address.get(address, ()))
 
-    async def deliver(self, address: str, text: str) -> int:
-        callbacks = self.get(address)
-        for deliver in callbacks:
-            await deliver(text)
+    def deliver(self, address: str, text: str) -> int:
+        callbacks = self._by_address.get(address, ())
+        for deliver in tuple(callbacks):
+            deliver(text)
         return len(callbacks)
+
+    def addresses(self) -> list[str]:
+        return list(self._by_address)
 
 
 class MemoryLiveState:
@@ -140,6 +167,7 @@ class MemoryLiveState:
         self._clock = clock
         self._presence: dict[str, tuple[str, float, str]] = {}
         self._sessions: dict[str, tuple[LiveSession, float]] = {}
+        self._slots: dict[str, dict[str, float]] = {}
         self._subscribers = LocalSubscribers()
 
     async def open(self) -> None:
@@ -185,8 +213,19 @@ class MemoryLiveState:
             return None
         return held[0]
 
-    async def add_session(self, session: LiveSession, ttl: float) -> None:
+    async def device_heartbeat(
+        self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
+    ) -> None:
+        await self.set_online(device_id, conn_id, presence_ttl, address)
+        deadline = self._clock() + session_ttl
+        for session in await self.sessions_of_device(device_id):
+            self._sessions[session.session_id] = (session, deadline)
+
+    async def add_session(self, session: LiveSession, ttl: float, cap: int = 0) -> bool:
+        if cap and len(await self.sessions_of_device(session.device_id)) >= cap:
+            return False
         self._sessions[session.session_id] = (session, self._clock() + ttl)
+        return True
 
     async def get_session(self, session_id: str) -> LiveSession | None:
         return self._live(session_id)
@@ -210,18 +249,34 @@ class MemoryLiveState:
     async def sessions_of_viewer_conn(self, viewer_conn: str) -> list[LiveSession]:
         return [s for s in self._all() if s.viewer_conn == viewer_conn]
 
-    async def refresh_sessions(self, session_ids: list[str], ttl: float) -> None:
+    async def viewer_heartbeat(self, viewer_conn: str, ttl: float) -> None:
         deadline = self._clock() + ttl
-        for session_id in session_ids:
-            session = self._live(session_id)
-            if session is not None:
-                self._sessions[session_id] = (session, deadline)
+        for session in await self.sessions_of_viewer_conn(viewer_conn):
+            self._sessions[session.session_id] = (session, deadline)
 
     async def live_session_ids(self, session_ids: list[str]) -> set[str]:
         return {s for s in session_ids if self._live(s) is not None}
 
     def _all(self) -> list[LiveSession]:
         return [s for s in (self._live(k) for k in list(self._sessions)) if s is not None]
+
+    async def acquire_slot(self, group: str, member: str, limit: int, ttl: float) -> bool:
+        now = self._clock()
+        held = self._slots.setdefault(group, {})
+        for other, deadline in list(held.items()):
+            if deadline <= now:
+                del held[other]
+        if member not in held and len(held) >= limit:
+            return False
+        held[member] = now + ttl
+        return True
+
+    async def release_slot(self, group: str, member: str) -> None:
+        held = self._slots.get(group)
+        if held is not None:
+            held.pop(member, None)
+            if not held:
+                del self._slots[group]
 
     async def subscribe(self, address: str, deliver: Deliver) -> None:
         self._subscribers.add(address, deliver)
@@ -230,4 +285,4 @@ class MemoryLiveState:
         self._subscribers.remove(address, deliver)
 
     async def publish(self, address: str, text: str) -> bool:
-        return await self._subscribers.deliver(address, text) > 0
+        return self._subscribers.deliver(address, text) > 0

@@ -5,6 +5,7 @@ Keys (all under ``mumu:``):
 - ``presence:<device>`` = "<connection id> <client address>", with a TTL refreshed by heartbeats;
 - ``session:<id>`` = hash of the ``LiveSession`` fields, with a TTL refreshed by its parties;
 - ``device-sessions:<device>`` / ``conn-sessions:<conn>`` = sets of session ids (index);
+- ``slots:<group>`` = sorted set of members by deadline (e.g. the viewer sockets of an account);
 - pub/sub channel ``addr:<address>`` per subscribed address.
 
 Delivery to a device or viewer socket in this process skips Redis; otherwise (and always for
@@ -17,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from cloud.live import Deliver, LiveSession, LocalSubscribers
 
@@ -36,6 +39,62 @@ return 0
 """
 _SESSION_FIELDS = ("session_id", "device_id", "viewer_id", "viewer_conn", "started_at")
 
+# The scripts below touch session keys named from set members (fine on one Redis server or a
+# primary with replicas; Redis Cluster would need hash tags).
+
+# KEYS: session, device-sessions, conn-sessions; ARGV: ms, cap, session id, session key prefix,
+# then the session's field/value pairs.
+_ADD_SESSION = """
+local cap = tonumber(ARGV[2])
+if cap > 0 then
+  local live = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if redis.call('EXISTS', ARGV[4] .. id) == 1 then live = live + 1
+    else redis.call('SREM', KEYS[2], id) end
+  end
+  if live >= cap then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[1])
+return 1
+"""
+# KEYS: presence, device-sessions; ARGV: presence value, presence ms, session ms, session prefix.
+_DEVICE_HEARTBEAT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('PEXPIRE', ARGV[4] .. id, ARGV[3]) == 0 then redis.call('SREM', KEYS[2], id) end
+end
+return 1
+"""
+# KEYS: conn-sessions; ARGV: ms, session prefix, conn id.
+_VIEWER_HEARTBEAT = """
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('HGET', ARGV[2] .. id, 'viewer_conn') == ARGV[3] then
+    redis.call('PEXPIRE', ARGV[2] .. id, ARGV[1])
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+# KEYS: the slot set; ARGV: ttl ms, limit, member.  Scores are deadlines on the server's clock.
+_ACQUIRE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and
+   redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 class RedisLiveState:
     def __init__(self, url: str) -> None:
@@ -45,6 +104,9 @@ class RedisLiveState:
         self._reader: asyncio.Task[None] | None = None
         self._subscribers = LocalSubscribers()
         self._subscribed = asyncio.Event()
+        self._scripts: dict[str, Any] = {}
+        #: Times the pub/sub connection was re-established (and its channels resubscribed).
+        self.resubscribes = 0
 
     @property
     def redis(self) -> Any:
@@ -64,7 +126,18 @@ class RedisLiveState:
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         await self._redis.ping()
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = _CountingPubSub(
+            self._redis.connection_pool,
+            ignore_subscribe_messages=True,
+            on_reconnect=self._resubscribed,
+        )
+        for name, script in (
+            ("add_session", _ADD_SESSION),
+            ("device_heartbeat", _DEVICE_HEARTBEAT),
+            ("viewer_heartbeat", _VIEWER_HEARTBEAT),
+            ("acquire_slot", _ACQUIRE_SLOT),
+        ):
+            self._scripts[name] = self._redis.register_script(script)
         self._reader = asyncio.create_task(self._read(), name="redis-pubsub-reader")
 
     async def close(self) -> None:
@@ -78,6 +151,15 @@ class RedisLiveState:
         if self._redis is not None:
             await self._redis.aclose()
         self._redis = None
+
+    def _resubscribed(self) -> None:
+        # redis-py resubscribes every channel when the pub/sub connection comes back (Redis
+        # drops a subscriber whose output buffer overflows; a restart drops everyone).
+        self.resubscribes += 1
+        log.warning(
+            "redis pub/sub connection re-established; resubscribed %d address(es)",
+            len(self._subscribers.addresses()),
+        )
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -103,16 +185,32 @@ class RedisLiveState:
 
     # sessions ---------------------------------------------------------------------------------
 
-    async def add_session(self, session: LiveSession, ttl: float) -> None:
-        ms = int(ttl * 1000)
-        key = f"{P}session:{session.session_id}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={f: str(getattr(session, f)) for f in _SESSION_FIELDS})
-            pipe.pexpire(key, ms)
-            pipe.sadd(f"{P}device-sessions:{session.device_id}", session.session_id)
-            pipe.sadd(f"{P}conn-sessions:{session.viewer_conn}", session.session_id)
-            pipe.pexpire(f"{P}conn-sessions:{session.viewer_conn}", ms)
-            await pipe.execute()
+    async def device_heartbeat(
+        self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
+    ) -> None:
+        await self._scripts["device_heartbeat"](
+            keys=[f"{P}presence:{device_id}", f"{P}device-sessions:{device_id}"],
+            args=[
+                f"{conn_id} {address}",
+                int(presence_ttl * 1000),
+                int(session_ttl * 1000),
+                f"{P}session:",
+            ],
+        )
+
+    async def add_session(self, session: LiveSession, ttl: float, cap: int = 0) -> bool:
+        fields: list[str] = []
+        for name in _SESSION_FIELDS:
+            fields += [name, str(getattr(session, name))]
+        added = await self._scripts["add_session"](
+            keys=[
+                f"{P}session:{session.session_id}",
+                f"{P}device-sessions:{session.device_id}",
+                f"{P}conn-sessions:{session.viewer_conn}",
+            ],
+            args=[int(ttl * 1000), cap, session.session_id, f"{P}session:", *fields],
+        )
+        return bool(added)
 
     async def get_session(self, session_id: str) -> LiveSession | None:
         return _session(await self.redis.hgetall(f"{P}session:{session_id}"))
@@ -167,13 +265,11 @@ class RedisLiveState:
         sessions = await self._sessions_in(f"{P}conn-sessions:{viewer_conn}")
         return [s for s in sessions if s.viewer_conn == viewer_conn]
 
-    async def refresh_sessions(self, session_ids: list[str], ttl: float) -> None:
-        if not session_ids:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for session_id in session_ids:
-                pipe.pexpire(f"{P}session:{session_id}", int(ttl * 1000))
-            await pipe.execute()
+    async def viewer_heartbeat(self, viewer_conn: str, ttl: float) -> None:
+        await self._scripts["viewer_heartbeat"](
+            keys=[f"{P}conn-sessions:{viewer_conn}"],
+            args=[int(ttl * 1000), f"{P}session:", viewer_conn],
+        )
 
     async def live_session_ids(self, session_ids: list[str]) -> set[str]:
         if not session_ids:
@@ -183,6 +279,17 @@ class RedisLiveState:
                 pipe.exists(f"{P}session:{session_id}")
             found = await pipe.execute()
         return {s for s, n in zip(session_ids, found, strict=True) if n}
+
+    # slots ------------------------------------------------------------------------------------
+
+    async def acquire_slot(self, group: str, member: str, limit: int, ttl: float) -> bool:
+        taken = await self._scripts["acquire_slot"](
+            keys=[f"{P}slots:{group}"], args=[int(ttl * 1000), limit, member]
+        )
+        return bool(taken)
+
+    async def release_slot(self, group: str, member: str) -> None:
+        await self.redis.zrem(f"{P}slots:{group}", member)
 
     # routing ----------------------------------------------------------------------------------
 
@@ -199,7 +306,7 @@ class RedisLiveState:
         if not address.startswith("user:") and self._subscribers.get(address):
             # A device or viewer socket lives in one process at a time (a device's stale
             # socket elsewhere is kicked on hello): if it is here, skip the round trip.
-            await self._subscribers.deliver(address, text)
+            self._subscribers.deliver(address, text)
             return True
         receivers = await self.redis.publish(f"{P}addr:{address}", text)
         return bool(receivers)
@@ -216,12 +323,28 @@ class RedisLiveState:
                 if message is None or message.get("type") != "message":
                     continue
                 address = str(message["channel"]).removeprefix(prefix)
-                await self._subscribers.deliver(address, str(message["data"]))
+                # Never awaits a socket: each connection only queues the frame.
+                self._subscribers.deliver(address, str(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("redis pub/sub reader failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
+
+
+class _CountingPubSub(PubSub):
+    """redis-py's PubSub, telling us each time it reconnects (and resubscribes)."""
+
+    def __init__(self, *args: Any, on_reconnect: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_reconnect = on_reconnect
+        self._connected_once = False
+
+    async def on_connect(self, connection: Any) -> None:
+        if self._connected_once:
+            self._on_reconnect()
+        self._connected_once = True
+        await super().on_connect(connection)
 
 
 def _session(fields: dict[str, str] | None) -> LiveSession | None:

@@ -14,9 +14,57 @@ class Metrics:
             ["role"],
             registry=self.registry,
         )
-        self.active_sessions = Gauge(
-            "mumu_active_watch_sessions",
-            "Watch sessions started on this process and not yet ended",
+        self.sessions_started = Counter(
+            "mumu_watch_sessions_started",
+            "Watch sessions started by this process (active = started - ended, summed over "
+            "every process)",
+            registry=self.registry,
+        )
+        self.sessions_ended = Counter(
+            "mumu_watch_sessions_ended",
+            "Watch sessions ended by this process, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.watch_refused = Counter(
+            "mumu_watch_requests_refused",
+            "watch_request refused, by reason (forbidden, device_offline, device_busy)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.ownership_races = Counter(
+            "mumu_watch_ownership_races",
+            "Sessions ended while being created because the camera changed hands meanwhile",
+            registry=self.registry,
+        )
+        self.queue_overflows = Counter(
+            "mumu_websocket_queue_overflows",
+            "Sockets disconnected because they read too slowly (outbound queue full)",
+            ["role"],
+            registry=self.registry,
+        )
+        self.sockets_refused = Counter(
+            "mumu_websocket_refused",
+            "Sockets refused by a bound (too_many_pending per address, "
+            "too_many_viewer_sockets per account)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.faults = Counter(
+            "mumu_faults",
+            "Requests answered 503 / 'unavailable' because the database or Redis failed",
+            ["where"],
+            registry=self.registry,
+        )
+        self.redis_resubscribes = Gauge(
+            "mumu_redis_resubscribes",
+            "Times this process's Redis pub/sub connection was re-established and resubscribed",
+            registry=self.registry,
+        )
+        self.http_closed = Counter(
+            "mumu_http_connections_closed",
+            "HTTP connections closed by a bound (header_timeout, body_timeout, per_address)",
+            ["reason"],
             registry=self.registry,
         )
         self.messages = Counter(
@@ -39,6 +87,13 @@ class Metrics:
         )
         for role in ("device", "viewer"):
             self.connections.labels(role)
+            self.queue_overflows.labels(role)
+        for reason in ("too_many_pending", "too_many_viewer_sockets"):
+            self.sockets_refused.labels(reason)
+        for reason in ("forbidden", "device_offline", "device_busy"):
+            self.watch_refused.labels(reason)
+        for reason in ("header_timeout", "body_timeout", "per_address"):
+            self.http_closed.labels(reason)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

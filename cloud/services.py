@@ -35,7 +35,9 @@ class Services:
         if settings.redis_url:
             from cloud.live_redis import RedisLiveState
 
-            live = RedisLiveState(settings.redis_url)
+            redis_live = RedisLiveState(settings.redis_url)
+            metrics.redis_resubscribes.set_function(lambda: redis_live.resubscribes)
+            live = redis_live
         else:
             live = MemoryLiveState()
         tokens = TokenIssuer(settings.jwt_secret, settings.jwt_ttl_s)

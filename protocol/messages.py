@@ -163,6 +163,9 @@ ErrorCode = Literal[
     "session_not_found",
     "not_session_party",
     "rate_limited",
+    "device_busy",
+    "too_many_connections",
+    "unavailable",
     "internal",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -61,7 +62,14 @@ class Client:
         return None
 
     async def close(self) -> None:
+        """A clean close (close frame 1000): the client means to go."""
         await self.ws.close()
+
+    async def drop(self) -> None:
+        """The network breaks: the TCP connection ends without a close frame."""
+        self.ws.transport.abort()
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.wait_closed()
 
 
 async def device(ws_base: str, hello: dict[str, Any]) -> Client:

@@ -275,7 +275,10 @@ async def test_health_metrics_and_openapi(api: ApiClient) -> None:
     for name in (
         'mumu_websocket_connections{role="device"}',
         'mumu_websocket_connections{role="viewer"}',
-        "mumu_active_watch_sessions",
+        "mumu_watch_sessions_started_total",
+        "mumu_websocket_queue_overflows_total{role=",
+        "mumu_websocket_refused_total{reason=",
+        "mumu_redis_resubscribes",
         "mumu_pairing_attempts_total{outcome=",
         "mumu_db_query_seconds_bucket",
     ):

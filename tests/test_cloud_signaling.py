@@ -365,12 +365,12 @@ async def test_a_dropped_socket_may_come_back_and_resume(
     owner, camera, device, viewer = await owner_watching(cloud, api)
     sid = await watch(viewer, device, camera.device_id)
 
-    await viewer.close()  # the viewer's network blips...
+    await viewer.drop()  # the viewer's network blips...
     viewer = await sig.viewer(cloud.ws_url, owner.token)
     await viewer.send("watch_resume", {"session_id": sid})  # ...and it is back in time
     assert (await viewer.recv("watch_resumed"))["payload"] == {"session_id": sid}
 
-    await device.close()  # the camera's socket drops and comes back
+    await device.drop()  # the camera's socket drops and comes back
     device = await sig.device(cloud.ws_url, camera.hello())
     await asyncio.sleep(1.5)  # past the grace period (1 s in these tests)
     await viewer.send("signal_offer", {"session_id": sid, "sdp": SDP_OFFER})
@@ -378,7 +378,7 @@ async def test_a_dropped_socket_may_come_back_and_resume(
     await device.nothing()
 
     # gone for good: ended after the grace period
-    await viewer.close()
+    await viewer.drop()
     ended = (await device.recv("watch_ended", timeout=5))["payload"]
     assert ended == {"session_id": sid, "reason": "viewer_disconnected"}
     other = await sig.viewer(cloud.ws_url, owner.token)

@@ -41,7 +41,7 @@ class Inbox:
         self.items: list[str] = []
         self.event = asyncio.Event()
 
-    async def __call__(self, text: str) -> None:
+    def __call__(self, text: str) -> None:
         self.items.append(text)
         self.event.set()
 
@@ -88,15 +88,52 @@ async def test_sessions_index_remove_once_and_rebind(make_live: list[LiveState])
     assert await a.live_session_ids(["s1", "s2", "s3"]) == {"s2"}
 
 
-async def test_sessions_expire_unless_refreshed(make_live: list[LiveState]) -> None:
+async def test_sessions_expire_unless_a_party_heartbeats(make_live: list[LiveState]) -> None:
     a, b = two(make_live)
-    await a.add_session(LiveSession("s1", "d1", "u1", "c1", 1.0), ttl=0.4)
-    await a.add_session(LiveSession("s2", "d1", "u1", "c1", 1.0), ttl=0.4)
-    await asyncio.sleep(0.2)
-    await b.refresh_sessions(["s1"], ttl=5)
-    await asyncio.sleep(0.4)
-    assert await a.live_session_ids(["s1", "s2"]) == {"s1"}
+    await a.add_session(LiveSession("s1", "d1", "u1", "c1", 1.0), ttl=1.0)
+    await a.add_session(LiveSession("s2", "d2", "u1", "c2", 1.0), ttl=1.0)
+    await a.add_session(LiveSession("s3", "d3", "u1", "c3", 1.0), ttl=1.0)
+    await b.device_heartbeat("d1", "conn-d1", "198.51.100.1", presence_ttl=30, session_ttl=30)
+    await b.viewer_heartbeat("c2", ttl=30)
+    assert await a.online(["d1"]) == {"d1"}
+    assert await a.device_address("d1") == "198.51.100.1"
+    await asyncio.sleep(1.3)
+    assert await a.live_session_ids(["s1", "s2", "s3"]) == {"s1", "s2"}
     assert [s.session_id for s in await b.sessions_of_device("d1")] == ["s1"]
+    assert await b.sessions_of_device("d3") == []
+
+
+async def test_sessions_per_device_are_capped_and_a_freed_place_is_reused(
+    make_live: list[LiveState],
+) -> None:
+    a, b = two(make_live)
+    results = await asyncio.gather(
+        *(
+            (a if i % 2 else b).add_session(LiveSession(f"s{i}", "d1", "u1", f"c{i}", 1.0), 30, 3)
+            for i in range(8)
+        )
+    )
+    assert sum(results) == 3, "no more than the cap, even when added at once from two processes"
+    held = await a.sessions_of_device("d1")
+    assert len(held) == 3
+    assert not await a.add_session(LiveSession("late", "d1", "u1", "c9", 1.0), 30, cap=3)
+    await b.remove_session(held[0].session_id)
+    assert await a.add_session(LiveSession("late", "d1", "u1", "c9", 1.0), 30, cap=3)
+    assert await b.add_session(LiveSession("other", "d2", "u1", "c9", 1.0), 30, cap=3)
+
+
+async def test_slots_bound_members_across_processes_and_expire(make_live: list[LiveState]) -> None:
+    a, b = two(make_live)
+    assert await a.acquire_slot("viewer-sockets:u1", "c1", limit=2, ttl=30)
+    assert await b.acquire_slot("viewer-sockets:u1", "c2", limit=2, ttl=0.5)
+    assert not await a.acquire_slot("viewer-sockets:u1", "c3", limit=2, ttl=30)
+    assert await a.acquire_slot("viewer-sockets:u1", "c1", limit=2, ttl=30), "refreshing is fine"
+    assert await a.acquire_slot("viewer-sockets:u2", "c3", limit=2, ttl=30), "per group"
+    await b.release_slot("viewer-sockets:u1", "c1")
+    assert await a.acquire_slot("viewer-sockets:u1", "c3", limit=2, ttl=30)
+    assert not await a.acquire_slot("viewer-sockets:u1", "c4", limit=2, ttl=30)
+    await asyncio.sleep(0.7)  # c2's slot lapses (a crashed process never released it)
+    assert await a.acquire_slot("viewer-sockets:u1", "c4", limit=2, ttl=30)
 
 
 async def test_routing_reaches_other_processes_and_reports_delivery(

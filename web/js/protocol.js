@@ -31,5 +31,5 @@ export const DIRECTIONS = Object.freeze({
   cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "device_status", "error"]),
 });
 
-export const ERROR_CODES = Object.freeze(["invalid_json", "invalid_message", "unknown_type", "too_large", "binary_not_supported", "not_authenticated", "already_authenticated", "forbidden", "not_found", "device_offline", "session_not_found", "not_session_party", "rate_limited", "internal"]);
+export const ERROR_CODES = Object.freeze(["invalid_json", "invalid_message", "unknown_type", "too_large", "binary_not_supported", "not_authenticated", "already_authenticated", "forbidden", "not_found", "device_offline", "session_not_found", "not_session_party", "rate_limited", "device_busy", "too_many_connections", "unavailable", "internal"]);
 export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "expired", "error"]);
