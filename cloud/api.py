@@ -281,11 +281,12 @@ async def device_sessions(
     device_id: str,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
 ) -> SessionList:
-    """Watch-session history of one of the caller's cameras, newest first."""
+    """Watch-session history of one of the caller's cameras since they paired it, newest
+    first (a camera's next owner does not learn who watched it before)."""
     svc = services(state)
     user_id = await current_user(request, svc)
-    await _owned_device(svc, device_id, user_id)
-    rows = await svc.store.sessions_of_device(device_id, limit)
+    device = await _owned_device(svc, device_id, user_id)
+    rows = await svc.store.sessions_of_device(device_id, limit, since=device.paired_at)
     return SessionList(
         sessions=[
             SessionOut(

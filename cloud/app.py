@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,6 +38,16 @@ async def ws_viewer(socket: WebSocket[object, object, State]) -> None:
     await services(socket.app.state).hub.serve(socket, "viewer")
 
 
+def reset(transport: Any) -> None:
+    """Drop a connection now: RST rather than FIN, so that the kernel does not keep trying to
+    deliver what a client that reads nothing left in its send buffer."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 def expose_transport_abort(app: ASGIApp) -> ASGIApp:
     """Middleware: gives a WebSocket's scope ``mumu.abort``, the server transport's ``abort``,
     so that a socket that reads nothing can be reset (``cloud.connection``) rather than linger
@@ -42,9 +56,8 @@ def expose_transport_abort(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.WEBSOCKET:
             transport = getattr(getattr(receive, "__self__", None), "transport", None)
-            abort = getattr(transport, "abort", None)
-            if callable(abort):
-                scope["mumu.abort"] = abort  # type: ignore[typeddict-unknown-key]
+            if callable(getattr(transport, "abort", None)):  # asyncio's or uvloop's transport
+                scope["mumu.abort"] = functools.partial(reset, transport)  # type: ignore[typeddict-unknown-key]
         await app(scope, receive, send)
 
     return middleware

@@ -145,6 +145,7 @@ class Connection:
             return False
         self._queue.append(text)
         self._queued_bytes += size
+
         self._wakeup.set()
         return True
 
@@ -211,6 +212,7 @@ class Connection:
                     self._queued_bytes -= len(text)
                     await socket.send_text(text)
                     self.sent += 1
+
                 if self._close is not None:
                     break
                 self._wakeup.clear()

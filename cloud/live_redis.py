@@ -338,12 +338,11 @@ class _CountingPubSub(PubSub):
     def __init__(self, *args: Any, on_reconnect: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_reconnect = on_reconnect
-        self._connected_once = False
 
     async def on_connect(self, connection: Any) -> None:
-        if self._connected_once:
+        # Called when the connection (re)connects; with channels held, it is a reconnection.
+        if self.channels or self.patterns:
             self._on_reconnect()
-        self._connected_once = True
         await super().on_connect(connection)
 
 

@@ -188,10 +188,11 @@ class SignalingHub:
     def _overflowed(self, conn: Connection) -> None:
         self.metrics.queue_overflows.labels(conn.role).inc()
         log.warning(
-            "%s %s read too slowly (%d frames queued); disconnected",
+            "%s %s read too slowly (its queue passed %d frames or %d bytes); disconnected",
             conn.role,
             conn.principal[:8],
             self._queue_limits.messages,
+            self._queue_limits.bytes,
         )
 
     async def _receive(self, conn: Connection, wait_s: float) -> str | None:

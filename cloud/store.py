@@ -105,7 +105,12 @@ class Store(Protocol):
     ) -> None: ...
     async def end_session(self, session_id: str, reason: str, now: float) -> bool: ...
     async def session(self, session_id: str) -> WatchSession | None: ...
-    async def sessions_of_device(self, device_id: str, limit: int = 100) -> list[WatchSession]: ...
+    async def sessions_of_device(
+        self, device_id: str, limit: int = 100, since: float | None = None
+    ) -> list[WatchSession]:
+        """Newest first; ``since``: only sessions started at or after it."""
+        ...
+
     async def open_sessions(self, started_before: float) -> list[WatchSession]: ...
 
 
@@ -320,13 +325,15 @@ class SqlStore:
             ).first()
         return _session(row)
 
-    async def sessions_of_device(self, device_id: str, limit: int = 100) -> list[WatchSession]:
+    async def sessions_of_device(
+        self, device_id: str, limit: int = 100, since: float | None = None
+    ) -> list[WatchSession]:
+        query = select(watch_sessions).where(watch_sessions.c.device_id == device_id)
+        if since is not None:
+            query = query.where(watch_sessions.c.started_at >= since)
         async with self._tx() as conn:
             rows = await conn.execute(
-                select(watch_sessions)
-                .where(watch_sessions.c.device_id == device_id)
-                .order_by(watch_sessions.c.started_at.desc())
-                .limit(limit)
+                query.order_by(watch_sessions.c.started_at.desc()).limit(limit)
             )
             return [s for s in map(_session, rows) if s is not None]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -18,8 +20,17 @@ class Client:
         self.inbox: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, ws_base: str, role: str) -> Client:
-        return cls(await websockets.connect(f"{ws_base}/ws/{role}", max_size=2**21))
+    async def connect(cls, ws_base: str, role: str, rcvbuf: int | None = None) -> Client:
+        """``rcvbuf``: a fixed TCP receive buffer (bytes) instead of the kernel's autotuning."""
+        url = f"{ws_base}/ws/{role}"
+        if rcvbuf is None:
+            return cls(await websockets.connect(url, max_size=2**21))
+        host, port = urlsplit(url).hostname, urlsplit(url).port
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        return cls(await websockets.connect(url, max_size=2**21, sock=sock))
 
     async def send(self, kind: str, payload: dict[str, Any] | None = None) -> None:
         await self.ws.send(json.dumps({"type": kind, "payload": payload or {}}))
@@ -80,8 +91,8 @@ async def device(ws_base: str, hello: dict[str, Any]) -> Client:
     return client
 
 
-async def viewer(ws_base: str, token: str) -> Client:
-    client = await Client.connect(ws_base, "viewer")
+async def viewer(ws_base: str, token: str, rcvbuf: int | None = None) -> Client:
+    client = await Client.connect(ws_base, "viewer", rcvbuf)
     await client.send("hello", {"token": token})
     ack = await client.recv("hello_ack")
     assert ack["payload"]["role"] == "viewer"
