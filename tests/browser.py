@@ -267,14 +267,24 @@ _COTURN_TEST_REPLACES = frozenset(
 
 
 def render_coturn_conf(
-    *, secret: str, realm: str, port: int, min_port: int, prefix: Path, cert: Path, key: Path
+    *,
+    secret: str,
+    realm: str,
+    port: int,
+    min_port: int,
+    prefix: Path,
+    cert: Path,
+    key: Path,
+    as_shipped: bool = False,
 ) -> str:
     """The production config with the loopback overrides a test needs.
 
     Production denies loopback peers; a test's browser and camera agent both live on 127.0.0.1,
     so this adds ``allow-loopback-peers`` and ``allowed-peer-ip=127.0.0.1`` (an explicit allow
     beats the denied ranges).  Every other rule (private ranges, metadata, multicast, quotas)
-    stays as in production.
+    stays as in production.  ``as_shipped``: no such overrides — every peer rule exactly as
+    shipped — with listeners and relays on 127.0.0.1 and ::1 (only where to listen, which
+    ports and files change).
     """
     text = render_template(
         COTURN_CONF.read_text(),
@@ -290,16 +300,18 @@ def render_coturn_conf(
         for line in text.splitlines()
         if line.split("=", 1)[0].strip() not in _COTURN_TEST_REPLACES
     ]
+    where = ["listening-ip=127.0.0.1", "relay-ip=127.0.0.1"]
+    if as_shipped:
+        where += ["listening-ip=::1", "relay-ip=::1"]
+    loopback = [] if as_shipped else ["allow-loopback-peers", "allowed-peer-ip=127.0.0.1"]
     overrides = [
         "# --- tests/browser.py: one machine, loopback only, foreground ---",
-        "listening-ip=127.0.0.1",
-        "relay-ip=127.0.0.1",
+        *where,
         f"listening-port={port}",
         "no-tls",
         f"min-port={min_port}",
         f"max-port={min_port + 99}",
-        "allow-loopback-peers",
-        "allowed-peer-ip=127.0.0.1",
+        *loopback,
         f"userdb={prefix / 'turndb'}",
         f"pidfile={prefix / 'turnserver.pid'}",
         f"log-file={prefix / 'turn.log'}",
@@ -341,8 +353,11 @@ def _free_udp_range(size: int = 100) -> int:
 
 
 @contextlib.contextmanager
-def coturn_server(secret: str, realm: str = "mumu.test") -> Iterator[Coturn]:
-    """coturn with the repository's config (plus the loopback test overrides), foreground."""
+def coturn_server(
+    secret: str, realm: str = "mumu.test", as_shipped: bool = False
+) -> Iterator[Coturn]:
+    """coturn with the repository's config (plus the loopback test overrides, unless
+    ``as_shipped``), foreground."""
     binary = shutil.which("turnserver")
     require(binary is not None, "coturn (turnserver)")
     assert binary is not None
@@ -360,6 +375,7 @@ def coturn_server(secret: str, realm: str = "mumu.test") -> Iterator[Coturn]:
                 prefix=prefix,
                 cert=cert,
                 key=key,
+                as_shipped=as_shipped,
             )
         )
         proc = subprocess.Popen(

@@ -1,98 +1,60 @@
-"""coturn with the repository's config: REST credentials work, and the relay refuses to reach
-private, metadata and multicast addresses (the test overrides only open 127.0.0.1).
+"""coturn with the repository's config: REST credentials work, the relay reaches public peers and
+refuses private, loopback, metadata and multicast ones, and allocations are bounded per account.
 
-A minimal TURN client over UDP (RFC 5766 Allocate and CreatePermission with long-term
-credentials), so that what is checked is coturn's answer itself, not a browser's summary.
+Checked with a minimal TURN client (``tests.turn_client``) so that what is asserted is coturn's
+own answer.  CreatePermission sends no traffic, so permission to a public address can be checked
+on a machine with no route to it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
-import socket
-import struct
+import ipaddress
+import re
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from cloud.turn import ice_servers
 from tests.browser import COTURN_CONF, Coturn, coturn_server, turn_credentials
+from tests.turn_client import TurnClient
 
-MAGIC = 0x2112A442
-ALLOCATE, CREATE_PERMISSION = 0x0003, 0x0008
-SUCCESS, ERROR = 0x0100, 0x0110
-USERNAME, MESSAGE_INTEGRITY, ERROR_CODE = 0x0006, 0x0008, 0x0009
-XOR_PEER_ADDRESS, REALM, NONCE, REQUESTED_TRANSPORT = 0x0012, 0x0014, 0x0015, 0x0019
+PUBLIC_PEERS = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2001:4860:4860::8888"]
 
 
-def attribute(kind: int, value: bytes) -> bytes:
-    return struct.pack("!HH", kind, len(value)) + value + b"\0" * (-len(value) % 4)
+def denied_ranges() -> list[tuple[str, str]]:
+    """Every ``denied-peer-ip`` of the shipped config as (first, last) address."""
+    ranges = []
+    for value in re.findall(r"^denied-peer-ip=(\S+)$", COTURN_CONF.read_text(), flags=re.M):
+        first, _, last = value.partition("-")
+        ranges.append((first, last or first))
+    return ranges
 
 
-def xor_peer(ip: str, port: int = 9) -> bytes:
-    packed = socket.inet_aton(ip)
-    xored = bytes(a ^ b for a, b in zip(packed, MAGIC.to_bytes(4, "big"), strict=True))
-    return struct.pack("!BBH", 0, 1, port ^ (MAGIC >> 16)) + xored
-
-
-class TurnClient:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.settimeout(5)
-        self.sock.connect(("127.0.0.1", port))
-        self.key = b""
-        self.auth: list[bytes] = []
-
-    def request(self, method: int, attrs: list[bytes]) -> tuple[int, dict[int, bytes]]:
-        body = b"".join(attrs + self.auth)
-        tid = os.urandom(12)
-        if self.key:
-            # MESSAGE-INTEGRITY covers the header with a length that already counts it.
-            header = struct.pack("!HHI", method, len(body) + 24, MAGIC) + tid
-            mac = hmac.new(self.key, header + body, hashlib.sha1).digest()
-            body += attribute(MESSAGE_INTEGRITY, mac)
-        self.sock.send(struct.pack("!HHI", method, len(body), MAGIC) + tid + body)
-        data = self.sock.recv(2048)
-        kind, length = struct.unpack("!HH", data[:4])
-        assert data[8:20] == tid
-        found: dict[int, bytes] = {}
-        at = 20
-        while at < 20 + length:
-            a_kind, a_len = struct.unpack("!HH", data[at : at + 4])
-            found[a_kind] = data[at + 4 : at + 4 + a_len]
-            at += 4 + a_len + (-a_len % 4)
-        return kind, found
-
-    def allocate(self, username: str, password: str) -> int:
-        transport = attribute(REQUESTED_TRANSPORT, bytes([17, 0, 0, 0]))
-        kind, attrs = self.request(ALLOCATE, [transport])
-        assert kind == ALLOCATE | ERROR and error_code(attrs) == 401
-        realm, nonce = attrs[REALM], attrs[NONCE]
-        self.key = hashlib.md5(f"{username}:{realm.decode()}:{password}".encode()).digest()
-        self.auth = [
-            attribute(USERNAME, username.encode()),
-            attribute(REALM, realm),
-            attribute(NONCE, nonce),
-        ]
-        kind, attrs = self.request(ALLOCATE, [transport])
-        return 200 if kind == ALLOCATE | SUCCESS else error_code(attrs)
-
-    def permit(self, ip: str) -> int:
-        kind, attrs = self.request(CREATE_PERMISSION, [attribute(XOR_PEER_ADDRESS, xor_peer(ip))])
-        return 200 if kind == CREATE_PERMISSION | SUCCESS else error_code(attrs)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def error_code(attrs: dict[int, bytes]) -> int:
-    value = attrs[ERROR_CODE]
-    return value[2] * 100 + value[3]
+def permit(coturn: Coturn, peer: str) -> int:
+    """Allocate (an IPv6 relay for an IPv6 peer) and ask permission for ``peer``.  A user of
+    its own each time: a released allocation counts against the user's quota for a while."""
+    v6 = ipaddress.ip_address(peer).version == 6
+    client = TurnClient(coturn.port, "::1" if v6 else "127.0.0.1")
+    user = f"viewer-{uuid.uuid4().hex}"
+    try:
+        assert client.allocate(*turn_credentials(coturn.secret, user), ipv6_relay=v6) == 200
+        return client.permit(peer)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="module")
 def coturn() -> Iterator[Coturn]:
+    """The config plus the one-machine test overrides (loopback 127.0.0.1 allowed)."""
     with coturn_server("turn-test-secret") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Iterator[Coturn]:
+    """The config exactly as shipped (only where it listens and relays changes)."""
+    with coturn_server("turn-test-secret", as_shipped=True) as server:
         yield server
 
 
@@ -114,35 +76,70 @@ def test_rest_credentials_allocate_and_wrong_ones_do_not(coturn: Coturn) -> None
             client.close()
 
 
+@pytest.mark.parametrize("peer", PUBLIC_PEERS)
+def test_shipped_config_relays_to_public_peers(shipped: Coturn, peer: str) -> None:
+    """A range that starts at ``::`` once made coturn refuse every IPv4 peer: relayed video
+    failed in production while the tests (with their loopback overrides) passed."""
+    assert permit(shipped, peer) == 200
+
+
 @pytest.mark.parametrize(
-    ("peer", "allowed"),
-    [
-        ("127.0.0.1", True),  # the test override (production denies it)
-        ("127.0.0.2", False),  # the rest of loopback stays denied
-        ("10.1.2.3", False),
-        ("172.16.5.4", False),
-        ("192.168.1.10", False),
-        ("100.64.0.1", False),  # carrier-grade NAT
-        ("169.254.169.254", False),  # cloud metadata service
-        ("224.0.0.251", False),  # multicast
-        ("0.0.0.0", False),
-        # (Public peers cannot be checked here: a relay bound to 127.0.0.1 cannot reach them.)
-    ],
+    "peer",
+    sorted(
+        {address for pair in denied_ranges() for address in pair}
+        | {"::", "::1", "127.0.0.1", "::127.0.0.1", "::ffff:127.0.0.1", "64:ff9b::7f00:1"}
+    ),
 )
-def test_relay_refuses_private_peers(coturn: Coturn, peer: str, allowed: bool) -> None:
-    client = TurnClient(coturn.port)
-    try:
-        assert client.allocate(*turn_credentials(coturn.secret, "viewer-2")) == 200
-        assert client.permit(peer) == (200 if allowed else 403)
-    finally:
-        client.close()
+def test_shipped_config_refuses_every_denied_range(shipped: Coturn, peer: str) -> None:
+    assert permit(shipped, peer) == 403
 
 
-def test_production_config_denies_loopback_and_was_accepted(coturn: Coturn) -> None:
+def test_shipped_config_was_accepted_and_keeps_its_hardening(shipped: Coturn) -> None:
     text = COTURN_CONF.read_text()
     assert "denied-peer-ip=127.0.0.0-127.255.255.255" in text
     assert "allowed-peer-ip" not in text.replace("`allowed-peer-ip", "")
     assert "\nallow-loopback-peers" not in text
     for line in ("use-auth-secret", "no-cli", "no-tlsv1", "no-tlsv1_1", "no-multicast-peers"):
         assert f"\n{line}\n" in text, line
-    assert "Bad configuration" not in coturn.log(), coturn.log()
+    for first, _ in denied_ranges():
+        # coturn reads a range that starts at "::" as covering all of IPv4 (coturn 4.6)
+        assert ipaddress.ip_address(first) != ipaddress.ip_address("::"), first
+    assert "Bad configuration" not in shipped.log(), shipped.log()
+
+
+def test_the_test_overrides_open_only_127_0_0_1(coturn: Coturn) -> None:
+    assert permit(coturn, "127.0.0.1") == 200
+    assert permit(coturn, "127.0.0.2") == 403
+    assert permit(coturn, "10.1.2.3") == 403
+
+
+def test_allocations_are_bounded_per_account(shipped: Coturn) -> None:
+    """coturn's user-quota counts the allocations of a REST user id (the part after the
+    expiry), whatever the expiry: each account (and each camera) has ``user-quota`` relays at
+    most, however many credentials the cloud hands it."""
+    quota = int(re.search(r"^user-quota=(\d+)$", COTURN_CONF.read_text(), flags=re.M)[1])  # type: ignore[index]
+    clients: list[TurnClient] = []
+
+    def allocate(ident: str, now: float) -> int:
+        [server] = ice_servers(
+            stun_urls=(),
+            turn_urls=("turn:127.0.0.1",),
+            turn_secret=shipped.secret,
+            ttl_s=600,
+            ident=ident,
+            now=now,
+        )
+        assert server.username is not None and server.credential is not None
+        client = TurnClient(shipped.port)
+        clients.append(client)
+        return client.allocate(server.username, server.credential)
+
+    try:
+        # credentials minted at different times (different expiries) for one account
+        results = [allocate("account-a", 1_900_000_000 + i) for i in range(quota)]
+        assert results == [200] * quota
+        assert allocate("account-a", 1_900_000_500) == 486  # Allocation Quota Reached
+        assert allocate("account-b", 1_900_000_000) == 200
+    finally:
+        for client in clients:
+            client.close()
