@@ -1,0 +1,145 @@
+"""HTTP bounds when the cloud is reached directly: slow headers and bodies, connections per
+address, body size, and whose X-Forwarded-For is believed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from tests.cloud_fixtures import start_cloud
+from tests.cloud_process import CloudProcess
+
+
+@pytest.fixture(scope="module")
+def cloud(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudProcess]:
+    yield from start_cloud(
+        request,
+        tmp_path_factory.mktemp("cloud"),
+        "embedded",
+        MUMU_HTTP_HEADER_TIMEOUT="1",
+        MUMU_HTTP_BODY_TIMEOUT="1",
+        MUMU_HTTP_CONNECTIONS_PER_ADDRESS="6",
+        MUMU_LOGIN_RATE_PER_ADDRESS="3/minute",
+    )
+
+
+@contextlib.asynccontextmanager
+async def raw(
+    cloud: CloudProcess,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection(cloud.host, cloud.port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def until_closed(reader: asyncio.StreamReader, timeout: float = 15.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    async with asyncio.timeout(timeout):
+        return await reader.read()
+
+
+async def test_slow_headers_are_cut_off(cloud: CloudProcess) -> None:
+    async with raw(cloud) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ...and the rest never comes
+        await writer.drain()
+        answer = await until_closed(reader)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+    async with raw(cloud) as (reader, _):  # says nothing at all
+        assert (await until_closed(reader)).startswith(b"HTTP/1.1 408")
+    async with raw(cloud) as (reader, writer):  # one byte now and then: still cut off
+        closed = asyncio.create_task(until_closed(reader))
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n":
+            done, _ = await asyncio.wait({closed}, timeout=0.2)
+            if done:
+                break
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                break
+        assert (await closed).startswith(b"HTTP/1.1 408")
+
+
+async def test_slow_bodies_are_cut_off(cloud: CloudProcess) -> None:
+    async with raw(cloud) as (reader, writer):
+        writer.write(
+            b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"email": '
+        )
+        await writer.drain()
+        await until_closed(reader)  # closed, whatever it managed to say
+    async with httpx.AsyncClient(base_url=cloud.url) as http:  # and the server is fine
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_connections_per_address_are_bounded(cloud: CloudProcess) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        held = [await stack.enter_async_context(raw(cloud)) for _ in range(6)]
+        async with raw(cloud) as (reader, _):
+            answer = await until_closed(reader)
+            assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 5" in answer.lower()
+        assert len(held) == 6
+    async with httpx.AsyncClient(base_url=cloud.url) as http:  # released: served again
+        assert (await http.get("/healthz")).status_code == 200
+        metrics = (await http.get("/metrics")).text
+    assert 'mumu_http_connections_closed_total{reason="per_address"}' in metrics
+    assert 'mumu_http_connections_closed_total{reason="header_timeout"}' in metrics
+
+
+async def test_oversized_bodies_are_refused(cloud: CloudProcess) -> None:
+    async with httpx.AsyncClient(base_url=cloud.url) as http:
+        big = {"email": "a@example.com", "password": "x" * 200_000}
+        response = await http.post("/api/auth/login", json=big)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "too_large"
+
+
+async def test_x_forwarded_for_is_not_believed_by_default(cloud: CloudProcess) -> None:
+    """Any local forwarder passing the header would otherwise pick the address that every
+    per-address limit counts."""
+    async with httpx.AsyncClient(base_url=cloud.url) as http:
+        codes = []
+        for i in range(4):
+            r = await http.post(
+                "/api/auth/login",
+                json={"email": f"nobody{i}@example.com", "password": "wrong password"},
+                headers={"X-Forwarded-For": f"198.51.100.{i}"},
+            )
+            codes.append(r.status_code)
+    assert codes == [401, 401, 401, 429]
+
+
+async def test_trusted_proxies_forward_the_client_address(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    for cloud in start_cloud(
+        request,
+        tmp_path_factory.mktemp("proxied"),
+        "embedded",
+        MUMU_TRUSTED_PROXIES="127.0.0.1",
+        MUMU_LOGIN_RATE_PER_ADDRESS="3/minute",
+    ):
+        async with httpx.AsyncClient(base_url=cloud.url) as http:
+
+            async def login(address: str, n: int) -> int:
+                r = await http.post(
+                    "/api/auth/login",
+                    json={"email": f"nobody{n}@example.com", "password": "wrong password"},
+                    headers={"X-Forwarded-For": address},
+                )
+                return r.status_code
+
+            spread = [await login(f"198.51.100.{i}", i) for i in range(4)]
+            same = [await login("203.0.113.9", 10 + i) for i in range(4)]
+        assert spread == [401] * 4
+        assert same == [401, 401, 401, 429]
