@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
         **uvicorn_http_options(guard),
         ws_max_size=1024 * 1024,
+        # No permessage-deflate: inflating and deflating large frames ran on the event loop (a
+        # camera flooding 60 kB answers cost everyone seconds on a busy machine) and its zlib
+        # state costs memory per socket; signaling frames are small.
+        ws_per_message_deflate=False,
         # No protocol-level pings: every client heartbeats (devices every 30 s) and a socket
         # silent past the presence TTL is closed by the hub, so pings would only add a timer,
         # a task and two frames per connection (500 a second at 10,000 devices).

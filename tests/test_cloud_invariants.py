@@ -439,8 +439,18 @@ async def slow_reader_scenario(device_cloud: CloudProcess, viewer_cloud: CloudPr
         await api.aclose()
 
 
-async def test_a_viewer_that_stops_reading_slows_nobody(cloud: CloudProcess) -> None:
-    await slow_reader_scenario(cloud, cloud)
+@pytest.fixture(scope="module", params=BACKENDS)
+def patient(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudProcess]:
+    """Default bounds, and a resume grace long enough to come back after being cut off."""
+    yield from start_cloud(
+        request, tmp_path_factory.mktemp("patient"), request.param, MUMU_RESUME_GRACE="60"
+    )
+
+
+async def test_a_viewer_that_stops_reading_slows_nobody(patient: CloudProcess) -> None:
+    await slow_reader_scenario(patient, patient)
 
 
 async def test_a_viewer_that_stops_reading_slows_nobody_across_processes(
