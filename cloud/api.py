@@ -150,18 +150,23 @@ async def _limit(svc: Services, *checks: tuple[str, str, str]) -> None:
 
 
 async def _device_out(svc: Services, devices: list[Device]) -> list[DeviceOut]:
-    online = await svc.live.online([d.id for d in devices])
-    return [
-        DeviceOut(
-            device_id=d.id,
-            name=d.name,
-            model=d.model,
-            online=d.id in online,
-            last_seen=_iso(d.last_seen),
-            paired_at=_iso(d.paired_at),
+    """With live presence: an online camera was last seen at its last heartbeat (accurate to
+    one heartbeat, without a database write per heartbeat); an offline one when it went."""
+    presence = await svc.live.presence([d.id for d in devices])
+    out = []
+    for d in devices:
+        live = presence.get(d.id)
+        out.append(
+            DeviceOut(
+                device_id=d.id,
+                name=d.name,
+                model=d.model,
+                online=live is not None,
+                last_seen=_iso(live.heard_at if live is not None else d.last_seen),
+                paired_at=_iso(d.paired_at),
+            )
         )
-        for d in devices
-    ]
+    return out
 
 
 async def _owned_device(svc: Services, device_id: str, user_id: str) -> Device:

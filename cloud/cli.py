@@ -56,11 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from cloud.app import create_app
-    from cloud.http_server import HttpGuard, uvicorn_http_options
+    from cloud.http_server import CloudServer, HttpGuard, uvicorn_http_options
 
     app = create_app(settings)
-    guard = HttpGuard.from_settings(settings, app.state.services.metrics)
-    uvicorn.run(
+    services = app.state.services
+    guard = HttpGuard.from_settings(settings, services.metrics)
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=5,
         server_header=False,
     )
+    # SIGTERM: stop accepting, tell every socket to come back (1012 with a reconnect window),
+    # record last_seen in bulk, then let uvicorn finish.
+    CloudServer(config, drain=services.hub.drain).run()
 
 
 if __name__ == "__main__":

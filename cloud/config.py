@@ -40,8 +40,9 @@ class Settings:
     pair_rate: str = "5/minute"
     pair_rate_per_address: str = "20/minute"
     session_ttl_s: float = 120.0
-    presence_ttl_s: float = 90.0
+    presence_ttl_s: float = 65.0
     resume_grace_s: float = 20.0
+    reconnect_rate: int = 1000
     trusted_proxies: tuple[str, ...] = ()
     max_sessions_per_device: int = 8
     max_viewer_sockets_per_account: int = 20
@@ -80,22 +81,25 @@ VARIABLES: dict[str, str] = {
     "MUMU_PAIR_RATE": "pairing attempts per account",
     "MUMU_PAIR_RATE_PER_ADDRESS": "pairing attempts per client address",
     "MUMU_SESSION_TTL": "seconds a watch session lives without any sign of its parties",
-    "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 90)",
+    "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 65: "
+    "two missed heartbeats)",
+    "MUMU_RECONNECT_RATE": "sockets a second a restarting process asks its clients to spread "
+    "their return over (default 1000)",
     "MUMU_RESUME_GRACE": "seconds a session outlives its party's dropped socket (default 20)",
     "MUMU_TRUSTED_PROXIES": "comma-separated addresses whose X-Forwarded-For is believed "
     "(default: none; behind nginx set its address, e.g. 127.0.0.1)",
     "MUMU_MAX_SESSIONS_PER_DEVICE": "live watch sessions one camera may have (default 8)",
     "MUMU_MAX_VIEWER_SOCKETS": "viewer WebSockets one account may hold open (default 20)",
-    "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "sockets per client address not yet past hello "
-    "(default 16, per process)",
+    "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "sockets per client address still without hello "
+    "after 1 s (default 16, per process)",
     "MUMU_WS_QUEUE_MESSAGES": "frames queued for one slow socket before it is dropped (1000)",
     "MUMU_WS_QUEUE_BYTES": "bytes queued for one slow socket before it is dropped (2097152)",
     "MUMU_WS_MESSAGE_RATE": "messages a second one socket may send on average (default 50)",
     "MUMU_WS_MESSAGE_BURST": "messages one socket may send in a burst (default 200)",
     "MUMU_HTTP_HEADER_TIMEOUT": "seconds a client has to send a request's headers (default 10)",
     "MUMU_HTTP_BODY_TIMEOUT": "seconds a client has to send a request's body (default 30)",
-    "MUMU_HTTP_CONNECTIONS_PER_ADDRESS": "open HTTP connections per client address "
-    "(default 64, per process)",
+    "MUMU_HTTP_CONNECTIONS_PER_ADDRESS": "HTTP connections per client address still sending "
+    "their request head after 1 s (default 64, per process)",
     "MUMU_HTTP_MAX_BODY": "largest request body in bytes (default 65536)",
     "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
@@ -178,7 +182,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         turn_ttl_s=_int(merged, "MUMU_TURN_TTL", 600, 60, 86400),
         public_url=public_url,
         session_ttl_s=float(_int(merged, "MUMU_SESSION_TTL", 120, 10, 3600)),
-        presence_ttl_s=float(_int(merged, "MUMU_PRESENCE_TTL", 90, 5, 3600)),
+        presence_ttl_s=float(_int(merged, "MUMU_PRESENCE_TTL", 65, 5, 3600)),
+        reconnect_rate=_int(merged, "MUMU_RECONNECT_RATE", 1000, 1, 1_000_000),
         resume_grace_s=float(_int(merged, "MUMU_RESUME_GRACE", 20, 0, 600)),
         trusted_proxies=_proxies(merged.get("MUMU_TRUSTED_PROXIES", "")),
         max_sessions_per_device=_int(merged, "MUMU_MAX_SESSIONS_PER_DEVICE", 8, 1, 1000),

@@ -102,8 +102,8 @@ class Connection:
     #: ``cloud.app.expose_transport_abort``).
     abort: Callable[[], None] | None = None
     ending: Ending = Ending.OPEN
-    #: Devices: when ``last_seen`` was last written.
-    last_seen_written: float = 0.0
+    #: When a frame last came from the client (wall-clock seconds).
+    last_heard: float = field(default_factory=time.time)
     #: Frames sent and dropped (queue full) so far.
     sent: int = 0
     _queue: collections.deque[str] = field(default_factory=collections.deque)

@@ -65,19 +65,42 @@ class LiveSession:
     started_at: float
 
 
+@dataclass(frozen=True)
+class Presence:
+    conn_id: str
+    #: The client address of the device's socket.
+    address: str
+    #: When the device was last heard (its hello or heartbeat), wall-clock seconds.
+    heard_at: float
+
+
 class LiveState(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
 
     # presence
-    async def set_online(self, device_id: str, conn_id: str, ttl: float, address: str = "") -> None:
-        """Mark the device online through ``conn_id`` for ``ttl`` s; ``address``: the client
-        address its socket comes from (its network's public address behind a NAT)."""
+    async def set_online(
+        self, device_id: str, conn_id: str, ttl: float, address: str = ""
+    ) -> str | None:
+        """Mark the device online through ``conn_id`` for ``ttl`` s (its ``hello``);
+        ``address``: the client address its socket comes from (its network's public address
+        behind a NAT).  Returns the connection that held its presence before, if another one."""
+        ...
+
+    async def device_heartbeat(
+        self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
+    ) -> bool:
+        """Presence and the TTL of every live session of the device, in one go.  False if its
+        presence had lapsed (it was shown offline and is back)."""
         ...
 
     async def set_offline(self, device_id: str, conn_id: str) -> bool:
         """Clear presence if ``conn_id`` still holds it; True if it did."""
+        ...
+
+    async def presence(self, device_ids: list[str]) -> dict[str, Presence]:
+        """The presence of those of ``device_ids`` that are online."""
         ...
 
     async def online(self, device_ids: list[str]) -> set[str]: ...
@@ -85,10 +108,10 @@ class LiveState(Protocol):
         """The address an online device's socket comes from; ``None`` when it is offline."""
         ...
 
-    async def device_heartbeat(
-        self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
-    ) -> None:
-        """Presence and the TTL of every live session of the device, in one go."""
+    async def lapsed(self, ttl: float, limit: int = 500) -> list[tuple[str, float]]:
+        """Claim devices whose presence lapsed (no heartbeat for ``ttl`` s) without being set
+        offline — their socket went silent, or the process holding it died.  Each is returned
+        to exactly one caller, with when it was last heard (wall-clock seconds)."""
         ...
 
     # live sessions
@@ -165,7 +188,8 @@ class MemoryLiveState:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._presence: dict[str, tuple[str, float, str]] = {}
+        #: device -> (connection id, deadline on the clock, address, heard at wall-clock)
+        self._presence: dict[str, tuple[str, float, str, float]] = {}
         self._sessions: dict[str, tuple[LiveSession, float]] = {}
         self._slots: dict[str, dict[str, float]] = {}
         self._subscribers = LocalSubscribers()
@@ -180,29 +204,42 @@ class MemoryLiveState:
     async def ping(self) -> None:
         return None
 
-    async def set_online(self, device_id: str, conn_id: str, ttl: float, address: str = "") -> None:
-        self._presence[device_id] = (conn_id, self._clock() + ttl, address)
+    async def set_online(
+        self, device_id: str, conn_id: str, ttl: float, address: str = ""
+    ) -> str | None:
+        before = self._presence.get(device_id)
+        self._presence[device_id] = (conn_id, self._clock() + ttl, address, time.time())
+        return before[0] if before is not None and before[0] != conn_id else None
 
     async def set_offline(self, device_id: str, conn_id: str) -> bool:
         held = self._presence.get(device_id)
-        if held is None or held[0] != conn_id:
+        if held is None or held[0] != conn_id or held[1] <= self._clock():
             return False
         del self._presence[device_id]
         return True
 
+    async def presence(self, device_ids: list[str]) -> dict[str, Presence]:
+        now = self._clock()
+        found = {}
+        for device_id in device_ids:
+            held = self._presence.get(device_id)
+            if held is not None and held[1] > now:
+                found[device_id] = Presence(held[0], held[2], held[3])
+        return found
+
     async def online(self, device_ids: list[str]) -> set[str]:
-        return {d for d in device_ids if self._held(d) is not None}
+        return set(await self.presence(device_ids))
 
     async def device_address(self, device_id: str) -> str | None:
-        held = self._held(device_id)
-        return None if held is None else held[2]
+        held = (await self.presence([device_id])).get(device_id)
+        return None if held is None else held.address
 
-    def _held(self, device_id: str) -> tuple[str, float, str] | None:
-        held = self._presence.get(device_id)
-        if held is not None and held[1] <= self._clock():
+    async def lapsed(self, ttl: float, limit: int = 500) -> list[tuple[str, float]]:
+        now = self._clock()
+        gone = [(d, held[3]) for d, held in self._presence.items() if held[1] <= now][:limit]
+        for device_id, _ in gone:
             del self._presence[device_id]
-            return None
-        return held
+        return gone
 
     def _live(self, session_id: str) -> LiveSession | None:
         held = self._sessions.get(session_id)
@@ -215,11 +252,14 @@ class MemoryLiveState:
 
     async def device_heartbeat(
         self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
-    ) -> None:
+    ) -> bool:
+        held = self._presence.get(device_id)
+        was_online = held is not None and held[1] > self._clock()
         await self.set_online(device_id, conn_id, presence_ttl, address)
         deadline = self._clock() + session_ttl
         for session in await self.sessions_of_device(device_id):
             self._sessions[session.session_id] = (session, deadline)
+        return was_online
 
     async def add_session(self, session: LiveSession, ttl: float, cap: int = 0) -> bool:
         if cap and len(await self.sessions_of_device(session.device_id)) >= cap:

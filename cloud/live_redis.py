@@ -2,7 +2,8 @@
 
 Keys (all under ``mumu:``):
 
-- ``presence:<device>`` = "<connection id> <client address>", with a TTL refreshed by heartbeats;
+- ``presence:<device>`` = "<connection id> <client address> <heard ms>", with a TTL refreshed
+  by heartbeats, and ``presence-deadlines`` (device -> deadline) for the sweeper of lapsed ones;
 - ``session:<id>`` = hash of the ``LiveSession`` fields, with a TTL refreshed by its parties;
 - ``device-sessions:<device>`` / ``conn-sessions:<conn>`` = sets of session ids (index);
 - ``slots:<group>`` = sorted set of members by deadline (e.g. the viewer sockets of an account);
@@ -24,19 +25,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from cloud.live import Deliver, LiveSession, LocalSubscribers
+from cloud.live import Deliver, LiveSession, LocalSubscribers, Presence
 
 log = logging.getLogger(__name__)
 
 P = "mumu:"
-# Presence values are "<conn id> <address>": cleared only by the connection that holds it.
-_CLEAR_IF_HELD = """
-local held = redis.call('GET', KEYS[1])
-if held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+_DEADLINES = f"{P}presence-deadlines"
 _SESSION_FIELDS = ("session_id", "device_id", "viewer_id", "viewer_conn", "started_at")
 
 # The scripts below touch session keys named from set members (fine on one Redis server or a
@@ -61,14 +55,70 @@ redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[1])
 return 1
 """
-# KEYS: presence, device-sessions; ARGV: presence value, presence ms, session ms, session prefix.
-_DEVICE_HEARTBEAT = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if redis.call('PEXPIRE', ARGV[4] .. id, ARGV[3]) == 0 then redis.call('SREM', KEYS[2], id) end
-end
-return 1
+# Presence: ``presence:<device>`` = "<conn id> <address> <heard, ms>" with a TTL, and the
+# sorted set ``presence-deadlines`` (device -> deadline, ms) that lets a sweeper find devices
+# whose presence lapsed without anybody setting them offline.  Times are the server's clock.
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
+# KEYS: presence, deadlines; ARGV: conn id, address, ttl ms, device id.  Returns the previous
+# holder's connection id when another connection held it.
+_SET_ONLINE = (
+    _NOW_MS
+    + """
+local before = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. now, 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+if before then
+  local held = string.match(before, '^(%S+)')
+  if held ~= ARGV[1] then return held end
+end
+return false
+"""
+)
+# KEYS: presence, deadlines, device-sessions; ARGV: conn id, address, presence ms, device id,
+# session ms, session key prefix.
+_DEVICE_HEARTBEAT = (
+    _NOW_MS
+    + """
+local was = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. now, 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if redis.call('PEXPIRE', ARGV[6] .. id, ARGV[5]) == 0 then redis.call('SREM', KEYS[3], id) end
+end
+return was
+"""
+)
+# KEYS: presence, deadlines; ARGV: conn id, device id.  Clears presence held by that connection.
+_SET_OFFLINE = """
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS: deadlines; ARGV: limit, presence key prefix.  Claims (removes and returns) devices whose
+# deadline passed and whose presence key is gone: each goes to exactly one caller.
+_LAPSED = (
+    _NOW_MS
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[1])
+local claimed = {}
+for i = 1, #due, 2 do
+  local id, deadline = due[i], due[i + 1]
+  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+    table.insert(claimed, id)
+    table.insert(claimed, deadline)
+  end
+end
+return claimed
+"""
+)
 # KEYS: conn-sessions; ARGV: ms, session prefix, conn id.
 _VIEWER_HEARTBEAT = """
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -133,6 +183,9 @@ class RedisLiveState:
         )
         for name, script in (
             ("add_session", _ADD_SESSION),
+            ("set_online", _SET_ONLINE),
+            ("set_offline", _SET_OFFLINE),
+            ("lapsed", _LAPSED),
             ("device_heartbeat", _DEVICE_HEARTBEAT),
             ("viewer_heartbeat", _VIEWER_HEARTBEAT),
             ("acquire_slot", _ACQUIRE_SLOT),
@@ -166,12 +219,50 @@ class RedisLiveState:
 
     # presence ---------------------------------------------------------------------------------
 
-    async def set_online(self, device_id: str, conn_id: str, ttl: float, address: str = "") -> None:
-        await self.redis.set(f"{P}presence:{device_id}", f"{conn_id} {address}", px=int(ttl * 1000))
+    async def set_online(
+        self, device_id: str, conn_id: str, ttl: float, address: str = ""
+    ) -> str | None:
+        before = await self._scripts["set_online"](
+            keys=[f"{P}presence:{device_id}", _DEADLINES],
+            args=[conn_id, address or "-", int(ttl * 1000), device_id],
+        )
+        return None if before is None else str(before)
+
+    async def device_heartbeat(
+        self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
+    ) -> bool:
+        was_online = await self._scripts["device_heartbeat"](
+            keys=[f"{P}presence:{device_id}", _DEADLINES, f"{P}device-sessions:{device_id}"],
+            args=[
+                conn_id,
+                address or "-",
+                int(presence_ttl * 1000),
+                device_id,
+                int(session_ttl * 1000),
+                f"{P}session:",
+            ],
+        )
+        return bool(was_online)
 
     async def set_offline(self, device_id: str, conn_id: str) -> bool:
-        done = await self.redis.eval(_CLEAR_IF_HELD, 1, f"{P}presence:{device_id}", conn_id)
+        done = await self._scripts["set_offline"](
+            keys=[f"{P}presence:{device_id}", _DEADLINES], args=[conn_id, device_id]
+        )
         return bool(done)
+
+    async def presence(self, device_ids: list[str]) -> dict[str, Presence]:
+        if not device_ids:
+            return {}
+        held = await self.redis.mget([f"{P}presence:{d}" for d in device_ids])
+        found = {}
+        for device_id, value in zip(device_ids, held, strict=True):
+            if value is None:
+                continue
+            conn_id, address, heard_ms = str(value).split(" ")
+            found[device_id] = Presence(
+                conn_id, "" if address == "-" else address, int(heard_ms) / 1000
+            )
+        return found
 
     async def online(self, device_ids: list[str]) -> set[str]:
         if not device_ids:
@@ -180,23 +271,16 @@ class RedisLiveState:
         return {d for d, v in zip(device_ids, held, strict=True) if v is not None}
 
     async def device_address(self, device_id: str) -> str | None:
-        held = await self.redis.get(f"{P}presence:{device_id}")
-        return None if held is None else str(held).partition(" ")[2]
+        held = (await self.presence([device_id])).get(device_id)
+        return None if held is None else held.address
+
+    async def lapsed(self, ttl: float, limit: int = 500) -> list[tuple[str, float]]:
+        claimed = await self._scripts["lapsed"](keys=[_DEADLINES], args=[limit, f"{P}presence:"])
+        return [
+            (str(claimed[i]), float(claimed[i + 1]) / 1000 - ttl) for i in range(0, len(claimed), 2)
+        ]
 
     # sessions ---------------------------------------------------------------------------------
-
-    async def device_heartbeat(
-        self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
-    ) -> None:
-        await self._scripts["device_heartbeat"](
-            keys=[f"{P}presence:{device_id}", f"{P}device-sessions:{device_id}"],
-            args=[
-                f"{conn_id} {address}",
-                int(presence_ttl * 1000),
-                int(session_ttl * 1000),
-                f"{P}session:",
-            ],
-        )
 
     async def add_session(self, session: LiveSession, ttl: float, cap: int = 0) -> bool:
         fields: list[str] = []

@@ -56,7 +56,9 @@ class Services:
         await self.store.open()
         await self.live.open()
         self.hub.start()
-        self._gc = asyncio.create_task(gc_policy.steward(), name="gc-steward")
+        self._gc = asyncio.create_task(
+            gc_policy.steward(open_connections=lambda: len(self.hub)), name="gc-steward"
+        )
 
     async def stop(self) -> None:
         self._gc.cancel()

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import WebSocket
@@ -72,8 +72,12 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
-#: A device's ``last_seen`` is written on connect, on disconnect and at most this often between.
-LAST_SEEN_EVERY_S = 300.0
+#: A socket that has not said hello after this long counts as waiting (see ``_hello_frame``).
+SLOW_HELLO_S = 1.0
+#: How often lapsed presence (a silent socket, a dead process) is looked for.
+PRESENCE_SWEEP_S = 2.0
+#: Close code and reason of a graceful stop: come back, at a random moment within the window.
+CLOSE_RESTART = 1012
 #: Close codes a client sends when it means to go (its sessions end at once); anything else
 #: (1005 no status, 1006 dropped, ...) counts as a dropped socket that may come back.
 _CLEAN_CLOSE_CODES = frozenset({1000, 1001})
@@ -104,35 +108,92 @@ class SignalingHub:
         self.authenticate = authenticate or token_authenticator(tokens, store)
         self.watch = watch or WatchService(settings, store, live, metrics)
         self._queue_limits = QueueLimits(settings.ws_queue_messages, settings.ws_queue_bytes)
-        #: Sockets per client address that have not said hello yet (this process).
+        #: Sockets per client address slow to say hello (this process).
         self._pending_by_address: Counter[str] = Counter()
-        self._janitor: asyncio.Task[None] | None = None
+        self._connections: set[Connection] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Set by :meth:`drain`: the process is stopping; its sockets come back elsewhere.
+        self.draining = False
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._janitor = asyncio.create_task(self._sweep_forever(), name="session-janitor")
+        self._tasks = [
+            asyncio.create_task(
+                self._every(min(30.0, self.settings.session_ttl_s / 2), self.watch.sweep),
+                name="session-janitor",
+            ),
+            asyncio.create_task(
+                self._every(PRESENCE_SWEEP_S, self.sweep_presence), name="presence-sweeper"
+            ),
+        ]
 
     async def stop(self) -> None:
         await self.watch.stop()
-        if self._janitor is not None:
-            self._janitor.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+                await task
 
-    async def _sweep_forever(self) -> None:
+    async def _every(self, period: float, work: Callable[[], Awaitable[int]]) -> None:
         while True:
-            await asyncio.sleep(min(30.0, self.settings.session_ttl_s / 2))
+            await asyncio.sleep(period)
             try:
-                await self.watch.sweep()
+                await work()
             except Exception as exc:
                 if is_unavailable_cause(exc):
-                    log.warning("session janitor: %s; trying again later", type(exc).__name__)
+                    log.warning("%s: %s; trying again later", work.__name__, type(exc).__name__)
                 else:
-                    log.exception("session janitor failed")
+                    log.exception("%s failed", work.__name__)
+
+    async def sweep_presence(self) -> int:
+        """Devices whose presence lapsed (silent socket, dead process): record when they were
+        last heard, end their sessions, tell their owners they are offline."""
+        lapsed = await self.live.lapsed(self.settings.presence_ttl_s)
+        if not lapsed:
+            return 0
+        await self.store.touch_devices(lapsed)
+        owners = await self.store.owners_of([device_id for device_id, _ in lapsed])
+        for device_id, _ in lapsed:
+            await self.watch.device_left(device_id, clean=True)
+            owner = owners.get(device_id)
+            if owner is not None:
+                await self._device_status(owner, device_id, online=False)
+        return len(lapsed)
+
+    async def drain(self, timeout: float = 4.0) -> None:
+        """A graceful stop: every socket is told to come back (close 1012, with a window over
+        which its client should spread its reconnection), devices' ``last_seen`` is written in
+        one statement, and sessions are left to their resume grace: their parties come back to
+        another process, or to this one restarted, and carry on."""
+        self.draining = True
+        connections = list(self._connections)
+        heard = [(c.principal, c.last_heard) for c in connections if c.role == "device"]
+        heard = [(device_id, at) for device_id, at in heard if device_id]
+        window = max(1, min(60, -(-len(connections) // self.settings.reconnect_rate)))
+        for conn in connections:
+            conn.close(CLOSE_RESTART, f"restarting; reconnect_within={window}")
+        try:
+            await self.store.touch_devices(heard)
+        except Exception as exc:
+            log.warning("could not record last_seen of %d devices: %s", len(heard), exc)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        log.info(
+            "drained %d socket(s) (%d devices) in a reconnect window of %d s; %d left",
+            len(connections),
+            len(heard),
+            window,
+            len(self._connections),
+        )
 
     async def sweep(self) -> int:
         return await self.watch.sweep()
+
+    def __len__(self) -> int:
+        """Open sockets on this process."""
+        return len(self._connections)
 
     # --- serving a socket ----------------------------------------------------------------------
 
@@ -148,18 +209,12 @@ class SignalingHub:
             abort=_abort_of(socket),
         )
         conn.start()
+        self._connections.add(conn)
         self.metrics.connections.labels(role).inc()
         try:
-            if self._pending_by_address[address] >= self.settings.max_pending_sockets_per_address:
-                self.metrics.sockets_refused.labels("too_many_pending").inc()
-                self._refuse(
-                    conn,
-                    CLOSE_TRY_AGAIN,
-                    "too_many_connections",
-                    "too many connections from your address are waiting to say hello",
-                )
+            if self.draining:
+                conn.close(CLOSE_RESTART, "restarting; reconnect_within=5")
                 return
-            self._pending_by_address[address] += 1
             try:
                 authenticated = await self._authenticate(conn)
             except Exception as exc:  # the database or Redis failed: say so, the client retries
@@ -169,15 +224,12 @@ class SignalingHub:
                     log.warning("could not authenticate a %s: %s", role, type(exc).__name__)
                 self._refuse(conn, CLOSE_TRY_AGAIN, "unavailable", "the cloud failed; try again")
                 return
-            finally:
-                self._pending_by_address[address] -= 1
-                if self._pending_by_address[address] <= 0:
-                    del self._pending_by_address[address]
             if authenticated:
                 await self._run(conn)
         finally:
+            self._connections.discard(conn)
             self.metrics.connections.labels(role).dec()
-            if conn.principal:
+            if conn.principal and not self.draining:
                 try:
                     await self._cleanup(conn)
                 except Exception as exc:
@@ -195,13 +247,18 @@ class SignalingHub:
             self._queue_limits.bytes,
         )
 
-    async def _receive(self, conn: Connection, wait_s: float) -> str | None:
-        """The next text frame; None when the socket closed or stayed silent past ``wait_s``."""
+    async def _receive(
+        self, conn: Connection, wait_s: float, *, close_when_silent: bool = True
+    ) -> str | None:
+        """The next text frame; None when the socket closed or stayed silent past ``wait_s``
+        (then it is closed, unless ``close_when_silent`` is False: TimeoutError)."""
         while True:
             try:
                 async with asyncio.timeout(wait_s):
                     event = await conn.socket.receive()
             except TimeoutError:
+                if not close_when_silent:
+                    raise
                 conn.close(CLOSE_IDLE, "no message within the heartbeat timeout")
                 conn.ending = Ending.DROPPED
                 return None
@@ -216,6 +273,7 @@ class SignalingHub:
                 return None
             if conn.closed:
                 return None  # closed by the cloud while this frame was on its way
+            conn.last_heard = time.time()
             text = event.get("text")
             if text is None:
                 self.metrics.messages.labels("invalid").inc()
@@ -233,7 +291,7 @@ class SignalingHub:
             return str(text)
 
     async def _authenticate(self, conn: Connection) -> bool:
-        text = await self._receive(conn, HELLO_TIMEOUT_S)
+        text = await self._hello_frame(conn)
         if text is None:
             return False
         direction = DeviceToCloud if conn.role == "device" else ViewerToCloud
@@ -252,6 +310,32 @@ class SignalingHub:
             return await self._device_hello(conn, hello)
         return await self._viewer_hello(conn, hello)
 
+    async def _hello_frame(self, conn: Connection) -> str | None:
+        """The first frame, within ``HELLO_TIMEOUT_S``.  A socket still silent after a second
+        counts against its address's bound on sockets waiting to say hello; a fast one never
+        does, so a burst of cameras behind one address coming back at once is not refused."""
+        try:
+            return await self._receive(conn, SLOW_HELLO_S, close_when_silent=False)
+        except TimeoutError:
+            pass
+        address = conn.address
+        if self._pending_by_address[address] >= self.settings.max_pending_sockets_per_address:
+            self.metrics.sockets_refused.labels("too_many_pending").inc()
+            self._refuse(
+                conn,
+                CLOSE_TRY_AGAIN,
+                "too_many_connections",
+                "too many connections from your address are waiting to say hello",
+            )
+            return None
+        self._pending_by_address[address] += 1
+        try:
+            return await self._receive(conn, HELLO_TIMEOUT_S - SLOW_HELLO_S)
+        finally:
+            self._pending_by_address[address] -= 1
+            if self._pending_by_address[address] <= 0:
+                del self._pending_by_address[address]
+
     async def _device_hello(self, conn: Connection, hello: DeviceHello) -> bool:
         device = await self.store.device(hello.payload.device_id)
         if device is None or not device_token_matches(
@@ -262,14 +346,13 @@ class SignalingHub:
             )
             return False
         conn.principal = device.id
-        # Presence first, then kick any older socket of this device, then listen.
-        await self.live.set_online(
+        # Presence first, then kick an older socket of this device, if any, then listen.
+        previous = await self.live.set_online(
             device.id, conn.conn_id, self.settings.presence_ttl_s, conn.address
         )
-        await self.live.publish(f"device:{device.id}", KICK)
+        if previous is not None:
+            await self.live.publish(f"device:{device.id}", KICK)
         await self.live.subscribe(f"device:{device.id}", conn.deliver)
-        conn.last_seen_written = time.time()
-        await self.store.touch_device(device.id, conn.last_seen_written)
         conn.send(
             encode(
                 HelloAck(
@@ -281,6 +364,7 @@ class SignalingHub:
         )
         if device.owner_id is not None:
             await self._device_status(device.owner_id, device.id, online=True)
+        await self.watch.device_back(device.id)
         return True
 
     async def _viewer_hello(self, conn: Connection, hello: ViewerHello) -> bool:
@@ -316,7 +400,9 @@ class SignalingHub:
         conn.close(close_code, message)
 
     def _idle_timeout(self) -> float:
-        return self.settings.presence_ttl_s + HEARTBEAT_INTERVAL_S
+        """Silence after which a socket is taken for dead: as long as presence lasts (two
+        missed heartbeats and a margin)."""
+        return max(self.settings.presence_ttl_s, HEARTBEAT_INTERVAL_S + 5.0)
 
     async def _run(self, conn: Connection) -> None:
         direction = DeviceToCloud if conn.role == "device" else ViewerToCloud
@@ -392,13 +478,15 @@ class SignalingHub:
     async def _heartbeat(self, conn: Connection) -> None:
         s = self.settings
         if conn.role == "device":
-            await self.live.device_heartbeat(
+            # One Redis call (or none, embedded); no database write: last_seen is written when
+            # the device goes.
+            if not await self.live.device_heartbeat(
                 conn.principal, conn.conn_id, conn.address, s.presence_ttl_s, s.session_ttl_s
-            )
-            now = time.time()
-            if now - conn.last_seen_written >= LAST_SEEN_EVERY_S:
-                conn.last_seen_written = now
-                await self.store.touch_device(conn.principal, now)
+            ):
+                # It had been silent long enough to be shown offline: it is back.
+                owner = (await self.store.owners_of([conn.principal])).get(conn.principal)
+                if owner is not None:
+                    await self._device_status(owner, conn.principal, online=True)
         else:
             await self.live.viewer_heartbeat(conn.conn_id, s.session_ttl_s)
             await self.live.acquire_slot(
@@ -414,7 +502,7 @@ class SignalingHub:
         if conn.role == "device":
             await self.live.unsubscribe(f"device:{conn.principal}", conn.deliver)
             if await self.live.set_offline(conn.principal, conn.conn_id):
-                await self.store.touch_device(conn.principal, time.time())
+                await self.store.touch_devices([(conn.principal, conn.last_heard)])
                 await self.watch.device_left(conn.principal, clean=clean)
                 device = await self.store.device(conn.principal)  # ownership may have changed
                 if device is not None and device.owner_id is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from sqlalchemy import and_, delete, event, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, event, insert, or_, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -92,6 +92,13 @@ class Store(Protocol):
     async def rename_device(self, device_id: str, owner_id: str, name: str) -> Device | None: ...
     async def unpair(self, device_id: str, owner_id: str) -> bool: ...
     async def touch_device(self, device_id: str, now: float) -> None: ...
+    async def touch_devices(self, heard: list[tuple[str, float]]) -> None:
+        """Record when each device was last heard, in one statement."""
+        ...
+
+    async def owners_of(self, device_ids: list[str]) -> dict[str, str]:
+        """The owner of each of the owned ones of ``device_ids``."""
+        ...
 
     async def replace_pairing_code(
         self, device_id: str, code_hash: str, claim_hash: str, expires_at: float, now: float
@@ -233,10 +240,29 @@ class SqlStore:
             return bool(done.rowcount == 1)
 
     async def touch_device(self, device_id: str, now: float) -> None:
+        await self.touch_devices([(device_id, now)])
+
+    async def touch_devices(self, heard: list[tuple[str, float]]) -> None:
+        if not heard:
+            return
+        statement = (
+            update(devices)
+            .where(devices.c.id == bindparam("device_id"))
+            .values(last_seen=bindparam("heard_at"))
+        )
         async with self._tx() as conn:
-            await conn.execute(
-                update(devices).where(devices.c.id == device_id).values(last_seen=now)
+            await conn.execute(statement, [{"device_id": d, "heard_at": at} for d, at in heard])
+
+    async def owners_of(self, device_ids: list[str]) -> dict[str, str]:
+        if not device_ids:
+            return {}
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(devices.c.id, devices.c.owner_id).where(
+                    devices.c.id.in_(device_ids), devices.c.owner_id.is_not(None)
+                )
             )
+            return {row.id: row.owner_id for row in rows}
 
     # --- pairing -------------------------------------------------------------------------------
 

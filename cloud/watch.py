@@ -38,6 +38,8 @@ from protocol.messages import (
     DeviceWatchRequestPayload,
     EndReason,
     IceServer,
+    PeerStatus,
+    PeerStatusPayload,
     SignalAnswer,
     SignalIce,
     SignalOffer,
@@ -155,6 +157,7 @@ class WatchService:
             await self.end_session(session_id, "device_unpaired")
             raise ProtocolError("session_not_found", "that watch session has ended", session_id)
         await self.live.rebind_viewer(session_id, viewer.conn_id, self.settings.session_ttl_s)
+        await self._peer_status(f"device:{session.device_id}", session, "connected")
         return session
 
     # --- forwarding ----------------------------------------------------------------------------
@@ -231,7 +234,14 @@ class WatchService:
             for session in sessions:
                 await self.end_session(session.session_id, "device_disconnected")
             return
+        for session in sessions:
+            await self._peer_status(f"viewer:{session.viewer_conn}", session, "reconnecting")
         self._later(self._end_unless_device_returns(device_id, sessions))
+
+    async def device_back(self, device_id: str) -> None:
+        """The device said hello again: viewers of its sessions hear that it is back."""
+        for session in await self.live.sessions_of_device(device_id):
+            await self._peer_status(f"viewer:{session.viewer_conn}", session, "connected")
 
     async def viewer_left(self, conn_id: str, *, clean: bool) -> None:
         """A viewer socket is gone."""
@@ -242,7 +252,20 @@ class WatchService:
             for session in sessions:
                 await self.end_session(session.session_id, "viewer_disconnected")
             return
+        for session in sessions:
+            await self._peer_status(f"device:{session.device_id}", session, "reconnecting")
         self._later(self._end_unless_viewer_resumes(conn_id, sessions))
+
+    async def _peer_status(
+        self, address: str, session: LiveSession, state: Literal["reconnecting", "connected"]
+    ) -> None:
+        peer: Role = "viewer" if address.startswith("device:") else "device"
+        text = encode(
+            PeerStatus(
+                payload=PeerStatusPayload(session_id=session.session_id, peer=peer, state=state)
+            )
+        )
+        await self.live.publish(address, text)
 
     # The media of a session flows peer to peer, so a dropped signaling socket need not end it:
     # its party gets ``resume_grace_s`` to come back (a viewer with ``watch_resume``, a device

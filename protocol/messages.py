@@ -19,8 +19,9 @@ import msgspec
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 #: How often devices (and, while watching, viewers) send ``heartbeat``.
 HEARTBEAT_INTERVAL_S: Final = 30.0
-#: Presence expires this long after the last heartbeat.
-PRESENCE_TTL_S: Final = 90.0
+#: Presence expires this long after the last heartbeat: a camera that stops heartbeating is
+#: shown offline within two missed heartbeats.
+PRESENCE_TTL_S: Final = 65.0
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
@@ -143,6 +144,15 @@ class DeviceStatusPayload(_Payload):
     online: bool
 
 
+class PeerStatusPayload(_Payload):
+    """Cloud -> the other party: the signaling socket of a session's peer dropped (it has the
+    resume grace to come back; video may still be flowing peer to peer), or it is back."""
+
+    session_id: Id
+    peer: Literal["device", "viewer"]
+    state: Literal["reconnecting", "connected"]
+
+
 class PairingStatusPayload(_Payload):
     """Cloud -> device: the device was paired to an account, or unpaired."""
 
@@ -250,6 +260,10 @@ class DeviceStatus(_Message, tag="device_status"):
     payload: DeviceStatusPayload
 
 
+class PeerStatus(_Message, tag="peer_status"):
+    payload: PeerStatusPayload
+
+
 class PairingStatus(_Message, tag="pairing_status"):
     payload: PairingStatusPayload
 
@@ -280,6 +294,7 @@ CloudToDevice = (
     | SignalAnswer
     | SignalIce
     | WatchEnded
+    | PeerStatus
     | PairingStatus
     | Error
 )
@@ -293,6 +308,7 @@ CloudToViewer = (
     | SignalAnswer
     | SignalIce
     | WatchEnded
+    | PeerStatus
     | DeviceStatus
     | Error
 )

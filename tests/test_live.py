@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -172,3 +173,34 @@ async def test_kick_reaches_the_older_connection(make_live: list[LiveState]) -> 
     await asyncio.sleep(0.05)
     assert await b.publish("device:d1", KICK)
     assert await old.next() == KICK
+
+
+async def test_presence_says_who_held_it_and_a_lapse_is_claimed_once(
+    make_live: list[LiveState],
+) -> None:
+    a, b = two(make_live)
+    assert await a.set_online("d1", "conn-1", ttl=0.5, address="198.51.100.4") is None
+    assert await b.set_online("d1", "conn-1", ttl=0.5, address="198.51.100.4") is None
+    assert await b.set_online("d1", "conn-2", ttl=0.5, address="198.51.100.4") == "conn-1"
+    await a.set_online("d2", "conn-3", ttl=30)
+    [(conn_id, address, heard)] = [
+        (p.conn_id, p.address, p.heard_at) for p in (await a.presence(["d1"])).values()
+    ]
+    assert (conn_id, address) == ("conn-2", "198.51.100.4") and abs(heard - time.time()) < 5
+    assert await a.lapsed(ttl=0.5) == [], "nothing has lapsed yet"
+    await asyncio.sleep(0.8)
+    claims = await asyncio.gather(a.lapsed(ttl=0.5), b.lapsed(ttl=0.5), a.lapsed(ttl=0.5))
+    claimed = [c for claim in claims for c in claim]
+    assert [device_id for device_id, _ in claimed] == ["d1"], "claimed by exactly one caller"
+    assert abs(claimed[0][1] - heard) < 1.0, "when it was last heard"
+    assert await b.online(["d1", "d2"]) == {"d2"}
+    # a device set offline by its own socket is not reported as lapsed later
+    await a.set_online("d3", "conn-4", ttl=0.3)
+    assert await b.set_offline("d3", "conn-4")
+    await asyncio.sleep(0.5)
+    assert await a.lapsed(ttl=0.3) == []
+    # a heartbeat after a lapse says so
+    await a.set_online("d4", "conn-5", ttl=0.3)
+    assert await b.device_heartbeat("d4", "conn-5", "", presence_ttl=0.3, session_ttl=30)
+    await asyncio.sleep(0.5)
+    assert not await b.device_heartbeat("d4", "conn-5", "", presence_ttl=30, session_ttl=30)

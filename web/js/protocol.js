@@ -12,6 +12,7 @@ export const MSG = Object.freeze({
   HELLO: "hello",
   HELLO_ACK: "hello_ack",
   PAIRING_STATUS: "pairing_status",
+  PEER_STATUS: "peer_status",
   SIGNAL_ANSWER: "signal_answer",
   SIGNAL_ICE: "signal_ice",
   SIGNAL_OFFER: "signal_offer",
@@ -27,8 +28,8 @@ export const MSG = Object.freeze({
 export const DIRECTIONS = Object.freeze({
   device_to_cloud: Object.freeze(["hello", "heartbeat", "signal_offer", "signal_answer", "signal_ice", "watch_end"]),
   viewer_to_cloud: Object.freeze(["hello", "heartbeat", "watch_request", "watch_resume", "signal_offer", "signal_answer", "signal_ice", "watch_end"]),
-  cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "pairing_status", "error"]),
-  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "device_status", "error"]),
+  cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "pairing_status", "error"]),
+  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "error"]),
 });
 
 export const ERROR_CODES = Object.freeze(["invalid_json", "invalid_message", "unknown_type", "too_large", "binary_not_supported", "not_authenticated", "already_authenticated", "forbidden", "not_found", "device_offline", "session_not_found", "not_session_party", "rate_limited", "device_busy", "too_many_connections", "unavailable", "internal"]);
