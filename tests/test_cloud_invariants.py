@@ -111,7 +111,7 @@ class Inbox:
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [m["payload"] for m in self.messages if m["type"] == kind]
 
-    async def wait(self, check: Any, timeout: float = 10.0) -> None:
+    async def wait(self, check: Any, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):
             while not check():
                 self.changed.clear()
