@@ -66,6 +66,15 @@ class LiveSession:
 
 
 @dataclass(frozen=True)
+class Online:
+    """What ``set_online`` found: the connection that held the presence before (another one,
+    to be kicked), and whether the device has live sessions."""
+
+    previous: str | None
+    has_sessions: bool
+
+
+@dataclass(frozen=True)
 class Presence:
     conn_id: str
     #: The client address of the device's socket.
@@ -82,10 +91,11 @@ class LiveState(Protocol):
     # presence
     async def set_online(
         self, device_id: str, conn_id: str, ttl: float, address: str = ""
-    ) -> str | None:
+    ) -> Online:
         """Mark the device online through ``conn_id`` for ``ttl`` s (its ``hello``);
         ``address``: the client address its socket comes from (its network's public address
-        behind a NAT).  Returns the connection that held its presence before, if another one."""
+        behind a NAT).  Says which connection held its presence before, if another one, and
+        whether the device has live sessions (it is coming back to them)."""
         ...
 
     async def device_heartbeat(
@@ -206,10 +216,11 @@ class MemoryLiveState:
 
     async def set_online(
         self, device_id: str, conn_id: str, ttl: float, address: str = ""
-    ) -> str | None:
+    ) -> Online:
         before = self._presence.get(device_id)
         self._presence[device_id] = (conn_id, self._clock() + ttl, address, time.time())
-        return before[0] if before is not None and before[0] != conn_id else None
+        previous = before[0] if before is not None and before[0] != conn_id else None
+        return Online(previous, bool(await self.sessions_of_device(device_id)))
 
     async def set_offline(self, device_id: str, conn_id: str) -> bool:
         held = self._presence.get(device_id)

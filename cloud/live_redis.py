@@ -25,7 +25,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from cloud.live import Deliver, LiveSession, LocalSubscribers, Presence
+from cloud.batch import Batcher
+from cloud.live import Deliver, LiveSession, LocalSubscribers, Online, Presence
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +63,21 @@ _NOW_MS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
-# KEYS: presence, deadlines; ARGV: conn id, address, ttl ms, device id.  Returns the previous
-# holder's connection id when another connection held it.
+# KEYS: presence, deadlines, device-sessions; ARGV: conn id, address, ttl ms, device id.
+# Returns {the previous holder's connection id when another connection held it, or '',
+# the number of session ids indexed for the device}.
 _SET_ONLINE = (
     _NOW_MS
     + """
-local before = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. now, 'PX', ARGV[3])
+local before = redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. now,
+                          'PX', ARGV[3], 'GET')
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+local previous = ''
 if before then
   local held = string.match(before, '^(%S+)')
-  if held ~= ARGV[1] then return held end
+  if held ~= ARGV[1] then previous = held end
 end
-return false
+return {previous, redis.call('SCARD', KEYS[3])}
 """
 )
 # KEYS: presence, deadlines, device-sessions; ARGV: conn id, address, presence ms, device id,
@@ -82,13 +85,13 @@ return false
 _DEVICE_HEARTBEAT = (
     _NOW_MS
     + """
-local was = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. now, 'PX', ARGV[3])
+local was = redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. now,
+                       'PX', ARGV[3], 'GET')
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   if redis.call('PEXPIRE', ARGV[6] .. id, ARGV[5]) == 0 then redis.call('SREM', KEYS[3], id) end
 end
-return was
+return was and 1 or 0
 """
 )
 # KEYS: presence, deadlines; ARGV: conn id, device id.  Clears presence held by that connection.
@@ -155,6 +158,7 @@ class RedisLiveState:
         self._subscribers = LocalSubscribers()
         self._subscribed = asyncio.Event()
         self._scripts: dict[str, Any] = {}
+        self._subscriptions: Batcher[str, None] = Batcher(self._subscribe_many)
         #: Times the pub/sub connection was re-established (and its channels resubscribed).
         self.resubscribes = 0
 
@@ -221,12 +225,13 @@ class RedisLiveState:
 
     async def set_online(
         self, device_id: str, conn_id: str, ttl: float, address: str = ""
-    ) -> str | None:
-        before = await self._scripts["set_online"](
-            keys=[f"{P}presence:{device_id}", _DEADLINES],
+    ) -> Online:
+        previous, sessions = await self._scripts["set_online"](
+            keys=[f"{P}presence:{device_id}", _DEADLINES, f"{P}device-sessions:{device_id}"],
             args=[conn_id, address or "-", int(ttl * 1000), device_id],
         )
-        return None if before is None else str(before)
+        # (the index may hold ids of sessions that expired: only a hint, checked by the caller)
+        return Online(str(previous) or None, int(sessions) > 0)
 
     async def device_heartbeat(
         self, device_id: str, conn_id: str, address: str, presence_ttl: float, session_ttl: float
@@ -379,8 +384,13 @@ class RedisLiveState:
 
     async def subscribe(self, address: str, deliver: Deliver) -> None:
         if self._subscribers.add(address, deliver):
-            await self._pubsub.subscribe(f"{P}addr:{address}")
+            # One SUBSCRIBE for every address subscribed within a turn of the event loop.
+            await self._subscriptions.get(f"{P}addr:{address}")
             self._subscribed.set()
+
+    async def _subscribe_many(self, channels: list[str]) -> dict[str, None]:
+        await self._pubsub.subscribe(*channels)
+        return {}
 
     async def unsubscribe(self, address: str, deliver: Deliver) -> None:
         if self._subscribers.remove(address, deliver):

@@ -25,6 +25,7 @@ from typing import Any
 from litestar import WebSocket
 
 from cloud.auth import TokenError, TokenIssuer, device_token_matches
+from cloud.batch import Batcher
 from cloud.config import Settings
 from cloud.connection import (
     CLOSE_BAD_HELLO,
@@ -41,7 +42,7 @@ from cloud.faults import is_unavailable_cause
 from cloud.identity import Authenticate, token_authenticator
 from cloud.live import KICK, LiveState, SignOutFrame
 from cloud.metrics import Metrics
-from cloud.store import Store
+from cloud.store import Device, Store
 from cloud.watch import Party, WatchService
 from protocol import ProtocolError, decode, encode
 from protocol.messages import (
@@ -107,6 +108,8 @@ class SignalingHub:
         self.metrics = metrics
         self.authenticate = authenticate or token_authenticator(tokens, store)
         self.watch = watch or WatchService(settings, store, live, metrics)
+        #: Device rows for hellos, one query for every hello of a turn of the event loop.
+        self._devices: Batcher[str, Device] = Batcher(store.devices_by_id)
         self._queue_limits = QueueLimits(settings.ws_queue_messages, settings.ws_queue_bytes)
         #: Sockets per client address slow to say hello (this process).
         self._pending_by_address: Counter[str] = Counter()
@@ -337,7 +340,7 @@ class SignalingHub:
                 del self._pending_by_address[address]
 
     async def _device_hello(self, conn: Connection, hello: DeviceHello) -> bool:
-        device = await self.store.device(hello.payload.device_id)
+        device = await self._devices.get(hello.payload.device_id)
         if device is None or not device_token_matches(
             device.token_hash, hello.payload.device_token
         ):
@@ -347,10 +350,10 @@ class SignalingHub:
             return False
         conn.principal = device.id
         # Presence first, then kick an older socket of this device, if any, then listen.
-        previous = await self.live.set_online(
+        online = await self.live.set_online(
             device.id, conn.conn_id, self.settings.presence_ttl_s, conn.address
         )
-        if previous is not None:
+        if online.previous is not None:
             await self.live.publish(f"device:{device.id}", KICK)
         await self.live.subscribe(f"device:{device.id}", conn.deliver)
         conn.send(
@@ -364,7 +367,8 @@ class SignalingHub:
         )
         if device.owner_id is not None:
             await self._device_status(device.owner_id, device.id, online=True)
-        await self.watch.device_back(device.id)
+        if online.has_sessions:
+            await self.watch.device_back(device.id)
         return True
 
     async def _viewer_hello(self, conn: Connection, hello: ViewerHello) -> bool:

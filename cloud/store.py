@@ -88,6 +88,7 @@ class Store(Protocol):
         self, device_id: str, name: str, model: str, token_hash: str, now: float
     ) -> Device: ...
     async def device(self, device_id: str) -> Device | None: ...
+    async def devices_by_id(self, device_ids: list[str]) -> dict[str, Device]: ...
     async def devices_of(self, owner_id: str) -> list[Device]: ...
     async def rename_device(self, device_id: str, owner_id: str, name: str) -> Device | None: ...
     async def unpair(self, device_id: str, owner_id: str) -> bool: ...
@@ -210,6 +211,11 @@ class SqlStore:
         async with self._tx() as conn:
             row = (await conn.execute(select(devices).where(devices.c.id == device_id))).first()
         return _device(row)
+
+    async def devices_by_id(self, device_ids: list[str]) -> dict[str, Device]:
+        async with self._tx() as conn:
+            rows = await conn.execute(select(devices).where(devices.c.id.in_(device_ids)))
+            return {d.id: d for d in map(_device, rows) if d is not None}
 
     async def devices_of(self, owner_id: str) -> list[Device]:
         async with self._tx() as conn:

@@ -179,9 +179,13 @@ async def test_presence_says_who_held_it_and_a_lapse_is_claimed_once(
     make_live: list[LiveState],
 ) -> None:
     a, b = two(make_live)
-    assert await a.set_online("d1", "conn-1", ttl=0.5, address="198.51.100.4") is None
-    assert await b.set_online("d1", "conn-1", ttl=0.5, address="198.51.100.4") is None
-    assert await b.set_online("d1", "conn-2", ttl=0.5, address="198.51.100.4") == "conn-1"
+    first = await a.set_online("d1", "conn-1", ttl=0.5, address="198.51.100.4")
+    assert first.previous is None and not first.has_sessions
+    assert (await b.set_online("d1", "conn-1", ttl=0.5, address="198.51.100.4")).previous is None
+    again = await b.set_online("d1", "conn-2", ttl=0.5, address="198.51.100.4")
+    assert again.previous == "conn-1"
+    await a.add_session(LiveSession("s1", "d9", "u1", "c1", 1.0), ttl=30)
+    assert (await b.set_online("d9", "conn-9", ttl=30)).has_sessions
     await a.set_online("d2", "conn-3", ttl=30)
     [(conn_id, address, heard)] = [
         (p.conn_id, p.address, p.heard_at) for p in (await a.presence(["d1"])).values()
