@@ -125,6 +125,11 @@ def render_template(text: str, values: dict[str, str]) -> str:
     return rendered
 
 
+#: How long nginx leaves an upstream alone after it failed (the README recommends the same):
+#: a rolling deploy waits this long after a process is back before restarting the next one.
+NGINX_FAIL_TIMEOUT_S = 2
+
+
 def render_nginx_conf(
     *,
     upstream_ports: Iterable[int],
@@ -139,7 +144,8 @@ def render_nginx_conf(
     # All on one line: the template's header comment names ${MUMU_UPSTREAM_SERVERS} too, and a
     # second line substituted there would fall outside the comment.
     servers = " ".join(
-        f"server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;" for port in upstream_ports
+        f"server 127.0.0.1:{port} max_fails=1 fail_timeout={NGINX_FAIL_TIMEOUT_S}s;"
+        for port in upstream_ports
     )
     if not servers:
         raise ValueError("nginx needs at least one upstream")
