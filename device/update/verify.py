@@ -40,7 +40,11 @@ def explain(exc: Exception, now: datetime.datetime) -> str:
             f"(it says {now:%Y-%m-%d %H:%M} UTC)"
         )
     if isinstance(exc, tuf_errors.BadVersionNumberError):
-        return f"the repository offered older metadata than this device has seen ({text})"
+        return (
+            f"the repository served metadata older than this device has seen, or not the "
+            f"version its snapshot names ({text}): a rollback or mix-and-match attack, or a "
+            "broken mirror"
+        )
     if isinstance(exc, tuf_errors.UnsignedMetadataError):
         return f"update metadata is not signed by the trusted keys ({text})"
     if isinstance(exc, tuf_errors.LengthOrHashMismatchError):
