@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from litestar import WebSocket
@@ -49,6 +49,7 @@ from protocol.messages import (
     SignalAnswer,
     SignalIce,
     SignalOffer,
+    UpdateStatus,
     ViewerHello,
     ViewerToCloud,
     WatchEnd,
@@ -60,6 +61,9 @@ from protocol.messages import (
     WatchResume,
     WatchResumed,
 )
+
+if TYPE_CHECKING:
+    from cloud.updates.service import UpdateService
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +154,8 @@ class SignalingHub:
         self._viewers: set[Connection] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        #: Over-the-air updates (cloud/updates/), set by ``Services``; None: not offered.
+        self.updates: UpdateService | None = None
         metrics.active_sessions.set_function(lambda: sum(len(c.sessions) for c in self._viewers))
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -288,6 +294,7 @@ class SignalingHub:
             )
             if device.owner_id is not None:
                 await self._device_status(device.owner_id, device.id, online=True)
+            self._updates_hello(device.id, hello.payload.version, hello.payload.arch)
             return True
         try:
             identity = await self.authenticate(hello.payload.token)
@@ -347,6 +354,9 @@ class SignalingHub:
             session = await self._party_session(conn, message.payload.session_id, "watch_end")
             reason: EndReason = "device_ended" if conn.role == "device" else "viewer_ended"
             await self.end_session(session.session_id, reason)
+        elif isinstance(message, UpdateStatus):
+            if self.updates is not None:
+                await self.updates.status(conn.principal, message.payload)
         else:  # pragma: no cover - the direction unions hold nothing else
             raise ProtocolError("unknown_type", f"{type(message).__name__} is not handled here")
 
@@ -503,6 +513,22 @@ class SignalingHub:
             return
         for old in sessions:
             await self.end_session(old.session_id, "device_disconnected")
+
+    # --- over-the-air updates (cloud/updates/): the hub's only hooks ---------------------------
+
+    def _updates_hello(self, device_id: str, version: str | None, arch: str | None) -> None:
+        """Record the device's version and offer it a rollout's release, after its hello."""
+        updates = self.updates
+        if updates is None:
+            return
+
+        async def record() -> None:
+            try:
+                await updates.device_connected(device_id, version, arch)
+            except Exception:
+                log.exception("could not record the version of device %s", device_id)
+
+        self._later(record())
 
     # --- used by the HTTP API ------------------------------------------------------------------
 
