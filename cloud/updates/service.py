@@ -107,8 +107,10 @@ class UpdateService:
     # --- from the signaling hub -----------------------------------------------------------------
 
     async def device_connected(self, device_id: str, version: str | None, arch: str | None) -> None:
+        before = await self.store.device(device_id)
         row = await self.store.record_hello(device_id, version, arch)
-        await self._tell_owner(row)
+        if version is not None and (before is None or before.agent_version != version):
+            await self._tell_owner(row)  # only news: a new version
         rollout = await self.store.active_rollout(row.channel)
         if rollout is not None:
             await self._offer(rollout, row)
