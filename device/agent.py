@@ -39,7 +39,6 @@ from protocol.messages import (
     SignalIce,
     SignalOffer,
     UpdateOffer,
-    UpdateStatus,
     WatchEnded,
 )
 
@@ -314,9 +313,7 @@ class Agent:
     def still_meaningful(self, message: msgspec.Struct) -> bool:
         if isinstance(message, SignalOffer | SignalAnswer | SignalIce):
             return self._sessions is not None and self._sessions.alive(message.payload.session_id)
-        # watch_end always goes (the cloud may still hold the session); a queued update_status
-        # does not: connected() sends the latest one again.
-        return not isinstance(message, UpdateStatus)
+        return True  # watch_end always goes: the cloud may still hold the session
 
     # --- the display -----------------------------------------------------------------------------
 

@@ -132,6 +132,29 @@ def download_dependencies(wheel: Path, arch: str, python: str, out: Path) -> Non
     )
 
 
+def cached_dependencies(wheel: Path, arch: str, python: str, out: Path, cache: Path) -> None:
+    """:func:`download_dependencies` through a cache keyed by the dependency list, the platform
+    and the Python: releases that differ only in our own code reuse one download."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        metadata = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        requires = sorted(
+            line for line in zf.read(metadata).decode().splitlines() if line.startswith("Requires")
+        )
+    key = hashlib.sha256("\n".join([arch, python, *requires]).encode()).hexdigest()[:16]
+    entry = cache / f"deps-{arch}-cp{python.replace('.', '')}-{key}"
+    if not (entry / ".complete").exists():
+        shutil.rmtree(entry, ignore_errors=True)
+        entry.mkdir(parents=True)
+        download_dependencies(wheel, arch, python, entry)
+        for own in entry.glob("mumu_camera-*.whl"):
+            own.unlink()
+        (entry / ".complete").touch()
+    for dep in entry.glob("*.whl"):
+        shutil.copy2(dep, out / dep.name)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -149,6 +172,7 @@ def build(
     python: str = "3.11",
     min_updater: int = UPDATER_VERSION,
     system_site_packages: bool = True,
+    cache: Path | None = None,
 ) -> Path:
     """Write ``out_dir/mumu-agent-<version>-<arch>.tar`` and return its path."""
     if not VERSION_RE.match(version):
@@ -160,7 +184,10 @@ def build(
         tree = copy_source(source, tmp / "src", version)
         wheels = tmp / "wheels"
         wheel = build_wheel(tree, wheels)
-        download_dependencies(wheel, arch, python, wheels)
+        if cache is not None:
+            cached_dependencies(wheel, arch, python, wheels, cache)
+        else:
+            download_dependencies(wheel, arch, python, wheels)
         files = sorted(p for p in wheels.iterdir() if p.suffix == ".whl")
         manifest = Manifest(
             version=version,

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("dist"))
     b.add_argument("--source", type=Path, help="the source tree (default: this one)")
     b.add_argument("--min-updater", type=int, default=UPDATER_VERSION)
+    b.add_argument(
+        "--cache", type=Path, help="reuse downloaded dependency wheels from this directory"
+    )
 
     i = sub.add_parser("init", help="create a repository and its keys (offline machine)")
     i.add_argument("--repo", type=Path, required=True)
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> None:
             source=args.source,
             python=args.python,
             min_updater=args.min_updater,
+            cache=args.cache,
         )
         size = bundle.stat().st_size / 1e6
         print(f"built {bundle} ({size:.0f} MB) in {time.monotonic() - started:.0f} s")

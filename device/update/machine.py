@@ -237,7 +237,13 @@ class Updater:
         self.state.history = [*self.state.history, status][-HISTORY:]
         self.save()
         files.write_atomic(self.status_path, msgspec.json.encode(status), mode=0o644)
-        log.info("update %s %s%s", version, state, f": {reason}" if reason else "")
+        log.info(
+            "update %s %s%s%s",
+            version,
+            state,
+            f" {progress:.0%}" if progress is not None else "",
+            f": {reason}" if reason else "",
+        )
 
     # --- the boot guard ------------------------------------------------------------------------
 
@@ -461,17 +467,20 @@ class Updater:
 
     def _watch_probation(self) -> Outcome:
         unit = self.settings.agent_unit
+        last_exit = ""
         while True:
             probation = self.state.probation
             assert probation is not None
             status = self.services.status(unit)
+            if status.exit_code and (status.exit_code != "exited" or status.exit_status != 0):
+                last_exit = f"{status.exit_code} {status.exit_status}"
             restarts = status.restarts - probation.restarts_base
             if restarts >= self.settings.crash_limit or status.active_state == "failed":
                 last = self.services.last_errors(unit, probation.switched_wall)
                 reason = (
                     f"{probation.version} crashed {restarts} time{'s' if restarts != 1 else ''} "
-                    f"after the switch (last exit: {status.exit_code or 'unknown'} "
-                    f"{status.exit_status})" + (f"; last log: {' | '.join(last)}" if last else "")
+                    f"after the switch (last exit: {last_exit or 'unknown'})"
+                    + (f"; last log: {' | '.join(last)}" if last else "")
                 )
                 return self._roll_back(reason)
             now = self.clock()

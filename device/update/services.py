@@ -61,15 +61,17 @@ class Systemd:
         )
 
     def last_errors(self, unit: str, since_wall: float, lines: int = 3) -> list[str]:
+        """The program's own last lines (a traceback ends with the exception), not systemd's
+        words about the unit."""
         done = subprocess.run(
             [
                 "journalctl",
                 "--unit",
                 unit,
+                "--identifier",
+                unit.removesuffix(".service"),
                 "--since",
                 f"@{int(since_wall)}",
-                "--priority",
-                "warning",
                 "--lines",
                 str(lines),
                 "--output",
