@@ -6,6 +6,7 @@ end-to-end tests run the real thing under systemd in a container.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from typing import Protocol
@@ -62,20 +63,16 @@ class Systemd:
 
     def last_errors(self, unit: str, since_wall: float, lines: int = 3) -> list[str]:
         """The program's own last lines (a traceback ends with the exception), not systemd's
-        words about the unit."""
+        words about the unit, and how it last exited (systemd's structured fields)."""
         done = subprocess.run(
             [
                 "journalctl",
                 "--unit",
                 unit,
-                "--identifier",
-                unit.removesuffix(".service"),
                 "--since",
                 f"@{int(since_wall)}",
-                "--lines",
-                str(lines),
                 "--output",
-                "cat",
+                "json",
                 "--no-pager",
             ],
             capture_output=True,
@@ -83,4 +80,18 @@ class Systemd:
             timeout=30,
             check=False,
         )
-        return [line for line in done.stdout.splitlines() if line.strip()][-lines:]
+        own: list[str] = []
+        exit_words = ""
+        for line in done.stdout.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            message = entry.get("MESSAGE")
+            if entry.get("_PID") == "1" or entry.get("SYSLOG_IDENTIFIER") == "systemd":
+                if entry.get("EXIT_CODE"):
+                    exit_words = f"exit: {entry['EXIT_CODE']} {entry.get('EXIT_STATUS', '')}"
+                continue
+            if isinstance(message, str) and message.strip():
+                own.append(message.strip())
+        return own[-lines:] + ([exit_words.strip()] if exit_words else [])
