@@ -92,8 +92,8 @@ export function render(ctx) {
     const version = h("select", { "aria-label": "Version", "data-testid": "start-version" }, releases.map((r) => h("option", { value: r.version }, r.version)));
     version.value = releases[releases.length - 1].version;
     const share = h("input", { type: "number", min: 0, max: 100, step: 1, value: 5, "aria-label": "Percentage", class: "input-narrow", "data-testid": "start-percentage" });
-    const channel = h("input", { type: "text", value: "stable", "aria-label": "Channel", class: "input-narrow" });
-    return h("form", { class: "row", "data-testid": "start-form", onsubmit: (event) => {
+    const channel = h("input", { type: "text", value: "stable", "aria-label": "Channel", class: "input-medium" });
+    return h("form", { class: "row rollout-form", "data-testid": "start-form", onsubmit: (event) => {
       event.preventDefault();
       act(() => api.startRollout(version.value, Number(share.value), channel.value.trim() || "stable"), `Rollout of ${version.value} started.`);
     } }, h("span", {}, "Roll out"), version, h("span", {}, "to"), share, h("span", {}, "% of"), channel,
@@ -101,9 +101,9 @@ export function render(ctx) {
   }
 
   function releaseForm() {
-    const version = h("input", { type: "text", placeholder: "1.4.0", "aria-label": "Version", class: "input-narrow", required: true, "data-testid": "release-version" });
-    const notes = h("input", { type: "text", placeholder: "What changed", "aria-label": "Notes" });
-    return h("form", { class: "row", onsubmit: (event) => {
+    const version = h("input", { type: "text", placeholder: "1.4.0", "aria-label": "Version", class: "input-medium", required: true, "data-testid": "release-version" });
+    const notes = h("input", { type: "text", placeholder: "What changed", "aria-label": "Notes", class: "input-medium" });
+    return h("form", { class: "row rollout-form", onsubmit: (event) => {
       event.preventDefault();
       act(() => api.addRelease(version.value.trim(), notes.value.trim()), `Release ${version.value.trim()} added.`);
     } }, version, notes, h("button", { class: "button", type: "submit" }, "Add signed release"));
