@@ -311,6 +311,12 @@ class Updater:
             installer.remove_incomplete(self.root)
             self.say("failed", offer.version, rollout_id=offer.rollout_id, reason=str(exc))
             return Outcome("failed", offer.version, str(exc))
+        except OSError as exc:  # a disk or permission problem of this device, in words
+            log.exception("preparing %s failed", offer.version)
+            installer.remove_incomplete(self.root)
+            reason = f"this device could not store the update: {exc.strerror or exc}"
+            self.say("failed", offer.version, rollout_id=offer.rollout_id, reason=reason)
+            return Outcome("failed", offer.version, reason)
         if not self._wait_for_quiet(offer):
             return Outcome("superseded", offer.version)
         self._switch(offer)
