@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from device.update import install as installer
-from device.update.files import Status
-from device.update.machine import in_window
+from device.update.files import Status, read_struct
+from device.update.machine import State, in_window
 from tests.update_fixtures import Bench, Clock, make_bench
 
 
@@ -62,8 +62,12 @@ def test_the_switch_waits_until_nobody_watches_and_says_so(bench: Bench) -> None
     bench.viewers(2)
     seen: list[Status] = []
 
+    state_file = Path(bench.settings.state_dir) / "state.json"
+
     def viewer_leaves(clock: Clock) -> None:
-        status = bench.updater().load().history[-1]
+        state = read_struct(state_file, State)
+        assert state is not None
+        status = state.history[-1]
         seen.append(status)
         if len(seen) == 3:
             bench.viewers(0)
@@ -152,8 +156,12 @@ def test_a_restart_during_probation_starts_it_over(bench: Bench) -> None:
     bench.offer("1.1.0")
     healthy_at: list[float] = []
 
+    state_file = Path(bench.settings.state_dir) / "state.json"
+
     def crash_once_when_healthy(clock: Clock) -> None:
-        last = bench.updater().load().history[-1]
+        state = read_struct(state_file, State)
+        assert state is not None
+        last = state.history[-1]
         if last.state == "healthy" and not healthy_at:
             healthy_at.append(clock.monotonic())
         if healthy_at and clock.monotonic() - healthy_at[0] > 100:
