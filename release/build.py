@@ -81,8 +81,21 @@ def copy_source(source: Path, into: Path, version: str) -> Path:
     return into
 
 
+def _has_build_backend() -> bool:
+    """Whether this interpreter has the setuptools pyproject.toml asks for (then no isolated
+    build environment, which pip would otherwise make and fill for every wheel)."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    try:
+        return Version(importlib.metadata.version("setuptools")) >= Version("77")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def build_wheel(source: Path, out: Path) -> Path:
-    """The project's wheel (no dependencies; pip fetches the build backend pyproject names)."""
+    """The project's wheel (no dependencies), with the build backend pyproject.toml names."""
     _run(
         [
             sys.executable,
@@ -90,6 +103,7 @@ def build_wheel(source: Path, out: Path) -> Path:
             "pip",
             "wheel",
             "--no-deps",
+            *(["--no-build-isolation"] if _has_build_backend() else []),
             "--quiet",
             "--wheel-dir",
             str(out),

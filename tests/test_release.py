@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from device.update import install as installer
+from tests.nspawn import CACHE
 from tests.update_fixtures import tiny_bundle
 
 BIN = Path(sys.executable).parent
@@ -25,7 +26,18 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run(
-        [BIN / "mumu-release", "build", "--version", "2.0.0", "--arch", "x86_64", "--out", out],
+        [
+            BIN / "mumu-release",
+            "build",
+            "--version",
+            "2.0.0",
+            "--arch",
+            "x86_64",
+            "--out",
+            out,
+            "--cache",
+            CACHE / "wheels",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
