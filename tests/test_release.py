@@ -110,6 +110,10 @@ def test_the_installer_builds_the_venv_at_its_final_path_offline(
     (root / "releases" / "9.9.9" / "bin").mkdir(parents=True)
     assert installer.remove_incomplete(root) == ["9.9.9"]
     assert installer.installed_versions(root) == ["2.0.0"]
+    # a release the links point at is never removed, even one this code cannot read
+    (root / "releases" / "2.0.0" / installer.MANIFEST).write_text("{}")
+    assert installer.remove_incomplete(root) == []
+    assert (root / "releases" / "2.0.0" / "bin" / "mumu-agent").exists()
 
 
 def test_bundles_for_another_machine_or_updater_are_refused(tmp_path: Path) -> None:

@@ -228,11 +228,15 @@ def installed_versions(root: Path) -> list[str]:
 
 
 def remove_incomplete(root: Path) -> list[str]:
-    """Delete every release directory without a manifest, and the staging area."""
+    """Delete every release directory without a manifest, and the staging area.  What
+    ``current`` or ``committed`` points at is never deleted, whatever it holds."""
     removed: list[str] = []
     base = root / RELEASES
+    linked = {link_target(root, CURRENT), link_target(root, COMMITTED)}
     if base.is_dir():
         for entry in base.iterdir():
+            if entry.name in linked:
+                continue
             if entry.name.startswith(".") or installed_manifest(root, entry.name) is None:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
@@ -318,8 +322,12 @@ def link_target(root: Path, link: str) -> str | None:
 
 
 def point(root: Path, link: str, version: str) -> None:
-    """Point ``<root>/<link>`` at ``releases/<version>`` with one rename (relative symlink)."""
-    if installed_manifest(root, version) is None:
+    """Point ``<root>/<link>`` at ``releases/<version>`` with one rename (relative symlink).
+
+    A release with a manifest is complete; one without a readable manifest is accepted only if
+    it has an agent (a release installed by other means: rolling back to it must work)."""
+    agent = release_dir(root, version) / "bin" / "mumu-agent"
+    if installed_manifest(root, version) is None and not agent.exists():
         raise InstallError(f"release {version} is not installed completely")
     tmp = root / f".{link}.tmp"
     tmp.unlink(missing_ok=True)
