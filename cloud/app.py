@@ -24,6 +24,7 @@ from cloud.api import ROUTES, services
 from cloud.config import Settings
 from cloud.errors import handle_http_exception, handle_unexpected
 from cloud.services import Services
+from cloud.updates.api import ROUTES as UPDATE_ROUTES
 
 
 @websocket("/ws/device")
@@ -74,7 +75,7 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await svc.stop()
 
-    handlers: list[Any] = [*ROUTES, ws_device, ws_viewer]
+    handlers: list[Any] = [*ROUTES, *UPDATE_ROUTES, ws_device, ws_viewer]
     if settings.web_dir is not None:
         handlers.append(
             create_static_files_router(

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
+    from cloud.updates import cli as update_cli  # over-the-air updates: release, rollout
+
+    update_cli.add_parsers(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -38,6 +41,14 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    if args.command in ("release", "rollout"):
+        try:
+            update_cli.run(args, settings)
+        except update_cli.CommandError as exc:
+            print(f"mumu-cloud: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        return
 
     if args.command == "migrate":
         import asyncio

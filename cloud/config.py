@@ -56,6 +56,10 @@ class Settings:
     http_connections_per_address: int = 64
     http_max_body_bytes: int = 64 * 1024
     web_dir: Path | None = None
+    # over-the-air updates (cloud/updates/)
+    update_repo_dir: Path | None = None
+    operators: tuple[str, ...] = ()
+    rollout_poll_s: float = 5.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,6 +106,9 @@ VARIABLES: dict[str, str] = {
     "their request head after 1 s (default 64, per process)",
     "MUMU_HTTP_MAX_BODY": "largest request body in bytes (default 65536)",
     "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
+    "MUMU_UPDATE_REPO_DIR": "serve this signed update repository (mumu-release) at /updates/",
+    "MUMU_OPERATORS": "comma-separated e-mail addresses of the accounts that manage rollouts",
+    "MUMU_ROLLOUT_POLL": "seconds between looks for rollout changes made by mumu-cloud (5)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
 }
 
@@ -169,8 +176,21 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         if not (web_dir / "index.html").is_file():
             raise ConfigError(f"MUMU_WEB_DIR: no index.html in {web_dir}")
 
+    update_repo_dir = None
+    if merged.get("MUMU_UPDATE_REPO_DIR"):
+        update_repo_dir = Path(merged["MUMU_UPDATE_REPO_DIR"]).expanduser().resolve()
+        if not (update_repo_dir / "metadata").is_dir():
+            raise ConfigError(
+                f"MUMU_UPDATE_REPO_DIR: no metadata/ in {update_repo_dir} (mumu-release init)"
+            )
+
     return Settings(
         web_dir=web_dir,
+        update_repo_dir=update_repo_dir,
+        operators=tuple(
+            e.strip().lower() for e in merged.get("MUMU_OPERATORS", "").split(",") if e.strip()
+        ),
+        rollout_poll_s=float(_int(merged, "MUMU_ROLLOUT_POLL", 5, 1, 3600)),
         data_dir=data_dir,
         database_url=database_url,
         redis_url=redis_url,

@@ -13,6 +13,8 @@ from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimits
 from cloud.signaling import SignalingHub
 from cloud.store import SqlStore, Store
+from cloud.updates.service import UpdateService
+from cloud.updates.store import UpdateStore
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Services:
     pairing: PairingHasher
     metrics: Metrics
     hub: SignalingHub
+    updates: UpdateService
     _gc: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
@@ -41,6 +44,16 @@ class Services:
         else:
             live = MemoryLiveState()
         tokens = TokenIssuer(settings.jwt_secret, settings.jwt_ttl_s)
+        hub = SignalingHub(settings, store, live, tokens, metrics)
+
+        async def owner_of(device_id: str) -> str | None:
+            device = await store.device(device_id)
+            return None if device is None else device.owner_id
+
+        updates = UpdateService(
+            UpdateStore(lambda: store.engine), live, owner_of, poll_s=settings.rollout_poll_s
+        )
+        hub.updates = updates
         return cls(
             settings=settings,
             store=store,
@@ -49,19 +62,22 @@ class Services:
             tokens=tokens,
             pairing=PairingHasher(settings.jwt_secret),
             metrics=metrics,
-            hub=SignalingHub(settings, store, live, tokens, metrics),
+            hub=hub,
+            updates=updates,
         )
 
     async def start(self) -> None:
         await self.store.open()
         await self.live.open()
         self.hub.start()
+        self.updates.start()
         self._gc = asyncio.create_task(
             gc_policy.steward(open_connections=lambda: len(self.hub)), name="gc-steward"
         )
 
     async def stop(self) -> None:
         self._gc.cancel()
+        await self.updates.stop()
         await self.hub.stop()
         await self.live.close()
         await self.store.close()

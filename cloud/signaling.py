@@ -20,7 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import WebSocket
 
@@ -60,6 +60,7 @@ from protocol.messages import (
     SignalAnswer,
     SignalIce,
     SignalOffer,
+    UpdateStatus,
     ViewerHello,
     ViewerToCloud,
     WatchEnd,
@@ -69,6 +70,9 @@ from protocol.messages import (
     WatchResume,
     WatchResumed,
 )
+
+if TYPE_CHECKING:
+    from cloud.updates.service import UpdateService
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,8 @@ class SignalingHub:
         self._tasks: list[asyncio.Task[None]] = []
         #: Set by :meth:`drain`: the process is stopping; its sockets come back elsewhere.
         self.draining = False
+        #: Over-the-air updates (cloud/updates/), set by ``Services``; None: not offered.
+        self.updates: UpdateService | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -369,6 +375,7 @@ class SignalingHub:
             await self._device_status(device.owner_id, device.id, online=True)
         if online.has_sessions:
             await self.watch.device_back(device.id)
+        self._updates_hello(device.id, hello.payload.version, hello.payload.arch)
         return True
 
     async def _viewer_hello(self, conn: Connection, hello: ViewerHello) -> bool:
@@ -476,6 +483,9 @@ class SignalingHub:
             await self.watch.forward(party, message)
         elif isinstance(message, WatchEnd):
             await self.watch.end_by(party, message.payload.session_id)
+        elif isinstance(message, UpdateStatus):
+            if self.updates is not None:
+                await self.updates.status(conn.principal, message.payload)
         else:  # pragma: no cover - the direction unions hold nothing else
             raise ProtocolError("unknown_type", f"{type(message).__name__} is not handled here")
 
@@ -516,6 +526,23 @@ class SignalingHub:
         await self.live.unsubscribe(f"user:{conn.principal}", conn.deliver)
         await self.live.release_slot(f"viewer-sockets:{conn.principal}", conn.conn_id)
         await self.watch.viewer_left(conn.conn_id, clean=clean)
+
+    # --- over-the-air updates (cloud/updates/): the hub's only hooks ---------------------------
+
+    def _updates_hello(self, device_id: str, version: str | None, arch: str | None) -> None:
+        """Record the device's version and offer it a rollout's release, after its hello."""
+        updates = self.updates
+        if updates is None:
+            return
+
+        async def record() -> None:
+            try:
+                await updates.device_connected(device_id, version, arch)
+            except Exception as exc:
+                if not is_unavailable_cause(exc):
+                    log.exception("could not record the version of device %s", device_id)
+
+        self.watch.later(record())
 
     # --- used by the HTTP API ------------------------------------------------------------------
 

@@ -236,7 +236,7 @@ class WatchService:
             return
         for session in sessions:
             await self._peer_status(f"viewer:{session.viewer_conn}", session, "reconnecting")
-        self._later(self._end_unless_device_returns(device_id, sessions))
+        self.later(self._end_unless_device_returns(device_id, sessions))
 
     async def device_back(self, device_id: str) -> None:
         """The device said hello again: viewers of its sessions hear that it is back."""
@@ -254,7 +254,7 @@ class WatchService:
             return
         for session in sessions:
             await self._peer_status(f"device:{session.device_id}", session, "reconnecting")
-        self._later(self._end_unless_viewer_resumes(conn_id, sessions))
+        self.later(self._end_unless_viewer_resumes(conn_id, sessions))
 
     async def _peer_status(
         self, address: str, session: LiveSession, state: Literal["reconnecting", "connected"]
@@ -271,7 +271,8 @@ class WatchService:
     # its party gets ``resume_grace_s`` to come back (a viewer with ``watch_resume``, a device
     # with a new ``hello``) before the session is ended and the other party told.
 
-    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background (cancelled at stop)."""
         task = asyncio.create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

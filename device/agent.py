@@ -38,6 +38,7 @@ from protocol.messages import (
     SignalAnswer,
     SignalIce,
     SignalOffer,
+    UpdateOffer,
     WatchEnded,
 )
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from device.media import MediaHub
     from device.provisioning import Display, PairingController
     from device.sessions import SessionManager
+    from device.update.link import UpdateLink
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class Agent:
         self._hub: MediaHub | None = None
         self._sessions: SessionManager | None = None
         self._client: SignalingClient | None = None
+        self._update: UpdateLink | None = None  # over-the-air updates (device/update/link.py)
         self._ready_sent = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -147,6 +150,10 @@ class Agent:
             offer_timeout=config.offer_timeout,
             on_viewers=self._viewers_changed,
         )
+        from device.update.link import UpdateLink
+
+        self._update = UpdateLink(config.state_path, self._client.send)
+        update_link = asyncio.create_task(self._update.run(), name="update-link")
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         signaling = asyncio.create_task(self._client.run(), name="signaling")
         try:
@@ -159,6 +166,7 @@ class Agent:
             if failed is not None:
                 raise failed
         finally:
+            update_link.cancel()
             await self._shutdown(signaling, watchdog)
 
     async def _shutdown(self, signaling: asyncio.Task[None], watchdog: asyncio.Task[None]) -> None:
@@ -267,6 +275,8 @@ class Agent:
             self.notifier.ready(status)
         else:
             self.notifier.status(status)
+        if self._update is not None:
+            self._update.connected()
 
     def disconnected(self, reason: str) -> None:
         from device.provisioning import ConnectionState
@@ -292,6 +302,9 @@ class Agent:
             log.info("the cloud says: %s", "paired" if message.payload.paired else "unpaired")
             if self._controller is not None:
                 self._controller.set_paired(message.payload.paired)
+        elif isinstance(message, UpdateOffer):
+            if self._update is not None:
+                self._update.offer(message.payload)
         elif isinstance(message, HeartbeatAck):
             pass
         else:
@@ -334,6 +347,8 @@ class Agent:
 
     def _viewers_changed(self, count: int) -> None:
         log.info("%d viewer(s) connected", count)
+        if self._update is not None:
+            self._update.viewers(count)
         if self._controller is not None:
             self._controller.set_viewers(count)
 

@@ -23,6 +23,7 @@ Every key, with its default::
       base: 0.5                      # first reconnection delay bound, seconds
       cap: 30.0                      # longest reconnection delay, seconds
     offer_timeout: 30.0              # seconds a watch request may wait for the viewer's offer
+    update_repo_url: null            # the signed update repository (default: <cloud>/updates/)
 
 Unknown keys and invalid values raise :class:`ConfigError`, whose text is one line naming the
 key (the CLI prints it and exits with status 2).
@@ -79,6 +80,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     heartbeat_interval: Seconds | None = None
     reconnect: ReconnectSection = msgspec.field(default_factory=ReconnectSection)
     offer_timeout: Seconds = 30.0
+    update_repo_url: str | None = None
 
     @property
     def cloud_url(self) -> str:

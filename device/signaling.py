@@ -43,6 +43,7 @@ from protocol.messages import (
     SignalAnswer,
     SignalIce,
     SignalOffer,
+    UpdateStatus,
     WatchEnd,
 )
 
@@ -115,7 +116,7 @@ class SignalingHandler(Protocol):
         ...
 
 
-Outgoing = SignalOffer | SignalAnswer | SignalIce | WatchEnd
+Outgoing = SignalOffer | SignalAnswer | SignalIce | WatchEnd | UpdateStatus
 
 
 class SignalingClient:
@@ -235,9 +236,15 @@ class SignalingClient:
     async def _hello(self, ws: Any, credentials: Credentials) -> HelloAck:
         from websockets.exceptions import ConnectionClosed
 
+        from device.update.link import agent_release  # over-the-air updates: who we are
+
+        version, arch = agent_release()
         hello = DeviceHello(
             payload=DeviceHelloPayload(
-                device_id=credentials.device_id, device_token=credentials.device_token
+                device_id=credentials.device_id,
+                device_token=credentials.device_token,
+                version=version,
+                arch=arch,
             )
         )
         try:

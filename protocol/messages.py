@@ -27,6 +27,11 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 SdpText = Annotated[str, msgspec.Meta(max_length=60_000)]
+Version = Annotated[str, msgspec.Meta(pattern=r"^[0-9][0-9A-Za-z.+-]{0,63}$")]
+Arch = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+Window = Annotated[
+    str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$")
+]
 
 
 class _Payload(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,6 +48,10 @@ class _Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_
 class DeviceHelloPayload(_Payload):
     device_id: Id
     device_token: Token
+    #: The agent's release (``1.4.0``) and architecture (``aarch64``): the cloud's rollouts
+    #: decide from them (absent from agents older than over-the-air updates).
+    version: Version | None = None
+    arch: Arch | None = None
 
 
 class ViewerHelloPayload(_Payload):
@@ -159,6 +168,55 @@ class PairingStatusPayload(_Payload):
     paired: bool
 
 
+# --- over-the-air updates (docs/updates.md) ----------------------------------------------------
+
+UpdateState = Literal[
+    "waiting",
+    "downloading",
+    "installed",
+    "healthy",
+    "committed",
+    "rolled_back",
+    "failed",
+]
+
+
+class UpdateOfferPayload(_Payload):
+    """Cloud -> device: a rollout includes this device; fetch ``version`` from the signed
+    repository (TUF decides whether it is genuine, the cloud only who gets it when)."""
+
+    version: Version
+    rollout_id: Annotated[int, msgspec.Meta(ge=1)]
+    #: The owner's update window (device local time, ``HH:MM-HH:MM``); ``None``: any time no
+    #: viewer is watching.
+    window: Window | None = None
+
+
+class UpdateStatusPayload(_Payload, omit_defaults=True):
+    """Device -> cloud: where an update stands (sent on every change and after each hello)."""
+
+    state: UpdateState
+    version: Version
+    #: Increases with every change on the device: a repeated or late status is ignored.
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    rollout_id: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    #: Why (waiting, failed, rolled_back), in one sentence a person can act on.
+    reason: Text | None = None
+    #: Downloading: the fraction done, 0..1.
+    progress: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
+class DeviceUpdatePayload(_Payload, omit_defaults=True):
+    """Cloud -> viewer: one of the user's cameras changed version or update state."""
+
+    device_id: Id
+    version: Version | None = None
+    state: UpdateState | None = None
+    target: Version | None = None
+    reason: Text | None = None
+    progress: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
 ErrorCode = Literal[
     "invalid_json",
     "invalid_message",
@@ -268,12 +326,26 @@ class PairingStatus(_Message, tag="pairing_status"):
     payload: PairingStatusPayload
 
 
+class UpdateOffer(_Message, tag="update_offer"):
+    payload: UpdateOfferPayload
+
+
+class UpdateStatus(_Message, tag="update_status"):
+    payload: UpdateStatusPayload
+
+
+class DeviceUpdate(_Message, tag="device_update"):
+    payload: DeviceUpdatePayload
+
+
 class Error(_Message, tag="error"):
     payload: ErrorPayload
 
 
 #: What a device may send to the cloud (``/ws/device``).
-DeviceToCloud = DeviceHello | Heartbeat | SignalOffer | SignalAnswer | SignalIce | WatchEnd
+DeviceToCloud = (
+    DeviceHello | Heartbeat | SignalOffer | SignalAnswer | SignalIce | WatchEnd | UpdateStatus
+)
 #: What a viewer may send to the cloud (``/ws/viewer``).
 ViewerToCloud = (
     ViewerHello
@@ -296,6 +368,7 @@ CloudToDevice = (
     | WatchEnded
     | PeerStatus
     | PairingStatus
+    | UpdateOffer
     | Error
 )
 #: What the cloud sends to a viewer.
@@ -310,6 +383,7 @@ CloudToViewer = (
     | WatchEnded
     | PeerStatus
     | DeviceStatus
+    | DeviceUpdate
     | Error
 )
 
@@ -339,3 +413,4 @@ def message_types(direction: object) -> tuple[str, ...]:
 
 ERROR_CODES: Final[tuple[str, ...]] = ErrorCode.__args__  # type: ignore[attr-defined]
 END_REASONS: Final[tuple[str, ...]] = EndReason.__args__  # type: ignore[attr-defined]
+UPDATE_STATES: Final[tuple[str, ...]] = UpdateState.__args__  # type: ignore[attr-defined]

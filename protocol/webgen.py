@@ -14,6 +14,7 @@ from protocol.messages import (
     ERROR_CODES,
     HEARTBEAT_INTERVAL_S,
     MAX_MESSAGE_BYTES,
+    UPDATE_STATES,
     message_types,
 )
 
@@ -39,6 +40,7 @@ def render() -> str:
         "",
         f"export const ERROR_CODES = Object.freeze({json.dumps(list(ERROR_CODES))});",
         f"export const END_REASONS = Object.freeze({json.dumps(list(END_REASONS))});",
+        f"export const UPDATE_STATES = Object.freeze({json.dumps(list(UPDATE_STATES))});",
         "",
     ]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from protocol.messages import (
     END_REASONS,
     ERROR_CODES,
     MAX_MESSAGE_BYTES,
+    UPDATE_STATES,
     CloudToViewer,
     Heartbeat,
     ViewerToCloud,
@@ -41,6 +42,8 @@ def test_docs_describe_every_message_error_and_reason() -> None:
         assert f"| `{code}` |" in doc, code
     for reason in END_REASONS:
         assert f"`{reason}`" in doc, reason
+    for state in UPDATE_STATES:
+        assert f"| `{state}` |" in doc, state
 
 
 def test_round_trip_and_clear_errors() -> None:

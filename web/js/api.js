@@ -115,3 +115,31 @@ export async function pairWithClaim(claimToken) {
 export async function listSessions(deviceId) {
   return (await request("GET", `/api/devices/${encodeURIComponent(deviceId)}/sessions`)).sessions;
 }
+
+// --- over-the-air updates (docs/updates.md) ---------------------------------------------------
+
+/** Each of the account's cameras: version, update state, window. */
+export async function cameraUpdates() {
+  return (await request("GET", "/api/devices/updates")).cameras;
+}
+
+export function setUpdateWindow(deviceId, window) {
+  return request("PUT", `/api/devices/${encodeURIComponent(deviceId)}/update-settings`, { window });
+}
+
+/** Operators only (403 for everybody else): releases, rollouts, the fleet's versions. */
+export function fleet() {
+  return request("GET", "/api/operator/updates");
+}
+
+export function addRelease(version, notes = "") {
+  return request("POST", "/api/operator/releases", { version, notes });
+}
+
+export function startRollout(version, percentage, channel = "stable") {
+  return request("POST", "/api/operator/rollouts", { version, percentage, channel });
+}
+
+export function changeRollout(rolloutId, change) {
+  return request("PATCH", `/api/operator/rollouts/${rolloutId}`, change);
+}

@@ -1,6 +1,6 @@
 // The app shell: hash routes, the signed-in session, the signaling connection, the banner.
 //
-// Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>
+// Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/rollouts
 // Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
 
 import * as api from "./api.js";
@@ -9,6 +9,7 @@ import * as session from "./session.js";
 import { Signaling } from "./signaling.js";
 import * as devicesPage from "./pages/devices.js";
 import * as pairPage from "./pages/pair.js";
+import * as rolloutsPage from "./pages/rollouts.js";
 import * as signinPage from "./pages/signin.js";
 import * as watchPage from "./pages/watch.js";
 
@@ -149,6 +150,7 @@ const ROUTES = [
   { pattern: /^\/signup$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signup" }) },
   { pattern: /^\/devices$/, auth: true, show: (ctx) => devicesPage.render(ctx) },
   { pattern: /^\/pair$/, auth: true, show: (ctx) => pairPage.render(ctx) },
+  { pattern: /^\/rollouts$/, auth: true, show: (ctx) => rolloutsPage.render(ctx) },
   { pattern: /^\/claim\/([A-Za-z0-9_.~-]+)$/, auth: "claim", show: (ctx, [claimToken]) => pairPage.renderClaim(ctx, { claimToken }) },
   { pattern: /^\/watch\/([^/]+)$/, auth: true, show: (ctx, [id]) => watchPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
 ];
@@ -188,6 +190,7 @@ function route() {
     banner.hidden = true;
   }
   if (signed) startSignaling();
+  if (signed) showOperatorLink();
   nav.hidden = !signed;
   who.textContent = signed ? session.email() : "";
   for (const link of nav.querySelectorAll("a[data-route]")) {
@@ -207,6 +210,20 @@ function route() {
   cleanup = r.show(ctx, m.slice(1)) || null;
   main.focus({ preventScroll: true });
   window.scrollTo(0, 0);
+}
+
+// Operators (the cloud's MUMU_OPERATORS) see the rollout page in the menu.
+let operatorChecked = null;
+async function showOperatorLink() {
+  const link = document.getElementById("nav-rollouts");
+  if (!link || operatorChecked === session.token()) return;
+  operatorChecked = session.token();
+  try {
+    await api.fleet();
+    link.hidden = false;
+  } catch {
+    link.hidden = true;
+  }
 }
 
 document.getElementById("signout").addEventListener("click", signOut);

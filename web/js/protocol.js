@@ -6,6 +6,7 @@ export const MAX_MESSAGE_BYTES = 65536;
 /** Message type names, e.g. MSG.WATCH_REQUEST === "watch_request". */
 export const MSG = Object.freeze({
   DEVICE_STATUS: "device_status",
+  DEVICE_UPDATE: "device_update",
   ERROR: "error",
   HEARTBEAT: "heartbeat",
   HEARTBEAT_ACK: "heartbeat_ack",
@@ -16,6 +17,8 @@ export const MSG = Object.freeze({
   SIGNAL_ANSWER: "signal_answer",
   SIGNAL_ICE: "signal_ice",
   SIGNAL_OFFER: "signal_offer",
+  UPDATE_OFFER: "update_offer",
+  UPDATE_STATUS: "update_status",
   WATCH_END: "watch_end",
   WATCH_ENDED: "watch_ended",
   WATCH_READY: "watch_ready",
@@ -26,11 +29,12 @@ export const MSG = Object.freeze({
 
 /** Which types may travel which way. */
 export const DIRECTIONS = Object.freeze({
-  device_to_cloud: Object.freeze(["hello", "heartbeat", "signal_offer", "signal_answer", "signal_ice", "watch_end"]),
+  device_to_cloud: Object.freeze(["hello", "heartbeat", "signal_offer", "signal_answer", "signal_ice", "watch_end", "update_status"]),
   viewer_to_cloud: Object.freeze(["hello", "heartbeat", "watch_request", "watch_resume", "signal_offer", "signal_answer", "signal_ice", "watch_end"]),
-  cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "pairing_status", "error"]),
-  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "error"]),
+  cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "pairing_status", "update_offer", "error"]),
+  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "device_update", "error"]),
 });
 
 export const ERROR_CODES = Object.freeze(["invalid_json", "invalid_message", "unknown_type", "too_large", "binary_not_supported", "not_authenticated", "already_authenticated", "forbidden", "not_found", "device_offline", "session_not_found", "not_session_party", "rate_limited", "device_busy", "too_many_connections", "unavailable", "internal"]);
 export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "expired", "error"]);
+export const UPDATE_STATES = Object.freeze(["waiting", "downloading", "installed", "healthy", "committed", "rolled_back", "failed"]);

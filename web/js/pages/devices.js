@@ -4,6 +4,7 @@ import * as api from "../api.js";
 import { h, replace } from "../dom.js";
 import { MSG } from "../protocol.js";
 import { ago } from "../time.js";
+import { cardLine, windowForm } from "../updates.js";
 
 const REFRESH_MS = 30_000;
 
@@ -30,6 +31,7 @@ export function render(ctx) {
       const devices = await api.listDevices();
       error.hidden = true;
       draw(devices);
+      showUpdates();
     } catch (failure) {
       if (failure.status === 401) return; // the app goes back to sign-in
       error.textContent = `Could not load your cameras: ${failure.message}`;
@@ -51,6 +53,17 @@ export function render(ctx) {
       cards.set(device.device_id, { device, card });
       return card;
     }));
+  }
+
+  // Versions and update states come from their own call: a failure there leaves the list.
+  async function showUpdates() {
+    try {
+      for (const update of await api.cameraUpdates()) {
+        cards.get(update.device_id)?.card.setUpdate(update);
+      }
+    } catch {
+      // the next refresh tries again
+    }
   }
 
   function empty() {
@@ -75,6 +88,7 @@ export function render(ctx) {
     const name = h("h2", { class: "device-name", "data-testid": "device-name" }, device.name || "Camera");
     const cardError = h("p", { class: "form-error", role: "alert", "data-testid": "device-error", hidden: true });
     const panel = h("div", { class: "inline-panel", hidden: true });
+    const update = cardLine();
     const watchLink = h("a", {
       class: `button primary${device.online ? "" : " disabled"}`,
       href: `#/watch/${encodeURIComponent(id)}`,
@@ -89,10 +103,12 @@ export function render(ctx) {
         name,
         h("p", { class: "muted small" }, device.model || "MuMu camera"),
         status,
+        update,
       ),
       h("div", { class: "device-actions" },
         watchLink,
         h("button", { class: "button", type: "button", "data-testid": "rename", onclick: () => openRename() }, "Rename"),
+        h("button", { class: "button", type: "button", "data-testid": "updates", onclick: () => openUpdates() }, "Updates"),
         h("button", { class: "button subtle-danger", type: "button", "data-testid": "unpair", onclick: () => openUnpair() }, "Unpair"),
       ),
       panel,
@@ -134,6 +150,16 @@ export function render(ctx) {
       input.select();
     }
 
+    function openUpdates() {
+      showError("");
+      replace(panel, windowForm(id, update.current().window, (window) => {
+        update.set({ window });
+        panel.hidden = true;
+        ctx.flash(window ? `Updates for ${device.name || "the camera"} only between ${window.replace("-", " and ")}.` : `Updates for ${device.name || "the camera"} any time nobody is watching.`, "info");
+      }));
+      panel.hidden = false;
+    }
+
     function openUnpair() {
       showError("");
       const confirmButton = h("button", { class: "button danger", type: "button", "data-testid": "unpair-confirm", onclick: async () => {
@@ -157,6 +183,7 @@ export function render(ctx) {
       panel.hidden = false;
     }
 
+    card.setUpdate = (payload) => update.set(payload);
     card.setStatus = (online) => {
       device.online = online;
       if (!online) device.last_seen = new Date().toISOString();
@@ -170,6 +197,10 @@ export function render(ctx) {
   // Live state: device_status messages, a periodic refresh, and a refresh after reconnecting.
   const onMessage = (event) => {
     const message = event.detail;
+    if (message.type === MSG.DEVICE_UPDATE) {
+      cards.get(message.payload.device_id)?.card.setUpdate(message.payload);
+      return;
+    }
     if (message.type !== MSG.DEVICE_STATUS) return;
     const entry = cards.get(message.payload.device_id);
     if (entry) entry.card.setStatus(message.payload.online);

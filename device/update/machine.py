@@ -1,0 +1,576 @@
+"""The updater's state machine (root, in ``mumu-update``; the agent never runs this).
+
+::
+
+    idle --offer--> verify (TUF) --> download (resumable) --> install beside current
+         --no viewer, in window--> switch (probation) --healthy + quiet--> commit --> idle
+                                          |
+                                          +--crash loop / never connects / reboots--> roll back
+
+* **Offer.**  From the cloud, through the agent (``update-offer.json``).  Refused: a version
+  older than the running one (rollback attack or a stale rollout), one rolled back here before.
+* **Verify.**  The repository's metadata through ``tuf.ngclient`` (signatures, thresholds,
+  versions, expiry, consistency), then the bundle's length and sha256 against the signed ones
+  before it is unpacked.  Free space is checked first (``space_factor`` x the bundle).
+* **Install.**  ``releases/<version>`` is built from the bundle's wheels beside the running one;
+  the agent does not notice.
+* **Switch.**  Only while no viewer watches (and inside the owner's window, if set).  The
+  probation record is saved *before* ``current`` is renamed, so a power cut at any point is
+  seen by :meth:`Updater.boot` on the next start.
+* **Probation.**  Healthy = systemd says the agent is ``active``, i.e. it sent READY=1 after the
+  cloud's ``hello_ack``.  Rolled back when it restarts ``crash_limit`` times, or is not healthy
+  within ``health_timeout`` *while the cloud answers this device* (a network outage only
+  extends the wait), or the device boots ``max_probation_boots`` times in probation (the boot
+  counter exists only during probation: power cuts under a committed version never count).
+  Committed after ``probation`` seconds healthy without a restart.
+* **Keep.**  current, previous and (while waiting to switch) pending; older releases go.
+
+Every transition is persisted (``state.json``) and reported (``status.json`` -> agent -> cloud).
+Time comes from injectable clocks: ``clock`` (monotonic, within one boot), ``wall`` (the
+window, retry times) and the TUF reference time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from packaging.version import InvalidVersion, Version
+
+from device.update import fetch, files
+from device.update import install as installer
+from device.update.files import Offer, Status
+from device.update.services import ServiceManager
+from device.update.settings import UpdaterSettings
+from device.update.verify import RepositoryUnreachable, SignedRepository, VerifyError
+from protocol.messages import UpdateState
+
+log = logging.getLogger(__name__)
+
+HISTORY = 30
+
+
+class Probation(msgspec.Struct):
+    version: str
+    previous: str
+    rollout_id: int
+    boot_id: str
+    #: Monotonic seconds (valid within ``boot_id``) and the wall clock, at the switch.
+    switched_at: float
+    switched_wall: float
+    deadline: float
+    restarts_base: int = 0
+    healthy_at: float | None = None
+    restarts_at_healthy: int = 0
+    boots: int = 0
+
+
+class State(msgspec.Struct):
+    seq: int = 0
+    probation: Probation | None = None
+    #: Interrupted attempts (power loss during probation) per version.
+    attempts: dict[str, int] = msgspec.field(default_factory=dict)
+    #: When an interrupted version may be tried again (wall clock).
+    retry_at: dict[str, float] = msgspec.field(default_factory=dict)
+    #: Versions that failed here, with why: never tried again automatically.
+    bad: dict[str, str] = msgspec.field(default_factory=dict)
+    history: list[Status] = msgspec.field(default_factory=list)
+
+
+def read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def newer(a: str, b: str | None) -> bool:
+    """Whether version ``a`` is newer than ``b`` (PEP 440; anything beats nothing)."""
+    if b is None:
+        return True
+    try:
+        return Version(a) > Version(b)
+    except InvalidVersion:
+        return False
+
+
+def in_window(window: str | None, wall: float) -> bool:
+    """``HH:MM-HH:MM`` in local time (may cross midnight); ``None`` is always."""
+    if window is None:
+        return True
+    start, end = (int(t[:2]) * 60 + int(t[3:]) for t in window.split("-"))
+    tm = time.localtime(wall)
+    now = tm.tm_hour * 60 + tm.tm_min
+    if start <= end:
+        return start <= now < end
+    return now >= start or now < end
+
+
+@dataclass
+class Outcome:
+    """What one :meth:`Updater.run` ended with (for the CLI and the tests)."""
+
+    kind: str
+    version: str | None = None
+    reason: str | None = None
+
+
+class Updater:
+    def __init__(
+        self,
+        settings: UpdaterSettings,
+        *,
+        services: ServiceManager,
+        repo_url: str | None,
+        cloud_url: str | None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        boot_id: Callable[[], str] = read_boot_id,
+        cloud_reachable: Callable[[], bool] | None = None,
+        http: httpx.Client | None = None,
+        install: Callable[[Path, Path], installer.Manifest] | None = None,
+        tuf_now: Callable[[], Any] | None = None,
+        arch: str | None = None,
+        disk_free: Callable[[Path], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        self.repo_url = repo_url
+        self.cloud_url = cloud_url
+        self.clock = clock
+        self.wall = wall
+        self.sleep = sleep
+        self.boot_id = boot_id
+        self.cloud_reachable = cloud_reachable or self._probe_cloud
+        self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
+        self.install = install or self._install
+        self.tuf_now = tuf_now
+        self.arch = arch or installer.machine_arch()
+        self.disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
+        self.root = Path(settings.root)
+        self.state_dir = Path(settings.state_dir)
+        self.downloads = self.root / "downloads"
+        self.state = State()
+
+    # --- files ---------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / files.STATUS_FILE
+
+    @property
+    def offer_path(self) -> Path:
+        return Path(self.settings.agent_state_dir) / files.OFFER_FILE
+
+    @property
+    def viewers_path(self) -> Path:
+        return Path(self.settings.agent_runtime_dir) / files.VIEWERS_FILE
+
+    def load(self) -> State:
+        self.state = files.read_struct(self.state_path, State) or State()
+        return self.state
+
+    def save(self) -> None:
+        files.write_atomic(self.state_path, msgspec.json.encode(self.state), mode=0o644)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[bool]:
+        """One updater at a time (the boot guard, the service, a person at the console)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with open(self.state_dir / "lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+    def current(self) -> str | None:
+        return installer.link_target(self.root, installer.CURRENT)
+
+    def committed(self) -> str | None:
+        return installer.link_target(self.root, installer.COMMITTED) or self.current()
+
+    def say(
+        self,
+        state: UpdateState,
+        version: str,
+        *,
+        rollout_id: int | None = None,
+        reason: str | None = None,
+        progress: float | None = None,
+    ) -> None:
+        """Report a status (once: the same words twice are not news)."""
+        last = self.state.history[-1] if self.state.history else None
+        if last is not None and (last.state, last.version, last.reason, last.progress) == (
+            state,
+            version,
+            reason,
+            progress,
+        ):
+            return
+        self.state.seq += 1
+        status = Status(
+            seq=self.state.seq,
+            state=state,
+            version=version,
+            rollout_id=rollout_id,
+            reason=reason[:1000] if reason else None,
+            progress=progress,
+            current=self.current(),
+            at=self.wall(),
+        )
+        self.state.history = [*self.state.history, status][-HISTORY:]
+        self.save()
+        files.write_atomic(self.status_path, msgspec.json.encode(status), mode=0o644)
+        log.info(
+            "update %s %s%s%s",
+            version,
+            state,
+            f" {progress:.0%}" if progress is not None else "",
+            f": {reason}" if reason else "",
+        )
+
+    # --- the boot guard ------------------------------------------------------------------------
+
+    def boot(self) -> Outcome:
+        """Before the agent starts: count a boot during probation and roll back when it is one
+        too many; remove interrupted installs; repair ``current`` if it is not what the state
+        says."""
+        self.load()
+        installer.remove_incomplete(self.root)
+        probation = self.state.probation
+        if probation is None:
+            committed = installer.link_target(self.root, installer.COMMITTED)
+            if committed is not None and self.current() != committed:
+                installer.point(self.root, installer.CURRENT, committed)
+                return Outcome("repaired", committed)
+            return Outcome("idle", self.current())
+        if probation.boot_id == self.boot_id():
+            return Outcome("probation", probation.version)
+        probation.boots += 1
+        if probation.boots >= self.settings.max_probation_boots:
+            reason = (
+                "the device restarted while the new version was on probation (power loss or a "
+                "system crash); the previous version runs again and the update is retried later"
+            )
+            self._roll_back(reason, interrupted=True, restart=False)
+            return Outcome("rolled_back", probation.version, reason)
+        now = self.clock()
+        probation.boot_id = self.boot_id()
+        probation.switched_at = now
+        probation.deadline = now + self.settings.health_timeout
+        probation.restarts_base = 0
+        probation.healthy_at = None
+        self.save()
+        return Outcome("probation", probation.version)
+
+    # --- one run: an offer to its end ----------------------------------------------------------
+
+    def run(self) -> Outcome:
+        self.load()
+        if self.state.probation is not None:
+            return self._watch_probation()
+        offer = files.read_struct(self.offer_path, Offer)
+        if offer is None:
+            return Outcome("idle", self.current())
+        refusal = self._refusal(offer)
+        if refusal is not None:
+            return refusal
+        try:
+            self._prepare(offer)
+        except RepositoryUnreachable as exc:
+            reason = f"{exc}; retrying later"
+            self.say("waiting", offer.version, rollout_id=offer.rollout_id, reason=reason)
+            return Outcome("retry", offer.version, reason)
+        except fetch.TransientError as exc:
+            reason = f"download interrupted ({exc}); it resumes where it stopped"
+            self.say("waiting", offer.version, rollout_id=offer.rollout_id, reason=reason)
+            return Outcome("retry", offer.version, reason)
+        except (
+            VerifyError,
+            fetch.RefusedError,
+            fetch.DiskFullError,
+            installer.InstallError,
+            NoSpace,
+        ) as exc:
+            installer.remove_incomplete(self.root)
+            self.say("failed", offer.version, rollout_id=offer.rollout_id, reason=str(exc))
+            return Outcome("failed", offer.version, str(exc))
+        except OSError as exc:  # a disk or permission problem of this device, in words
+            log.exception("preparing %s failed", offer.version)
+            installer.remove_incomplete(self.root)
+            reason = f"this device could not store the update: {exc.strerror or exc}"
+            self.say("failed", offer.version, rollout_id=offer.rollout_id, reason=reason)
+            return Outcome("failed", offer.version, reason)
+        if not self._wait_for_quiet(offer):
+            return Outcome("superseded", offer.version)
+        self._switch(offer)
+        return self._watch_probation()
+
+    def _refusal(self, offer: Offer) -> Outcome | None:
+        current = self.current()
+        if offer.version == current:
+            return Outcome("current", current)
+        if not newer(offer.version, current):
+            reason = (
+                f"refused: {offer.version} is older than the running {current} (a downgrade is "
+                "done by publishing a newer release)"
+            )
+            self.say("failed", offer.version, rollout_id=offer.rollout_id, reason=reason)
+            return Outcome("failed", offer.version, reason)
+        if offer.version in self.state.bad:
+            last = self.state.history[-1] if self.state.history else None
+            if (
+                last is not None
+                and last.version == offer.version
+                and last.state
+                in (
+                    "rolled_back",
+                    "failed",
+                )
+            ):
+                return Outcome("bad", offer.version, self.state.bad[offer.version])
+            why = self.state.bad[offer.version]
+            reason = f"not retried: it was rolled back here before ({why})"
+            self.say("failed", offer.version, rollout_id=offer.rollout_id, reason=reason)
+            return Outcome("failed", offer.version, reason)
+        retry_at = self.state.retry_at.get(offer.version, 0.0)
+        if retry_at > self.wall():
+            return Outcome("later", offer.version)
+        return None
+
+    def _prepare(self, offer: Offer) -> None:
+        """Verify, download and install ``offer.version`` beside the running release."""
+        version = offer.version
+        if installer.installed_manifest(self.root, version) is not None:
+            return
+        if self.repo_url is None:
+            raise RepositoryUnreachable("no update repository is configured")
+        repo = SignedRepository(
+            self.repo_url,
+            self.state_dir / "tuf",
+            Path(self.settings.trust_root),
+            now=self.tuf_now,
+        )
+        name = installer.bundle_name(version, self.arch)
+        info, url = repo.target(name)
+        custom = info.custom or {}
+        if int(custom.get("min_updater", 1)) > installer.UPDATER_VERSION:
+            raise VerifyError(
+                f"{version} needs updater {custom.get('min_updater')}, this is "
+                f"{installer.UPDATER_VERSION}: install an intermediate release first"
+            )
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        part = self.downloads / f"{name}.part"
+        self._make_room(info.length, part, keep={version})
+        step = max(1, info.length // 20)
+        reported = [0]
+
+        def progress(done: int) -> None:
+            if done - reported[0] >= step or done == info.length:
+                reported[0] = done
+                self.say(
+                    "downloading",
+                    version,
+                    rollout_id=offer.rollout_id,
+                    progress=round(done / info.length, 2),
+                )
+
+        self.say("downloading", version, rollout_id=offer.rollout_id, progress=0.0)
+        fetch.download(self.http, url, part, info.length, progress)
+        try:
+            SignedRepository.check_file(info, part)
+        except VerifyError:
+            part.unlink(missing_ok=True)
+            raise
+        try:
+            self.install(part, self.root)
+        finally:
+            part.unlink(missing_ok=True)
+        self.say("installed", version, rollout_id=offer.rollout_id)
+
+    def _install(self, bundle: Path, root: Path) -> installer.Manifest:
+        return installer.install(bundle, root, python=self.settings.python, arch=self.arch)
+
+    def _make_room(self, length: int, part: Path, keep: set[str]) -> None:
+        """Free space for download + unpacked wheels + venv (``space_factor`` x the bundle):
+        interrupted installs go first, then releases other than current and committed."""
+        installer.remove_incomplete(self.root)
+        have = part.stat().st_size if part.exists() else 0
+        need = int(self.settings.space_factor * length) - have
+        if self.disk_free(self.root) >= need:
+            return
+        protected = {self.current(), self.committed(), *keep}
+        for version in installer.installed_versions(self.root):
+            if version not in protected:
+                shutil.rmtree(installer.release_dir(self.root, version), ignore_errors=True)
+        for stale in self.downloads.glob("*.part"):
+            if stale != part:
+                stale.unlink(missing_ok=True)
+        free = self.disk_free(self.root)
+        if free < need:
+            raise NoSpace(
+                f"not enough free space: {need / 1e6:.0f} MB needed ({self.settings.space_factor:g}"
+                f" x the {length / 1e6:.0f} MB bundle), {free / 1e6:.0f} MB free"
+            )
+
+    def _wait_for_quiet(self, offer: Offer) -> bool:
+        """Wait until nobody watches and the window is open; False if the offer changed."""
+        while True:
+            viewers = files.read_viewers(self.viewers_path)
+            open_now = in_window(offer.window, self.wall())
+            if viewers == 0 and open_now:
+                return True
+            if viewers:
+                reason = (
+                    f"installed; waiting until nobody is watching ({viewers} viewer"
+                    f"{'s' if viewers != 1 else ''} now)"
+                )
+            else:
+                reason = f"installed; waiting for the owner's update window {offer.window}"
+            self.say("waiting", offer.version, rollout_id=offer.rollout_id, reason=reason)
+            self.sleep(self.settings.poll * 5)
+            latest = files.read_struct(self.offer_path, Offer)
+            if latest is None or latest.version != offer.version:
+                return False
+            offer = latest
+
+    def _switch(self, offer: Offer) -> None:
+        previous = self.current()
+        if previous is None:
+            raise installer.InstallError("no current release to update from")
+        now = self.clock()
+        self.state.probation = Probation(
+            version=offer.version,
+            previous=previous,
+            rollout_id=offer.rollout_id,
+            boot_id=self.boot_id(),
+            switched_at=now,
+            switched_wall=self.wall(),
+            deadline=now + self.settings.health_timeout,
+        )
+        self.save()  # before the rename: a power cut from here on is seen by boot()
+        installer.point(self.root, installer.CURRENT, offer.version)
+        self.services.restart(self.settings.agent_unit)
+        self.state.probation.restarts_base = self.services.status(self.settings.agent_unit).restarts
+        self.save()
+        log.info("switched to %s (previous %s); probation starts", offer.version, previous)
+
+    def _watch_probation(self) -> Outcome:
+        unit = self.settings.agent_unit
+        last_exit = ""
+        while True:
+            probation = self.state.probation
+            assert probation is not None
+            status = self.services.status(unit)
+            if status.exit_code and (status.exit_code != "exited" or status.exit_status != 0):
+                last_exit = f"{status.exit_code} {status.exit_status}"
+            restarts = status.restarts - probation.restarts_base
+            if restarts >= self.settings.crash_limit or status.active_state == "failed":
+                last = self.services.last_errors(unit, probation.switched_wall)
+                reason = (
+                    f"{probation.version} crashed {restarts} time{'s' if restarts != 1 else ''} "
+                    f"after the switch (last exit: {last_exit or 'unknown'})"
+                    + (f"; last log: {' | '.join(last)}" if last else "")
+                )
+                return self._roll_back(reason)
+            now = self.clock()
+            if probation.healthy_at is None:
+                if status.active_state == "active":
+                    probation.healthy_at = now
+                    probation.restarts_at_healthy = restarts
+                    self.save()
+                    self.say("healthy", probation.version, rollout_id=probation.rollout_id)
+                elif now >= probation.deadline:
+                    if self.cloud_reachable():
+                        reason = (
+                            f"{probation.version} did not connect to the cloud within "
+                            f"{self.settings.health_timeout:g} s of starting, while the cloud "
+                            "answered this device"
+                        )
+                        return self._roll_back(reason)
+                    probation.deadline = now + self.settings.health_timeout
+                    self.save()
+                    self.say(
+                        "waiting",
+                        probation.version,
+                        rollout_id=probation.rollout_id,
+                        reason="the cloud is unreachable from this device: the new version's "
+                        "health check waits for the network (an outage is not its fault)",
+                    )
+            elif restarts > probation.restarts_at_healthy or status.active_state != "active":
+                probation.healthy_at = None
+                probation.deadline = now + self.settings.health_timeout
+                self.save()
+                log.warning("%s restarted on probation; probation starts over", probation.version)
+            elif now - probation.healthy_at >= self.settings.probation:
+                return self._commit()
+            self.sleep(self.settings.poll)
+
+    def _commit(self) -> Outcome:
+        probation = self.state.probation
+        assert probation is not None
+        installer.point(self.root, installer.COMMITTED, probation.version)
+        keep = {probation.version, probation.previous}
+        for version in installer.installed_versions(self.root):
+            if version not in keep:
+                shutil.rmtree(installer.release_dir(self.root, version), ignore_errors=True)
+        self.state.probation = None
+        self.state.attempts.pop(probation.version, None)
+        self.state.retry_at.pop(probation.version, None)
+        self.save()
+        self.say("committed", probation.version, rollout_id=probation.rollout_id)
+        return Outcome("committed", probation.version)
+
+    def _roll_back(
+        self, reason: str, *, interrupted: bool = False, restart: bool = True
+    ) -> Outcome:
+        probation = self.state.probation
+        assert probation is not None
+        version = probation.version
+        installer.point(self.root, installer.CURRENT, probation.previous)
+        self.state.probation = None
+        if interrupted:
+            attempts = self.state.attempts.get(version, 0) + 1
+            self.state.attempts[version] = attempts
+            if attempts >= self.settings.max_attempts:
+                self.state.bad[version] = f"{reason} ({attempts} times)"
+            else:
+                self.state.retry_at[version] = self.wall() + self.settings.retry_after
+        else:
+            self.state.bad[version] = reason
+        self.save()
+        if restart:
+            self.services.restart(self.settings.agent_unit)
+        shutil.rmtree(installer.release_dir(self.root, version), ignore_errors=True)
+        self.say("rolled_back", version, rollout_id=probation.rollout_id, reason=reason)
+        log.warning("rolled back from %s to %s: %s", version, probation.previous, reason)
+        return Outcome("rolled_back", version, reason)
+
+    def _probe_cloud(self) -> bool:
+        if self.cloud_url is None:
+            return False
+        try:
+            response = self.http.get(f"{self.cloud_url.rstrip('/')}/healthz", timeout=10.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
+
+class NoSpace(Exception):
+    """Not enough free disk for the bundle (one sentence, with the numbers)."""

@@ -1,0 +1,1 @@
+"""``mumu-release``: build release bundles and keep the signed (TUF) update repository."""

@@ -1,0 +1,353 @@
+"""The updater's state machine in-process: a real signed repository on a real HTTP server, an
+injectable clock and root directory, and a service manager playing systemd for the agent."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device.update import install as installer
+from device.update.files import Status, read_struct
+from device.update.machine import State, in_window
+from tests.update_fixtures import Bench, Clock, make_bench
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    yield from make_bench(tmp_path)
+
+
+def states(bench: Bench) -> list[str]:
+    updater = bench.updater()
+    return [s.state for s in updater.load().history]
+
+
+def test_an_offer_is_verified_downloaded_switched_and_committed(bench: Bench) -> None:
+    bench.publish("1.1.0")
+    bench.offer("1.1.0", rollout_id=7)
+    outcome = bench.updater().run()
+    assert outcome.kind == "committed", outcome
+    assert bench.links() == ("1.1.0", "1.1.0")
+    assert states(bench) == ["downloading"] * (len(states(bench)) - 3) + [
+        "installed",
+        "healthy",
+        "committed",
+    ]
+    status = bench.status()
+    assert status["state"] == "committed" and status["rollout_id"] == 7
+    assert status["current"] == "1.1.0"
+    # current and previous are kept, the agent was restarted once into the new version
+    assert installer.installed_versions(bench.root) == ["1.0.0", "1.1.0"]
+    assert bench.unit.restarts_log[-1] == "1.1.0"
+    assert not list((bench.root / "downloads").glob("*.part"))
+    # the same offer again is nothing to do
+    assert bench.updater().run().kind == "current"
+
+
+def test_releases_kept_are_current_previous_and_pending(bench: Bench) -> None:
+    bench.publish("1.1.0", "1.2.0")
+    bench.offer("1.1.0")
+    assert bench.updater().run().kind == "committed"
+    bench.offer("1.2.0")
+    assert bench.updater().run().kind == "committed"
+    assert installer.installed_versions(bench.root) == ["1.1.0", "1.2.0"]
+
+
+def test_the_switch_waits_until_nobody_watches_and_says_so(bench: Bench) -> None:
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    bench.viewers(2)
+    seen: list[Status] = []
+
+    state_file = Path(bench.settings.state_dir) / "state.json"
+
+    def viewer_leaves(clock: Clock) -> None:
+        state = read_struct(state_file, State)
+        assert state is not None
+        status = state.history[-1]
+        seen.append(status)
+        if len(seen) == 3:
+            bench.viewers(0)
+            clock.sleep_hooks.clear()
+
+    bench.clock.sleep_hooks.append(viewer_leaves)
+    assert bench.updater().run().kind == "committed"
+    assert seen[0].state == "waiting" and seen[0].reason is not None
+    assert "2 viewers" in seen[0].reason
+    # nobody was switched while they watched
+    assert bench.unit.restarts_log[-1] == "1.1.0" and len(bench.unit.restarts_log) == 2
+
+
+def test_the_owner_window_holds_the_switch_until_it_opens(bench: Bench) -> None:
+    import time
+
+    bench.publish("1.1.0")
+    now = time.localtime(bench.clock.wall())
+    opens = (now.tm_hour * 60 + now.tm_min + 30) % 1440
+    closes = (opens + 60) % 1440
+    window = f"{opens // 60:02d}:{opens % 60:02d}-{closes // 60:02d}:{closes % 60:02d}"
+    bench.offer("1.1.0", window=window)
+    waited: list[float] = []
+    bench.clock.sleep_hooks.append(lambda c: waited.append(c.wall()))
+    assert bench.updater().run().kind == "committed"
+    switched_wall = bench.updater().load().history[-1].at
+    assert in_window(window, switched_wall - bench.updater().settings.probation)
+    assert waited[0] - bench.clock.wall_start < 31 * 60  # it waited about half an hour
+
+
+def test_a_version_that_crashes_at_start_is_rolled_back_with_its_reason(bench: Bench) -> None:
+    bench.publish("1.1.0")
+    bench.unit.behaviour["1.1.0"] = "crash"
+    bench.offer("1.1.0")
+    outcome = bench.updater().run()
+    assert outcome.kind == "rolled_back"
+    assert bench.links() == ("1.0.0", "1.0.0")
+    status = bench.status()
+    assert status["state"] == "rolled_back"
+    assert "crashed 3 times" in str(status["reason"]) and "RuntimeError: boom" in str(
+        status["reason"]
+    )
+    assert bench.unit.restarts_log[-1] == "1.0.0"
+    assert installer.installed_versions(bench.root) == ["1.0.0"]
+    # offered again, it is not retried, and the rollback stays what the cloud hears
+    assert bench.updater().run().kind == "bad"
+    assert bench.status()["state"] == "rolled_back"
+
+
+def test_a_version_that_never_connects_is_rolled_back_when_the_cloud_answers(
+    bench: Bench,
+) -> None:
+    bench.publish("1.1.0")
+    bench.unit.behaviour["1.1.0"] = "silent"
+    bench.offer("1.1.0")
+    switched = bench.clock.monotonic()
+    outcome = bench.updater().run()
+    assert outcome.kind == "rolled_back"
+    assert "did not connect to the cloud within 60 s" in str(outcome.reason)
+    assert 60 <= bench.clock.monotonic() - switched <= 62
+    assert bench.links() == ("1.0.0", "1.0.0")
+
+
+def test_a_network_outage_is_not_the_new_versions_fault(bench: Bench) -> None:
+    bench.publish("1.1.0")
+    bench.unit.behaviour["1.1.0"] = "silent"
+    bench.cloud_up = False
+    bench.offer("1.1.0")
+    start = bench.clock.monotonic()
+
+    def network_returns(clock: Clock) -> None:
+        if clock.monotonic() - start > 200:  # three health timeouts later
+            bench.cloud_up = True
+            bench.unit.behaviour["1.1.0"] = "good"
+            bench.unit.started_at = clock.monotonic()  # it connects with backoff
+            clock.sleep_hooks.clear()
+
+    bench.clock.sleep_hooks.append(network_returns)
+    assert bench.updater().run().kind == "committed"
+    history = bench.updater().load().history
+    assert any(s.state == "waiting" and "unreachable" in (s.reason or "") for s in history)
+
+
+def test_a_restart_during_probation_starts_it_over(bench: Bench) -> None:
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    healthy_at: list[float] = []
+
+    state_file = Path(bench.settings.state_dir) / "state.json"
+
+    def crash_once_when_healthy(clock: Clock) -> None:
+        state = read_struct(state_file, State)
+        assert state is not None
+        last = state.history[-1]
+        if last.state == "healthy" and not healthy_at:
+            healthy_at.append(clock.monotonic())
+        if healthy_at and clock.monotonic() - healthy_at[0] > 100:
+            bench.unit.crash_once()
+            clock.sleep_hooks.clear()
+
+    bench.clock.sleep_hooks.append(crash_once_when_healthy)
+    assert bench.updater().run().kind == "committed"
+    # committed a full probation after it came back, not 300 s after the first READY
+    assert bench.clock.monotonic() - healthy_at[0] >= 100 + 300
+
+
+def test_power_loss_during_probation_rolls_back_at_the_next_boot(bench: Bench) -> None:
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    updater = bench.updater()
+
+    class PowerCut(Exception):
+        pass
+
+    def cut(clock: Clock) -> None:
+        if updater.state.probation is not None:
+            raise PowerCut
+
+    bench.clock.sleep_hooks.append(cut)
+    with pytest.raises(PowerCut):
+        updater.run()
+    bench.clock.sleep_hooks.clear()
+    assert bench.links() == ("1.1.0", "1.0.0")  # on probation when the power went
+    bench.boot = "boot-2"
+    outcome = bench.updater().boot()
+    assert outcome.kind == "rolled_back"
+    assert bench.links() == ("1.0.0", "1.0.0")
+    assert bench.status()["state"] == "rolled_back"
+    assert "restarted while the new version was on probation" in str(bench.status()["reason"])
+    # retried later (not marked bad), and not before retry_after
+    assert bench.updater().run().kind == "later"
+    bench.clock.advance(3601)
+    assert bench.updater().run().kind == "committed"
+
+
+def test_power_cuts_under_a_committed_version_never_count(bench: Bench) -> None:
+    for boot in range(10):
+        bench.boot = f"boot-{boot + 2}"
+        assert bench.updater().boot().kind == "idle"
+    assert bench.links() == ("1.0.0", "1.0.0")
+    assert bench.updater().load().bad == {}
+
+
+def test_a_power_cut_between_the_record_and_the_rename_rolls_back_cleanly(
+    bench: Bench,
+) -> None:
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    updater = bench.updater()
+    real_point = installer.point
+
+    class PowerCut(Exception):
+        pass
+
+    def point_then_cut(root: Path, link: str, version: str) -> None:
+        raise PowerCut
+
+    installer.point = point_then_cut  # type: ignore[assignment]
+    try:
+        with pytest.raises(PowerCut):
+            updater.run()
+    finally:
+        installer.point = real_point
+    bench.boot = "boot-2"
+    assert bench.updater().boot().kind == "rolled_back"
+    assert bench.links() == ("1.0.0", "1.0.0")
+
+
+def test_an_older_version_offered_again_is_refused(bench: Bench) -> None:
+    bench.publish("1.1.0", "0.9.0")
+    bench.offer("1.1.0")
+    assert bench.updater().run().kind == "committed"
+    bench.offer("1.0.0")
+    outcome = bench.updater().run()
+    assert outcome.kind == "failed" and "older than the running 1.1.0" in str(outcome.reason)
+    assert bench.links() == ("1.1.0", "1.1.0")
+
+
+def test_a_release_needing_a_newer_updater_is_refused_before_download(bench: Bench) -> None:
+    from release import keys
+
+    bundle = bench.publish("1.1.0")[0]
+    targets = bench.repo.targets()
+    name = bundle.name
+    targets.signed.targets[name].unrecognized_fields["custom"]["min_updater"] = 99
+    bench.repo._sign_targets(
+        targets,
+        keys.load(bench.keys_dir / "targets.key"),
+        keys.load(bench.keys_dir / "online.key"),
+    )
+    bench.offer("1.1.0")
+    outcome = bench.updater().run()
+    assert outcome.kind == "failed" and "needs updater 99" in str(outcome.reason)
+    assert not any(path.startswith("targets/") for path, _ in bench.server.requests)
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(bench: Bench) -> None:
+    bench.publish("1.1.0", size=1_000_000)
+    target = bench.target_path("1.1.0")
+    bench.server.cut_after[target] = 400_000
+    bench.offer("1.1.0")
+    outcome = bench.updater().run()
+    assert outcome.kind == "retry" and "resumes" in str(outcome.reason)
+    part = bench.root / "downloads" / f"{Path(target).name.split('.', 1)[1]}.part"
+    kept = part.stat().st_size
+    assert 0 < kept <= 400_000
+    assert bench.updater().run().kind == "committed"
+    ranges = [rng for path, rng in bench.server.requests if path == target]
+    assert ranges == [None, f"bytes={kept}-"]
+
+
+def test_a_server_that_ignores_ranges_restarts_the_file(bench: Bench) -> None:
+    bench.publish("1.1.0", size=500_000)
+    target = bench.target_path("1.1.0")
+    bench.server.cut_after[target] = 100_000
+    bench.offer("1.1.0")
+    assert bench.updater().run().kind == "retry"
+    bench.server.ignore_range = True
+    assert bench.updater().run().kind == "committed"
+
+
+def test_free_space_is_checked_first_and_old_releases_make_room(bench: Bench) -> None:
+    bench.publish("1.1.0", "1.2.0", size=1_000_000)
+    bench.offer("1.1.0")
+    assert bench.updater().run().kind == "committed"
+    free = [2_000_000]
+    bench.offer("1.2.0")
+    outcome = bench.updater(disk_free=lambda p: free[0]).run()
+    assert outcome.kind == "failed"
+    assert "not enough free space: 3 MB needed" in str(outcome.reason)
+    assert not any("1.2.0" in path for path, _ in bench.server.requests if "targets/" in path)
+    assert bench.links() == ("1.1.0", "1.1.0")
+    # the failure is final for this offer; a new offer of a newer version with room works
+    free[0] = 10_000_000
+    bench.publish("1.3.0", size=1_000_000)
+    bench.offer("1.3.0")
+    assert bench.updater(disk_free=lambda p: free[0]).run().kind == "committed"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 600 KiB filesystem (tmpfs) for the device's /opt/mumu."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_the_disk_filling_mid_download_leaves_the_current_version_running(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    from device.update import install
+
+    gen = make_bench(tmp_path / "b", root=str(small_disk / "opt"))
+    bench = next(gen)
+    try:
+        bench.publish("1.1.0", size=2_000_000)  # the disk has room for a third of it
+        bench.offer("1.1.0")
+        # the space check is passed (something else fills the disk while we download)
+        outcome = bench.updater(disk_free=lambda p: 10**9).run()
+        assert outcome.kind == "failed" and "disk filled up" in str(outcome.reason)
+        assert bench.links() == ("1.0.0", "1.0.0")
+        assert install.installed_versions(bench.root) == ["1.0.0"]
+        assert not list((bench.root / "downloads").glob("*.part"))
+        assert bench.unit.restarts_log == ["1.0.0"]  # the agent was never touched
+    finally:
+        gen.close()
+
+
+def test_in_window() -> None:
+    import time
+
+    base = time.mktime((2026, 1, 1, 12, 0, 0, 0, 0, -1))
+    assert in_window(None, base)
+    assert in_window("11:00-13:00", base) and not in_window("13:00-14:00", base)
+    assert in_window("23:00-13:00", base) and not in_window("23:00-02:00", base)

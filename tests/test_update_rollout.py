@@ -1,0 +1,362 @@
+"""Staged rollouts against a real cloud (embedded, and PostgreSQL + Redis): a simulated fleet of
+200 devices on real sockets, the operator's API and commands, the owner's view, and the signed
+repository's files served with byte ranges."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud.updates.service import bucket
+from release import keys
+from release.repo import UpdateRepository
+from tests import signaling_client as sig
+from tests.cloud_fixtures import BACKENDS, start_cloud
+from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
+from tests.update_fixtures import tiny_bundle
+
+OPERATOR = "operator@example.com"
+FLEET = 200
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("update-repo")
+    repo = UpdateRepository.create(tmp / "repo", tmp / "keys")
+    bundles = [
+        tiny_bundle(tmp / "dist", v, arch=a, size=300_000)
+        for v in ("1.1.0", "1.2.0")
+        for a in ("aarch64", "x86_64")
+    ]
+    repo.add_bundles(
+        bundles, keys.load(tmp / "keys/targets.key"), keys.load(tmp / "keys/online.key")
+    )
+    return tmp / "repo"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def cloud(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, repo_dir: Path
+) -> Iterator[CloudProcess]:
+    yield from start_cloud(
+        request,
+        tmp_path_factory.mktemp("cloud"),
+        request.param,
+        MUMU_UPDATE_REPO_DIR=str(repo_dir),
+        MUMU_OPERATORS=OPERATOR,
+        MUMU_ROLLOUT_POLL="1",
+    )
+
+
+@pytest.fixture
+async def api(cloud: CloudProcess) -> AsyncIterator[ApiClient]:
+    client = ApiClient(cloud.url)
+    yield client
+    await client.aclose()
+
+
+async def operator(api: ApiClient) -> Account:
+    r = await api.http.post("/api/auth/login", json={"email": OPERATOR, "password": "operator pw"})
+    if r.status_code == 200:
+        return Account(OPERATOR, "operator pw", "", r.json()["access_token"])
+    return await api.account(OPERATOR, "operator pw")
+
+
+def hello(camera: Camera, version: str | None = "1.0.0", arch: str = "x86_64") -> dict[str, Any]:
+    message = camera.hello()
+    message["payload"].update({"version": version, "arch": arch})
+    return message
+
+
+async def offers(
+    devices: dict[str, sig.Client], expect: set[str], quiet: float = 0.5
+) -> dict[str, dict[str, Any]]:
+    """The update_offer each device got: the expected ones are awaited, the others get
+    ``quiet`` seconds to show one they should not have."""
+
+    async def one(device_id: str, client: sig.Client) -> dict[str, Any] | None:
+        wait = 10.0 if device_id in expect else quiet
+        try:
+            return (await client.recv("update_offer", timeout=wait))["payload"]
+        except TimeoutError:
+            return None
+
+    got = await asyncio.gather(*(one(d, c) for d, c in devices.items()))
+    return {d: o for d, o in zip(devices, got, strict=True) if o is not None}
+
+
+async def report(
+    client: sig.Client, states: list[str], version: str, rollout: int, **kw: Any
+) -> None:
+    for seq, state in enumerate(states, start=1):
+        payload = {"state": state, "version": version, "seq": seq, "rollout_id": rollout, **kw}
+        await client.send("update_status", payload)
+
+
+async def fleet_state(api: ApiClient, op: Account) -> dict[str, Any]:
+    r = await api.http.get("/api/operator/updates", headers=op.auth)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_ten_percent_rollout_over_200_devices_grows_and_pauses_itself(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    op = await operator(api)
+    cameras = await asyncio.gather(*(api.camera(f"sim {i}") for i in range(FLEET)))
+    devices = {c.device_id: await sig.device(cloud.ws_url, hello(c)) for c in cameras}
+    r = await api.http.post("/api/operator/releases", json={"version": "1.1.0"}, headers=op.auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["arches"] == ["aarch64", "x86_64"]  # from the signed repository
+    r = await api.http.post(
+        "/api/operator/rollouts",
+        json={"version": "1.1.0", "percentage": 10, "failure_threshold": 0.25, "min_sample": 8},
+        headers=op.auth,
+    )
+    assert r.status_code == 201, r.text
+    rollout = r.json()["id"]
+
+    expected = {d for d in devices if bucket(rollout, d) < 1000}
+    first = await offers(devices, expected)
+    assert set(first) == expected  # membership is the stable hash, nothing else
+    assert 8 <= len(first) <= 35, len(first)  # ~10 % of 200
+    assert all(
+        o == {"version": "1.1.0", "rollout_id": rollout, "window": None} for o in first.values()
+    )
+    for device_id in first:  # they all update fine
+        await report(
+            devices[device_id],
+            ["downloading", "installed", "healthy", "committed"],
+            "1.1.0",
+            rollout,
+        )
+
+    async def committed() -> bool:
+        found = (await fleet_state(api, op))["rollouts"][0]
+        return bool(found["committed"] == len(first))
+
+    await wait_for(committed)
+
+    # raising the percentage only adds devices; the updated ones are not offered it again
+    r = await api.http.patch(
+        f"/api/operator/rollouts/{rollout}", json={"percentage": 50}, headers=op.auth
+    )
+    assert r.status_code == 200, r.text
+    second = await offers(
+        devices, {d for d in devices if bucket(rollout, d) < 5000 and d not in first}
+    )
+    assert set(second).isdisjoint(first)
+    assert set(second) | set(first) == {d for d in devices if bucket(rollout, d) < 5000}
+    lower = await api.http.patch(
+        f"/api/operator/rollouts/{rollout}", json={"percentage": 20}, headers=op.auth
+    )
+    assert lower.status_code == 409
+
+    # the new ones fail: once 8 have tried and more than 25 % failed, it pauses itself
+    newcomers = sorted(second)
+    failing = len(first)  # 50 % of those that tried
+    assert len(newcomers) > failing + 3
+    reason = "1.1.0 crashed 3 times after the switch (last exit: exited 1)"
+    for device_id in newcomers[:failing]:
+        await report(
+            devices[device_id],
+            ["downloading", "installed", "rolled_back"],
+            "1.1.0",
+            rollout,
+            reason=reason,
+        )
+    waiting = newcomers[failing : failing + 3]
+    for device_id in waiting:  # these did not try yet: waiting does not count
+        await devices[device_id].send(
+            "update_status",
+            {
+                "state": "waiting",
+                "version": "1.1.0",
+                "seq": 1,
+                "rollout_id": rollout,
+                "reason": "1 viewer",
+            },
+        )
+
+    async def paused() -> bool:
+        found = (await fleet_state(api, op))["rollouts"][0]
+        return bool(found["state"] == "paused" and found["failed"] == failing)
+
+    await wait_for(paused)
+    state = (await fleet_state(api, op))["rollouts"][0]
+    assert state["tried"] == len(first) + failing and state["failed"] == failing
+    assert "paused by itself" in state["paused_reason"]
+    assert state["reasons"] == {reason: failing}
+    assert (await fleet_state(api, op))["versions"]["1.1.0"] == len(first)
+
+    # paused: a device that comes back is not offered it
+    quiet = newcomers[-1]
+    await devices[quiet].close()
+    devices[quiet] = await sig.device(
+        cloud.ws_url, hello(next(c for c in cameras if c.device_id == quiet))
+    )
+    assert await offers({quiet: devices[quiet]}, set(), quiet=1.0) == {}
+    # resumed by the operator: offered again, except to those that rolled it back
+    r = await api.http.patch(
+        f"/api/operator/rollouts/{rollout}", json={"state": "active"}, headers=op.auth
+    )
+    assert r.status_code == 200 and r.json()["paused_reason"] is None
+    again = await offers(devices, {quiet})
+    assert quiet in again and not set(again) & set(newcomers[:failing])
+    for client in devices.values():
+        await client.close()
+
+
+@pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # one code path
+async def test_operators_only_and_clear_errors(cloud: CloudProcess, api: ApiClient) -> None:
+    someone = await api.account()
+    r = await api.http.get("/api/operator/updates", headers=someone.auth)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    op = await operator(api)
+    for body, status in (
+        ({"version": "9.9.9"}, 422),  # not in the signed repository
+        ({"version": "1.2.0", "arches": ["mips"]}, 422),
+        ({"version": "not a version"}, 422),
+    ):
+        r = await api.http.post("/api/operator/releases", json=body, headers=op.auth)
+        assert r.status_code == status, (body, r.text)
+    r = await api.http.post(
+        "/api/operator/rollouts", json={"version": "7.0.0", "percentage": 5}, headers=op.auth
+    )
+    assert r.status_code == 404
+    r = await api.http.patch(
+        "/api/operator/rollouts/99999", json={"state": "paused"}, headers=op.auth
+    )
+    assert r.status_code == 404
+
+
+async def next_update(viewer: sig.Client, wanted: Any) -> dict[str, Any]:
+    while True:
+        update: dict[str, Any] = (await viewer.recv("device_update"))["payload"]
+        if wanted(update):
+            return update
+
+
+@pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # one code path
+async def test_an_owner_sees_each_cameras_version_and_update_state(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    # (newer than any release of this module's rollouts: nothing is offered to it meanwhile)
+    owner = await api.account()
+    camera = await api.owned_camera(owner)
+    viewer = await sig.viewer(cloud.ws_url, owner.token)
+    device = await sig.device(cloud.ws_url, hello(camera, "9.0.0"))
+    update = await next_update(viewer, lambda u: u.get("version") == "9.0.0")
+    assert update["device_id"] == camera.device_id
+    await device.send(
+        "update_status",
+        {"state": "downloading", "version": "9.1.0", "seq": 3, "progress": 0.4},
+    )
+    update = await next_update(viewer, lambda u: "state" in u)
+    assert (update["state"], update["target"], update["progress"]) == ("downloading", "9.1.0", 0.4)
+    # a late, older status is ignored
+    await device.send("update_status", {"state": "waiting", "version": "9.1.0", "seq": 2})
+    await device.send("heartbeat", {})
+    await device.recv("heartbeat_ack")
+    r = await api.http.get("/api/devices/updates", headers=owner.auth)
+    assert r.status_code == 200
+    (mine,) = r.json()["cameras"]
+    assert (mine["version"], mine["state"], mine["progress"]) == ("9.0.0", "downloading", 0.4)
+    # the owner's window goes with the next offer
+    r = await api.http.put(
+        f"/api/devices/{camera.device_id}/update-settings",
+        json={"window": "02:00-05:00"},
+        headers=owner.auth,
+    )
+    assert r.status_code == 200
+    bad = await api.http.put(
+        f"/api/devices/{camera.device_id}/update-settings",
+        json={"window": "25:00-05:00"},
+        headers=owner.auth,
+    )
+    assert bad.status_code == 422
+    stranger = await api.account()
+    r = await api.http.put(
+        f"/api/devices/{camera.device_id}/update-settings",
+        json={"window": None},
+        headers=stranger.auth,
+    )
+    assert r.status_code == 404
+    # an update_status from a viewer is not accepted
+    await viewer.send("update_status", {"state": "failed", "version": "9.0.0", "seq": 1})
+    assert (await viewer.error())["code"] == "unknown_type"
+    await device.close()
+    await viewer.close()
+
+
+@pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # one code path
+async def test_the_repository_is_served_with_byte_ranges(
+    cloud: CloudProcess, repo_dir: Path
+) -> None:
+    target = next((repo_dir / "targets").iterdir())
+    data = target.read_bytes()
+    async with httpx.AsyncClient(base_url=cloud.url) as http:
+        whole = await http.get(f"/updates/targets/{target.name}")
+        assert whole.status_code == 200 and whole.content == data
+        assert whole.headers["accept-ranges"] == "bytes"
+        part = await http.get(f"/updates/targets/{target.name}", headers={"Range": "bytes=1000-"})
+        assert part.status_code == 206 and part.content == data[1000:]
+        assert part.headers["content-range"] == f"bytes 1000-{len(data) - 1}/{len(data)}"
+        tail = await http.get(f"/updates/targets/{target.name}", headers={"Range": "bytes=-10"})
+        assert tail.status_code == 206 and tail.content == data[-10:]
+        beyond = await http.get(
+            f"/updates/targets/{target.name}", headers={"Range": f"bytes={len(data)}-"}
+        )
+        assert beyond.status_code == 416
+        meta = await http.get("/updates/metadata/timestamp.json")
+        assert meta.status_code == 200 and meta.headers["cache-control"] == "no-cache"
+        for bad in (
+            "/updates/../keys/online.key",
+            "/updates/metadata/../../keys/targets.key",
+            "/updates/keys/online.key",
+            "/updates/metadata/",
+        ):
+            r = await http.get(bad)
+            assert r.status_code == 404, bad
+
+
+@pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # the commands are one code path
+def test_the_operator_commands(cloud: CloudProcess, repo_dir: Path) -> None:
+    import os
+
+    env = {**os.environ, **cloud.env, "MUMU_DATA_DIR": str(cloud.data_dir)}
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [BIN / "mumu-cloud", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    added = command("release", "add", "1.2.0", "--notes", "faster keyframes")
+    assert added.returncode == 0 or "exists already" in added.stderr, added.stderr
+    assert "1.2.0" in command("release", "list").stdout
+    started = command("rollout", "start", "1.2.0", "--percent", "5", "--channel", "beta")
+    assert started.returncode == 0, started.stderr
+    rollout_id = started.stdout.split()[1].rstrip(":")
+    assert command("rollout", "set", rollout_id, "--percent", "25").returncode == 0
+    lowered = command("rollout", "set", rollout_id, "--percent", "1")
+    assert lowered.returncode == 1 and "never lowered" in lowered.stderr
+    assert command("rollout", "pause", rollout_id).returncode == 0
+    listed = command("rollout", "list").stdout
+    assert '"state": "paused"' in listed and '"channel": "beta"' in listed
+    missing = command("rollout", "start", "8.8.8", "--percent", "5")
+    assert missing.returncode == 1 and "release add" in missing.stderr
