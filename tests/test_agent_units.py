@@ -228,7 +228,7 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     fake = tmp_path / "mumu-agent"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    unit.write_text(UNIT.read_text().replace("/opt/mumu/bin/mumu-agent", str(fake)))
+    unit.write_text(UNIT.read_text().replace("/opt/mumu/current/bin/mumu-agent", str(fake)))
     done = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
