@@ -70,8 +70,7 @@ def boot_nspawn(image: Path, card: Path, mumu_txt: Path | None, name: str) -> in
             return
         stopping.set()
         print("\n[boot] powering off (Ctrl-C again: power cut) ...", flush=True)
-        assert container.proc is not None
-        container.proc.send_signal(signal.SIGTERM)
+        threading.Thread(target=container.poweroff, daemon=True).start()
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)

@@ -268,12 +268,18 @@ class Container:
         raise ContainerError(f"{self.name}: no init process found")
 
     def poweroff(self, timeout: float = 120.0) -> int:
-        """A clean shutdown (what ``systemctl poweroff`` does); the exit status of nspawn."""
+        """A clean shutdown: ``systemctl poweroff`` inside; the exit status of nspawn.
+
+        Not nspawn's own SIGTERM handling: it sends SIGRTMIN+3 (halt) to the container's init,
+        and qemu-user maps host real-time signals to other guest ones (it keeps some for
+        itself), so an emulated systemd receives SIGRTMIN+1 and isolates rescue.target."""
         if not self.running:
             return self._finish()
         assert self.proc is not None
-        # nspawn turns SIGTERM into SIGRTMIN+3 for the container's systemd: halt.
-        self.proc.send_signal(signal.SIGTERM)
+        asked = self.run(["systemctl", "poweroff", "--no-block"], check=False, timeout=60)
+        if asked.returncode != 0:
+            self.kill()
+            raise ContainerError(f"{self.name}: systemctl poweroff failed: {asked.stderr}")
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
