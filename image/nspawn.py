@@ -342,7 +342,12 @@ class Container:
             "--net",
             "--pid",
             "--root",
-            "--wd=/",
+            "--wd",
+            # The working directory: / inside (nsenter's --wd=DIR is resolved before the chroot).
+            "/bin/sh",
+            "-c",
+            'cd / && exec "$@"',
+            "sh",
             "env",
             "-i",
             *(f"{k}={v}" for k, v in environment.items()),
