@@ -587,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from device.systemd import configure_logging
 
-    configure_logging("info")
+    configure_logging("info", identifier="mumu-firstboot")
     system = System(root=args.root, boot=args.boot, live=args.root == Path("/"))
     try:
         outcome = apply(system)

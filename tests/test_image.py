@@ -53,6 +53,7 @@ def settings_file(cloud_url: str) -> bytes:
         'wifi_ssid="Home network"',
         f"wifi_password={WIFI_PASSWORD}",
         "wifi_country=FR",
+        "brightness=11",  # no such setting: reported, the rest still applied
     ]
     return ("\ufeff" + "\r\n".join(lines) + "\r\n").encode()
 
@@ -129,8 +130,13 @@ async def test_flashed_camera_pairs_streams_and_survives_a_power_cycle(
     assert "ssid=Home network" in cam.run(["cat", keyfile]).stdout
     assert "cfg80211.ieee80211_regdom=FR" in (cam.boot / "cmdline.txt").read_text()
     record = json.loads(cam.run(["cat", "/var/lib/mumu-firstboot/applied.json"]).stdout)
-    assert record["problems"] == [] and record["applied"]["wifi_password"] == "(set)"
-    assert WIFI_PASSWORD not in (cam.boot / "mumu-applied.txt").read_text()
+    assert record["applied"]["wifi_password"] == "(set)"
+    assert len(record["problems"]) == 1 and "brightness" in record["problems"][0]
+    applied_txt = (cam.boot / "mumu-applied.txt").read_text()
+    assert WIFI_PASSWORD not in applied_txt and "brightness" in applied_txt
+    # The bad line is on the console (and so in the journal), and on the display (console).
+    cam.console.wait_for(r"mumu-firstboot\[\d+\]: .*brightness", timeout=10)
+    assert "brightness" in cam.journal("-u", "mumu-firstboot", "-p", "err")
 
     # Pair with the code from the console, then watch from the host: real frames from inside.
     api = ApiClient(cloud.url)
