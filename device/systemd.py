@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import socket
@@ -183,8 +184,10 @@ def log_fields(record: logging.LogRecord) -> dict[str, str]:
     return {FIELDS[name]: value for name, value in merged.items()}
 
 
+@functools.cache
 def _systemd_module(name: str) -> ModuleType | None:
-    """``systemd.<name>`` from systemd-python, or None where it is not installed."""
+    """``systemd.<name>`` from systemd-python, or None where it is not installed (looked for
+    once)."""
     import importlib
 
     try:
