@@ -82,18 +82,23 @@ def install_release(
     replace: bool = False,
 ) -> Path:
     """Build ``root/releases/<version>`` from ``wheelhouse`` without the network; its path.
+    ``version`` names the release (default: the agent wheel's version, which is what pip
+    installs either way).  The current release is never rebuilt in place.
 
     Venvs hard-code their own path (``#!`` lines, ``pyvenv.cfg``), so the release is built at
     its final path; a ``.<version>.partial`` marker beside it says it is unfinished until the
     end (:func:`list_releases` and :func:`switch_current` refuse such a release, and the next
     install of that version replaces it).  ``replace``: rebuild a complete release."""
     wheelhouse = wheelhouse.resolve()
-    version = check_version(version or wheel_version(wheelhouse))
+    pin = wheel_version(wheelhouse)
+    version = check_version(version or pin)
     target = release_dir(version, root)
     marker = target.with_name(f".{version}.partial")
     if target.exists():
         if not replace and not marker.exists():
             raise ReleaseError(f"{target} already exists")
+        if version == current_version(root) and not marker.exists():
+            raise ReleaseError(f"{version} is the current release: install under another name")
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
@@ -115,7 +120,7 @@ def install_release(
                 "--quiet",
                 "--find-links",
                 str(wheelhouse),
-                f"{REQUIREMENT}=={version}",
+                f"{REQUIREMENT}=={pin}",
             ],
         )
         _write_metadata(target, version, wheelhouse, system_site_packages)
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     install = sub.add_parser("install", help="build releases/<version> from a wheelhouse")
     install.add_argument("--wheelhouse", type=Path, required=True)
-    install.add_argument("--version", help="default: the mumu_camera wheel's version")
+    install.add_argument("--version", help="the release's name (default: the wheel's version)")
     install.add_argument("--python", default="/usr/bin/python3")
     install.add_argument(
         "--no-system-site-packages", dest="system_site_packages", action="store_false"

@@ -282,6 +282,11 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
         time.sleep(interval)
 
 
+def booted(target: Target) -> bool:
+    state = target.sh("systemctl is-system-running", check=False, timeout=60).stdout.strip()
+    return state in {"running", "degraded", "maintenance"}
+
+
 def agent_active(target: Target) -> bool:
     return target.sh("systemctl is-active --quiet mumu-agent.service", check=False).returncode == 0
 
@@ -342,6 +347,8 @@ def run(
 ) -> bool:
     since = ""
     with report.step("reach the target") as case:
+        # Until the boot is over (first boot applies mumu.txt with the current release).
+        wait_for(lambda: booted(target), 600, "the end of the target's boot", 2.0)
         release = target.sh("readlink /opt/mumu/current && date '+%Y-%m-%d %H:%M:%S'").stdout
         current, since = release.split("\n")[0], release.split("\n")[1]
         case.message = f"release {current}"
@@ -349,13 +356,18 @@ def run(
         if install is None:
             raise Skip("a flashed image: nothing to install")
         wheels = sorted(install.glob("*.whl"))
+        # A release of its own (the running one is never rebuilt in place), switched to as an
+        # update would be; the previous release stays installed.
+        from device.releases import wheel_version
+
+        name = f"{wheel_version(install)}-bench-{int(time.time())}"
         target.sh(f"rm -rf {WORK}/install && mkdir -p {WORK}")
         target.sh(f"tar -x -C {WORK}", input=tar_of(wheels, "install"))
         out = target.sh(
             f"python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); "
             f"from device.releases import main; sys.argv[1:] = sys.argv[2:]; "
             f"raise SystemExit(main())' $(ls {WORK}/install/mumu_camera-*.whl) "
-            f"install --wheelhouse {WORK}/install --replace --activate",
+            f"install --wheelhouse {WORK}/install --version {name} --activate",
             timeout=1800,
         )
         target.sh("systemctl daemon-reload && systemctl restart --no-block mumu-agent.service")

@@ -76,3 +76,16 @@ def test_the_command_line_lists_and_switches(
     assert main(["--root", str(tmp_path), "list"]) == 0
     assert capsys.readouterr().out.splitlines() == ["  1.0.0", "* 1.1.0"]
     assert main(["--root", str(tmp_path), "switch", "9"]) == 1
+
+
+def test_the_current_release_is_never_rebuilt_in_place(tmp_path: Path) -> None:
+    from device.releases import install_release
+
+    fake_release(tmp_path, "1.0.0")
+    switch_current("1.0.0", tmp_path)
+    wheelhouse = tmp_path / "wheels"
+    wheelhouse.mkdir()
+    (wheelhouse / "mumu_camera-1.0.0-py3-none-any.whl").touch()
+    with pytest.raises(ReleaseError, match="current"):
+        install_release(wheelhouse, root=tmp_path, replace=True)
+    assert (tmp_path / "releases" / "1.0.0" / "bin" / "mumu-agent").exists()
