@@ -48,6 +48,8 @@ MIRROR: Final = os.environ.get("MUMU_DEBIAN_MIRROR", "http://deb.debian.org/debi
 SECURITY_MIRROR: Final = os.environ.get(
     "MUMU_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security"
 )
+#: Cached bases kept (the most recently used ones).
+KEEP_BASES: Final = 3
 #: Bump to rebuild every cached base (a change in how it is made that its inputs do not show).
 BASE_RECIPE: Final = "2"
 
@@ -222,6 +224,7 @@ def base_rootfs(cache: Path, progress: Progress, log: Path, rebuild: bool = Fals
     final = cache / f"base-{SUITE}-arm64-{key}"
     if final.is_dir() and not rebuild:
         progress.note(f"cached: {final}")
+        os.utime(final)  # recently used: kept by the clean-up below
         return final
     tmp = final.with_name(final.name + ".partial")
     if tmp.exists():
@@ -253,9 +256,15 @@ def base_rootfs(cache: Path, progress: Progress, log: Path, rebuild: bool = Fals
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in cache.glob(f"base-{SUITE}-arm64-*"):
-        if old != final and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    # Keep the few most recently used bases (several checkouts may share the cache, each
+    # with its own stage package list), not every one ever made.
+    bases = sorted(
+        (p for p in cache.glob(f"base-{SUITE}-arm64-*") if p.is_dir() and p != final),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in bases[KEEP_BASES - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
