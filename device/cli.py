@@ -15,8 +15,12 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, AgentConfig, ConfigError, load
+
+if TYPE_CHECKING:
+    from device.provisioning import Display, Screen
 
 log = logging.getLogger("device.cli")
 
@@ -83,14 +87,48 @@ def _check_state_dir(path: Path) -> None:
         raise ConfigError(f"state_dir: {path} is not writable by this user")
 
 
+class _PhaseToLog:
+    """The display the agent draws on, passed through; what it shows (connecting, pairing,
+    online, error) becomes the ``PHASE`` field of the journal records that follow."""
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+
+    def show(self, screen: Screen) -> None:
+        from device.systemd import set_log_field
+
+        set_log_field("phase", screen.phase.value)
+        self.display.show(screen)
+
+    def close(self) -> None:
+        self.display.close()
+
+
+def _configure_logging(config: AgentConfig) -> None:
+    """Logging (the journal with structured fields where systemd-python is); records carry the
+    device id as soon as the credentials file has one."""
+    from device import credentials
+    from device.systemd import configure_logging, set_log_field_source
+
+    configure_logging(config.log_level)
+
+    def device_id() -> str | None:
+        try:
+            found = credentials.load(config.state_path)
+        except Exception:
+            return None
+        return found.device_id if found is not None else None
+
+    set_log_field_source("device_id", device_id)
+
+
 def run(args: argparse.Namespace) -> None:
     from device.agent import Agent, open_displays
-    from device.systemd import configure_logging
 
     try:
         config = load_config(args)
-        configure_logging(config.log_level)
-        display = open_displays(config)
+        _configure_logging(config)
+        display: Display = _PhaseToLog(open_displays(config))
     except ConfigError as exc:
         _fail(f"invalid configuration: {exc}")
         return

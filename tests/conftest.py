@@ -43,3 +43,15 @@ def redis_url(redis_server_url: str) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mumu.db'}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures the SD-image tests measured (build steps, boot to pairing code)."""
+    import sys
+
+    fixtures = sys.modules.get("tests.image_fixtures")
+    timings = getattr(fixtures, "TIMINGS", None)
+    if timings:
+        terminalreporter.section("SD image: measured here")
+        for name, value in timings.items():
+            terminalreporter.write_line(f"{name:<50} {value}")

@@ -154,7 +154,10 @@ async def test_restarting_one_process_then_the_other_loses_nobody(
             await asyncio.sleep(0.05)
         ended = [m for d in devices for m in d.inbox if m.get("type") == "watch_ended"]
         assert ended == [], ended
-        assert statuses and all(s < 500 for s in statuses), (sorted(set(statuses)), nginx.error_log())
+        assert statuses and all(s < 500 for s in statuses), (
+            sorted(set(statuses)),
+            nginx.error_log(),
+        )
         gaps = [g for d in devices for g in d.gaps]
         assert gaps, "the devices were never disconnected: the deploy did not happen"
         assert max(gaps) < 8.0, sorted(gaps)[-5:]
