@@ -30,6 +30,7 @@ from cloud.metrics import Metrics
 from cloud.store import Store
 from cloud.turn import ice_servers
 from protocol import ProtocolError, decode, encode
+from protocol.close_codes import CloseCode
 from protocol.messages import (
     HEARTBEAT_INTERVAL_S,
     DeviceHello,
@@ -46,6 +47,7 @@ from protocol.messages import (
     IceServer,
     PairingStatus,
     PairingStatusPayload,
+    SessionPayload,
     SignalAnswer,
     SignalIce,
     SignalOffer,
@@ -64,13 +66,14 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 Role = Literal["device", "viewer"]
-#: Close codes (4000-4999 are the application's).
-CLOSE_BAD_HELLO = 4400
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_REPLACED = 4409
-CLOSE_IDLE = 4408
-CLOSE_TRY_AGAIN = 1013
-CLOSE_SIGNED_OUT = 4403
+#: Close codes: defined once in ``protocol.close_codes`` (see docs/protocol.md).
+CLOSE_BAD_HELLO = CloseCode.BAD_HELLO
+CLOSE_UNAUTHENTICATED = CloseCode.UNAUTHENTICATED
+CLOSE_REPLACED = CloseCode.REPLACED
+CLOSE_IDLE = CloseCode.IDLE
+CLOSE_TRY_AGAIN = CloseCode.TRY_AGAIN
+CLOSE_SIGNED_OUT = CloseCode.SIGNED_OUT
+CLOSE_TOO_SLOW = CloseCode.TOO_SLOW
 HELLO_TIMEOUT_S = 10.0
 #: A device's ``last_seen`` is written on connect, on disconnect and at most this often between.
 LAST_SEEN_EVERY_S = 300.0
@@ -338,14 +341,20 @@ class SignalingHub:
         if isinstance(message, Heartbeat):
             await self._heartbeat(conn)
         elif isinstance(message, WatchRequest):
-            await self._watch_request(conn, message)
+            try:
+                await self._watch_request(conn, message)
+            except ProtocolError as exc:  # the viewer matches the refusal to its request
+                exc.request_id = message.payload.request_id
+                raise
         elif isinstance(message, WatchResume):
             await self._watch_resume(conn, message)
         elif isinstance(message, SignalOffer | SignalAnswer | SignalIce):
             await self._forward(conn, message)
         elif isinstance(message, WatchEnd):
             session = await self._party_session(conn, message.payload.session_id, "watch_end")
-            reason: EndReason = "device_ended" if conn.role == "device" else "viewer_ended"
+            reason: EndReason = "viewer_ended"
+            if conn.role == "device":  # a device may say why (camera_failed, device_busy, ...)
+                reason = message.payload.reason or "device_ended"
             await self.end_session(session.session_id, reason)
         else:  # pragma: no cover - the direction unions hold nothing else
             raise ProtocolError("unknown_type", f"{type(message).__name__} is not handled here")
@@ -400,6 +409,7 @@ class SignalingHub:
                         session_id=session_id,
                         device_id=device_id,
                         ice_servers=self._ice_servers(conn.principal),
+                        request_id=message.payload.request_id,
                     )
                 )
             )
@@ -412,7 +422,7 @@ class SignalingHub:
             raise ProtocolError("session_not_found", "that watch session has ended", session_id)
         await self.live.rebind_viewer(session_id, conn.conn_id, self.settings.session_ttl_s)
         conn.sessions[session_id] = session.device_id
-        await conn.send(encode(WatchResumed(payload=message.payload)))
+        await conn.send(encode(WatchResumed(payload=SessionPayload(session_id=session_id))))
 
     async def _party_session(self, conn: Connection, session_id: str, kind: str) -> LiveSession:
         session = await self.live.get_session(session_id)
@@ -522,7 +532,7 @@ class SignalingHub:
     async def close_viewer_sockets(
         self, user_id: str, *, sign_in: str | None = None, keep: str | None = None
     ) -> None:
-        """Close the account's viewer sockets on every process (close code 4403): those opened
+        """Close the account's viewer sockets on every process (close ``SIGNED_OUT``): those opened
         with ``sign_in``'s tokens, or all of them but ``keep``'s, or all of them."""
         await self.live.publish(f"user:{user_id}", SignOutFrame(sign_in, keep).encode())
 
