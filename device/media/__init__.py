@@ -10,12 +10,13 @@
     await hub.close()
 """
 
-from device.media.hub import CameraFactory, HubTrack, MediaHub, TrackStats
+from device.media.hub import CameraFactory, HubState, HubTrack, MediaHub, TrackStats
 from device.media.peer import H264_PARAMETERS, answer, attach_to_peer, h264_preferences
 
 __all__ = [
     "H264_PARAMETERS",
     "CameraFactory",
+    "HubState",
     "HubTrack",
     "MediaHub",
     "TrackStats",
