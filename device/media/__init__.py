@@ -11,6 +11,7 @@
 """
 
 from device.media.hub import CameraFactory, HubState, HubTrack, MediaHub, TrackStats
+from device.media.late_relay import LateRelay, candidate_line, defer_relays
 from device.media.peer import H264_PARAMETERS, answer, attach_to_peer, h264_preferences
 
 __all__ = [
@@ -18,9 +19,12 @@ __all__ = [
     "CameraFactory",
     "HubState",
     "HubTrack",
+    "LateRelay",
     "MediaHub",
     "TrackStats",
     "answer",
     "attach_to_peer",
+    "candidate_line",
+    "defer_relays",
     "h264_preferences",
 ]

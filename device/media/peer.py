@@ -27,6 +27,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from device.media.hub import HubTrack
+from device.media.late_relay import LateRelay, defer_relays
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpTransceiver
@@ -115,15 +116,23 @@ def _narrow_negotiated_codecs(transceiver: RTCRtpTransceiver) -> None:
 
 
 async def answer(
-    pc: RTCPeerConnection, offer: RTCSessionDescription, track: HubTrack
+    pc: RTCPeerConnection,
+    offer: RTCSessionDescription,
+    track: HubTrack,
+    *,
+    late_relays: list[LateRelay] | None = None,
 ) -> RTCSessionDescription:
     """Answer a viewer's offer with ``track``: attach, read the offer, answer; the local answer.
 
-    Raises ``ValueError`` when the offer has no H.264 constrained baseline in mode 1 (aiortc
-    says so as an ``OperationError``, a subclass of nothing we catch: it propagates).
+    ``late_relays``: when given, the TURN allocation does not hold up the answer; the deferred
+    allocations are appended to it (see :mod:`device.media.late_relay`).  Raises
+    ``ValueError`` when the offer has no H.264 constrained baseline in mode 1 (aiortc says so
+    as an ``OperationError``, a subclass of nothing we catch: it propagates).
     """
     await attach_to_peer(pc, track)
     await pc.setRemoteDescription(offer)
+    if late_relays is not None:
+        late_relays.extend(defer_relays(pc))
     await pc.setLocalDescription(await pc.createAnswer())
     description = pc.localDescription
     assert description is not None
