@@ -111,6 +111,8 @@ class Agent:
         self._sessions: SessionManager | None = None
         self._client: SignalingClient | None = None
         self._ready_sent = False
+        #: Registrations that failed (and were retried with backoff).
+        self.registration_failures = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -230,6 +232,7 @@ class Agent:
             try:
                 self._credentials = await self._register()
             except RegistrationError as exc:
+                self.registration_failures += 1
                 delay = max(self._registration_backoff.next_delay(), exc.retry_after_s or 0.0)
                 log.warning("registration failed: %s; retrying in %.2f s", exc, delay)
                 await self._show_connecting(f"Cannot reach the cloud; retrying in {delay:.0f} s")
