@@ -21,11 +21,14 @@ loopback, one machine, one clock.
   browser's jitter buffer, decode and render.  (``receiveTime`` is Chrome's own conversion
   from its network clock and is off by a few ms now and then: its minimum can be negative.)
 
-Both paths: direct (host candidates) and relayed (``?relay=1``: ``iceTransportPolicy`` relay,
-through coturn).  Targets (direct, loopback): first frame under 500 ms median, glass to glass
-under 150 ms median.  Prints a table; ``--json`` prints JSON.
+Paths: direct (host candidates), relayed (``?relay=1``: ``iceTransportPolicy`` relay,
+through coturn), and ``turn-down``: direct, but with a cloud whose TURN server never answers (a
+bound UDP socket nobody reads; its own cloud and agent, same run), which must cost the viewer
+nothing (target: first frame within 1.5x of direct).  Targets (direct, loopback): first frame
+under 500 ms median, glass to glass under 150 ms median.  Prints a table; ``--json`` prints JSON.
 
-    .venv/bin/python bench/browser_latency.py [--runs 20] [--seconds 10] [--path direct|relay|both]
+    .venv/bin/python bench/browser_latency.py [--runs 20] [--seconds 10]
+        [--path direct|relay|turn-down|all]
         [--warm] [--json]
 """
 
@@ -33,12 +36,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import socket
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +59,7 @@ if TYPE_CHECKING:
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 TTFF_TARGET_MS = 500.0
+TURN_DOWN_RATIO = 1.5
 G2G_TARGET_MS = 150.0
 TURN_SECRET = "bench-turn-secret"
 
@@ -236,50 +243,79 @@ class Bench:
         }
 
 
+@contextlib.contextmanager
+def silent_turn_server() -> Iterator[str]:
+    """A TURN URL whose server never answers: a bound UDP socket that is never read."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"turn:127.0.0.1:{sock.getsockname()[1]}?transport=udp"
+
+
+async def measure(
+    tmp: Path, env: dict[str, str], names: list[str], runs: int, seconds: float, warm: bool
+) -> list[dict[str, Any]]:
+    """One cloud, one agent, one Chromium: the paths ``names`` (direct, relay, turn-down)."""
+    config = {
+        "camera": {"width": WIDTH, "height": HEIGHT, "fps": FPS},
+        "keep_warm": warm,
+        "log_level": "info",
+    }
+    with (
+        CloudProcess(tmp / "cloud", env=env) as cloud,
+        AgentProcess(cloud.url, tmp / "agent", config=config) as agent,
+    ):
+        api = ApiClient(cloud.url)
+        try:
+            account = await api.account()
+            device = await api.pair_code(account, await agent.pairing_code())
+        finally:
+            await api.aclose()
+        await agent.wait_for(r"the cloud says: paired")
+        if warm:
+            await agent.wait_for(r"camera started")
+        async with launch_chromium() as browser:
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            await context.add_init_script(INSTRUMENT)
+            page = await context.new_page()
+            await page.goto(cloud.url + "/")
+            await page.evaluate(
+                "([t, e]) => { localStorage.setItem('mumu.token', t);"
+                " localStorage.setItem('mumu.email', e); }",
+                [account.token, account.email],
+            )
+            bench = Bench(page, cloud.url, device["device_id"], agent)
+            results = []
+            for name in names:
+                result = await bench.path(name == "relay", runs, seconds)
+                result["path"] = name
+                results.append(result)
+            await context.close()
+    return results
+
+
 async def run(runs: int, seconds: float, paths: list[str], warm: bool) -> dict[str, Any]:
+    base = {
+        "MUMU_WEB_DIR": str(WEB_ROOT),
+        "MUMU_REGISTER_RATE_PER_ADDRESS": "100000/minute",
+        "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
+        "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
+    }
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mumu-browser-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        with coturn_server(TURN_SECRET) as coturn:
-            env = {
-                "MUMU_WEB_DIR": str(WEB_ROOT),
-                "MUMU_TURN_SECRET": TURN_SECRET,
-                "MUMU_TURN_URLS": ",".join(coturn.urls),
-                "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
-                "MUMU_REGISTER_RATE_PER_ADDRESS": "100000/minute",
-                "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
-                "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
-            }
-            config = {
-                "camera": {"width": WIDTH, "height": HEIGHT, "fps": FPS},
-                "keep_warm": warm,
-                "log_level": "info",
-            }
-            with (
-                CloudProcess(tmp / "cloud", env=env) as cloud,
-                AgentProcess(cloud.url, tmp / "agent", config=config) as agent,
-            ):
-                api = ApiClient(cloud.url)
-                try:
-                    account = await api.account()
-                    device = await api.pair_code(account, await agent.pairing_code())
-                finally:
-                    await api.aclose()
-                await agent.wait_for(r"the cloud says: paired")
-                if warm:
-                    await agent.wait_for(r"camera started")
-                async with launch_chromium() as browser:
-                    context = await browser.new_context(viewport={"width": 1280, "height": 900})
-                    await context.add_init_script(INSTRUMENT)
-                    page = await context.new_page()
-                    await page.goto(cloud.url + "/")
-                    await page.evaluate(
-                        "([t, e]) => { localStorage.setItem('mumu.token', t);"
-                        " localStorage.setItem('mumu.email', e); }",
-                        [account.token, account.email],
-                    )
-                    bench = Bench(page, cloud.url, device["device_id"], agent)
-                    results = [await bench.path(name == "relay", runs, seconds) for name in paths]
-                    await context.close()
+        working = [p for p in paths if p != "turn-down"]
+        if working:
+            with coturn_server(TURN_SECRET) as coturn:
+                env = base | {
+                    "MUMU_TURN_SECRET": TURN_SECRET,
+                    "MUMU_TURN_URLS": ",".join(coturn.urls),
+                    "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
+                }
+                results += await measure(tmp / "ok", env, working, runs, seconds, warm)
+        if "turn-down" in paths:
+            with silent_turn_server() as dead:
+                env = base | {"MUMU_TURN_SECRET": TURN_SECRET, "MUMU_TURN_URLS": dead}
+                results += await measure(tmp / "down", env, ["turn-down"], runs, seconds, warm)
     return {
         "camera": f"{WIDTH}x{HEIGHT}@{FPS}",
         "camera_start": "warm (keep_warm)" if warm else "cold (starts for the viewer)",
@@ -294,7 +330,7 @@ async def run(runs: int, seconds: float, paths: list[str], warm: bool) -> dict[s
 
 def table(result: dict[str, Any]) -> str:
     head = (
-        f"{'path':7} {'measure':34} {'n':>4} {'median ms':>10} {'p95 ms':>8} "
+        f"{'path':9} {'measure':34} {'n':>4} {'median ms':>10} {'p95 ms':>8} "
         f"{'min ms':>8} {'max ms':>8}"
     )
     lines = [
@@ -314,10 +350,10 @@ def table(result: dict[str, Any]) -> str:
         for key, label in labels:
             s = r[key]
             if not s.get("n"):
-                lines.append(f"{r['path']:7} {label:34} {0:>4}")
+                lines.append(f"{r['path']:9} {label:34} {0:>4}")
                 continue
             lines.append(
-                f"{r['path']:7} {label:34} {s['n']:>4} {s['median_ms']:>10.1f} "
+                f"{r['path']:9} {label:34} {s['n']:>4} {s['median_ms']:>10.1f} "
                 f"{s['p95_ms']:>8.1f} {s['min_ms']:>8.1f} {s['max_ms']:>8.1f}"
             )
     lines.append("")
@@ -326,7 +362,14 @@ def table(result: dict[str, Any]) -> str:
             f"{r['path']}: selected path {r['selected_path']}, pictures {', '.join(r['sizes'])}, "
             f"{r['frames_unreadable']} presented frames without a readable stamp"
         )
+    down = next((r for r in result["paths"] if r["path"] == "turn-down"), None)
     direct = next((r for r in result["paths"] if r["path"] == "direct"), None)
+    if down is not None and direct is not None:
+        ratio = down["first_frame"]["median_ms"] / direct["first_frame"]["median_ms"]
+        lines.append(
+            f"turn-down / direct first frame medians: {ratio:.2f}x: "
+            f"{'meets' if ratio <= TURN_DOWN_RATIO else 'MISSES'} the {TURN_DOWN_RATIO}x target"
+        )
     if direct is not None:
         ttff = direct["first_frame"]["median_ms"]
         g2g = direct["glass_to_glass"].get("median_ms", math.inf)
@@ -345,13 +388,13 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="glass-to-glass sampling per path"
     )
-    parser.add_argument("--path", choices=["direct", "relay", "both"], default="both")
+    parser.add_argument("--path", choices=["direct", "relay", "turn-down", "all"], default="all")
     parser.add_argument(
         "--warm", action="store_true", help="keep the camera running with no viewer"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
-    paths = ["direct", "relay"] if args.path == "both" else [args.path]
+    paths = ["direct", "relay", "turn-down"] if args.path == "all" else [args.path]
     started = time.monotonic()
     result = asyncio.run(run(args.runs, args.seconds, paths, args.warm))
     result["wall_s"] = round(time.monotonic() - started, 1)

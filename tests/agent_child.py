@@ -85,6 +85,7 @@ class Pipe:
         self._reader = reader
         self._agent = agent_ref
         self._out = sys.stdout
+        self.eof = False
 
     def _write(self, line: str) -> None:
         self._out.write(line + "\n")
@@ -97,6 +98,7 @@ class Pipe:
         while True:
             raw = await self._reader.readline()
             if not raw:
+                self.eof = True
                 raise SocketClosed(None)
             line = raw.decode().rstrip("\n")
             if line == "#state":
@@ -111,6 +113,8 @@ class Pipe:
 
     @contextlib.asynccontextmanager
     async def connect(self, url: str) -> AsyncIterator[Socket]:
+        if self.eof:  # the parent is gone: as a cloud that cannot be reached
+            raise ConnectionRefusedError(111, "the parent closed the pipe")
         yield self
 
 
