@@ -103,6 +103,8 @@ class Pipe:
             line = raw.decode().rstrip("\n")
             if line == "#state":
                 self._write("#state " + json.dumps(state(self._agent[0])))
+            elif line == "#drop":  # the connection drops without a close frame
+                raise SocketClosed(None)
             elif line == "#quit":
                 self._agent[0].stop()
             elif line:

@@ -210,6 +210,8 @@ class ChildDevice:
         self.wire = Wire()
         self.hellos: list[dict[str, Any]] = []
         self._states: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        #: The sessions the next ``hello_ack`` keeps (``None``: it says nothing about them).
+        self.keep: list[str] | None = None
         self._reader = asyncio.create_task(self._read())
         self._hello = asyncio.Event()
 
@@ -228,7 +230,6 @@ class ChildDevice:
         )
         child = cls(proc)
         await asyncio.wait_for(child._hello.wait(), 60)
-        child.send(HelloAck(payload=HelloAckPayload(role="device", id="child-device", paired=True)))
         return child
 
     @property
@@ -244,6 +245,13 @@ class ChildDevice:
             message = decode(line, DeviceToCloud)
             if isinstance(message, DeviceHello):
                 self.hellos.append(msgspec.to_builtins(message.payload))
+                self.send(
+                    HelloAck(
+                        payload=HelloAckPayload(
+                            role="device", id="child-device", paired=True, sessions=self.keep
+                        )
+                    )
+                )
                 self._hello.set()
             elif isinstance(message, Heartbeat):
                 self.send(HeartbeatAck())
@@ -253,6 +261,18 @@ class ChildDevice:
     def send(self, message: msgspec.Struct) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(encode(message).encode() + b"\n")
+
+    async def reconnect(self) -> dict[str, Any]:
+        """The agent's connection drops and comes back: the payload of its new ``hello``."""
+        assert self.proc.stdin is not None
+        count = len(self.hellos)
+        self._hello.clear()
+        self.proc.stdin.write(b"#drop\n")
+        async with asyncio.timeout(30):
+            while len(self.hellos) == count:
+                self._hello.clear()
+                await self._hello.wait()
+        return self.hellos[-1]
 
     async def state(self) -> dict[str, Any]:
         assert self.proc.stdin is not None

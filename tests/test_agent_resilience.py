@@ -4,6 +4,7 @@ process (its state read directly); the cloud is a real process, killed and resta
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
 import json
@@ -45,7 +46,8 @@ async def test_streaming_survives_a_cloud_crash_and_the_agent_reconnects(tmp_pat
             assert sessions.counters.closed == 0, "the agent closed a streaming peer"
             assert sessions.streaming() == [first.session_id]
 
-            cloud.start()  # same port, same data dir
+            # Same port, same data dir; in a thread: the agent shares this event loop.
+            await asyncio.to_thread(cloud.start)
             await until(lambda: client.connections > connections, 30, "a reconnection")
             # The old session still streams after the reconnection.
             after = len(first.peer.frames)
@@ -84,7 +86,7 @@ async def test_signals_wait_for_the_cloud_and_stale_ones_are_dropped(tmp_path: P
             await viewer.peer.pc.close()  # DTLS close: the agent's peer closes
             await until(lambda: not sessions.alive(session), 20, "the peer to close")
             sent, refusals = client.sent, client.refusals
-            cloud.start()
+            await asyncio.to_thread(cloud.start)
             # The watch_end went out after the reconnection; the cloud refused it (unknown).
             await until(lambda: client.refusals > refusals, 30, "the cloud's refusal")
             assert client.sent > sent
@@ -105,7 +107,7 @@ async def test_a_reset_cloud_makes_the_agent_register_anew(tmp_path: Path) -> No
             old = json.loads((state / "credentials.json").read_text())["device_id"]
             cloud.kill()
             shutil.rmtree(data)  # the cloud loses every device
-            cloud.start()
+            await asyncio.to_thread(cloud.start)
 
             def new_identity() -> str | None:
                 path = state / "credentials.json"  # forgotten, then saved anew
@@ -130,7 +132,7 @@ async def test_cloud_down_or_failing_at_first_start_is_retried(tmp_path: Path) -
                 await until(lambda: answered, 20, "a 503 answer")
                 failures = agent.registration_failures
                 await until(lambda: agent.registration_failures >= failures + 2, 30)
-            cloud.start()
+            await asyncio.to_thread(cloud.start)
             await pair(agent, cloud.url)
             assert agent.controller is not None and agent.controller.paired
     finally:

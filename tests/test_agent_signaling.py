@@ -9,6 +9,7 @@ import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,6 +27,7 @@ from protocol.messages import (
     WatchEndPayload,
 )
 from tests.memory_socket import MemoryCloud
+from tests.session_harness import ChildDevice, Watch, watch
 
 CREDENTIALS = Credentials(device_id="dev-1", device_token="token-1")
 
@@ -206,3 +208,41 @@ async def test_heartbeats_and_invalid_frames() -> None:
         while True:
             await socket.recv()
     assert closed.value.code == 1000
+
+
+async def test_the_real_agent_claims_its_streaming_sessions_and_keeps_what_the_cloud_keeps(
+    tmp_path: Path,
+) -> None:
+    """The agent in a child process, over a pipe: after its connection drops, its ``hello``
+    lists the sessions that carry video; of those, it keeps only the ones ``hello_ack`` lists
+    (the contract a restarted cloud re-adopts sessions by)."""
+    child = await ChildDevice.start(
+        tmp_path / "state",
+        {"camera.backend": "synthetic", "camera.width": 320, "camera.height": 180},
+    )
+    made: list[Watch] = []
+    try:
+        assert child.hellos[0]["sessions"] is None
+        made = [await watch(child, child.wire) for _ in range(2)]
+        for w in made:
+            await w.viewer.wait_frames(3, timeout=30)
+        await child.until(lambda s: s["viewers"] == 2)
+        kept, dropped = made
+        child.keep = [kept.session_id]
+        hello = await child.reconnect()
+        assert sorted(hello["sessions"]) == sorted(w.session_id for w in made)
+        state = await child.until(lambda s: s["sessions"] == 1)
+        assert state["streaming"] == [kept.session_id]
+        assert state["counters"]["ended"] == {"unknown_to_cloud": 1}
+        assert child.wire.ends(dropped.session_id) == [], "nobody to tell: the cloud forgot it"
+        seen = len(kept.viewer.frames)
+        await kept.viewer.wait_frames(seen + 5, timeout=30)
+        await asyncio.wait_for(dropped.viewer.track_ended.wait(), 30)
+        # A cloud that says nothing about sessions (null) leaves the agent's peers alone.
+        child.keep = None
+        await child.reconnect()
+        assert (await child.state())["streaming"] == [kept.session_id]
+    finally:
+        for w in made:
+            await w.close()
+        assert await child.stop() == 0

@@ -23,6 +23,7 @@ import pytest_asyncio
 from device.agent import Agent
 from device.hal import Camera, CameraConfig, CameraError
 from device.media import HubState
+from device.provisioning import Phase
 from tests.agent_inprocess import pair, running_agent, until
 from tests.agent_process import CloudViewer
 from tests.cloud_process import Account, ApiClient, CloudProcess
@@ -217,12 +218,18 @@ async def test_a_camera_that_dies_tells_the_viewer_camera_failed(
         ended = await viewer.wait_ended(30)
         assert ended == {"session_id": viewer.session_id, "reason": "camera_failed"}
         assert hub.state is HubState.FAILED
+        # The device says so too (display, LED: the error screen).
+        controller = paired.agent.controller
+        assert controller is not None
+        screen = await until(lambda: controller.screen.phase is Phase.ERROR and controller.screen)
+        assert "Camera not working" in screen.detail
     finally:
         hub.camera_factory = working
     again = await watch(cloud, paired, viewers)  # repaired: the next viewer tries again
     assert again.peer is not None
     await again.peer.wait_frames(5, timeout=30)
     assert hub.state is HubState.RUNNING
+    assert controller.screen.phase is Phase.ONLINE
 
 
 async def test_unpairing_or_a_new_owner_closes_every_peer_at_once(
