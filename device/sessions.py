@@ -6,9 +6,10 @@ The cloud's messages drive a :class:`SessionManager`::
                                                 (refused with watch_end {device_busy} at the
                                                 cap, {device_unpaired} while unpaired)
     signal_offer  {session_id, sdp}          -> answer with the hub's H.264 track and the host
-                                                and server-reflexive candidates; then the relay
-                                                candidate as signal_ice once TURN allocated it,
-                                                then signal_ice {null}
+                                                and server-reflexive candidates (and the relay
+                                                one if TURN allocated it meanwhile: that starts
+                                                at watch_request); else the relay candidate as
+                                                signal_ice once allocated; then signal_ice {null}
     signal_ice    {session_id, candidate}    -> add the viewer's candidate (null: ignored)
     watch_ended   {session_id, reason}       -> close that peer
 
@@ -37,7 +38,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from device.media import HubState, LateRelay, MediaHub, answer, candidate_line
+from device.media import (
+    HubState,
+    LateRelay,
+    MediaHub,
+    answer,
+    candidate_line,
+    defer_relays,
+    prepare_sender,
+)
 from device.memory import give_back
 from protocol.messages import (
     DEVICE_END_REASONS,
@@ -87,7 +96,12 @@ class Session:
     connected_at: float | None = None
     #: Why it ended (``None`` while it lasts, or when the cloud ended it without a reason).
     end_reason: str | None = None
+    transceiver: Any = None  # aiortc RTCRtpTransceiver, made before the offer
     relays: list[LateRelay] = field(default_factory=list)
+    #: Relay candidates allocated so far; set once every allocation finished or failed.
+    relay_candidates: list[Any] = field(default_factory=list)
+    relays_done: asyncio.Event = field(default_factory=asyncio.Event)
+    relay_task: asyncio.Task[None] | None = None
     #: Set once the viewer's offer is applied: candidates wait for it.
     remote_ready: asyncio.Event = field(default_factory=asyncio.Event)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -111,7 +125,9 @@ class Counters:
     closed: int = 0
     #: Ended sessions by why ("viewer_ended" etc. from the cloud; our own reasons).
     ended: collections.Counter[str] = field(default_factory=collections.Counter)
-    #: Relay candidates trickled after the answer, and TURN allocations that failed.
+    #: Relay candidates allocated (in the answer if ready for it, else trickled after it),
+    #: trickled, and TURN allocations that failed.
+    relays_allocated: int = 0
     relays_trickled: int = 0
     relays_failed: int = 0
     #: Times the memory of a crowd that had gone was returned to the system.
@@ -253,6 +269,16 @@ class SessionManager:
         pc = RTCPeerConnection(ice_configuration(payload.ice_servers))
         session = Session(session_id, pc, started=self.hub.clock())
         self._sessions[session.id] = session
+        # The sender and its ICE agent now, so that a TURN allocation overlaps the viewer's
+        # offer instead of delaying the answer (late_relay).
+        session.transceiver = prepare_sender(pc)
+        session.relays = defer_relays(pc)
+        if session.relays:
+            session.relay_task = self._spawn(
+                self._allocate_relays(session), f"relay-{session.short}"
+            )
+        else:
+            session.relays_done.set()
         self.counters.accepted += 1
         log.info(
             "session %s: watch request (%d ICE servers), %d session(s) now",
@@ -347,6 +373,8 @@ class SessionManager:
             self._send(WatchEnd(payload=WatchEndPayload(session_id=session.id, reason=said)))
         if session.track is not None:
             session.track.stop()
+        if session.relay_task is not None:
+            session.relay_task.cancel()  # nobody needs the allocation any more
         session.remote_ready.set()  # release waiting candidates and the supervisor
         session.connected.set()
         self._peers_closing += 1
@@ -374,10 +402,11 @@ class SessionManager:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -472,7 +501,7 @@ class SessionManager:
         offer = RTCSessionDescription(sdp=payload.sdp.sdp, type="offer")
         try:
             session.track = self.hub.subscribe()
-            local = await answer(session.pc, offer, session.track, late_relays=session.relays)
+            local = await answer(session.pc, offer, session.track, transceiver=session.transceiver)
         except Exception as exc:
             if session.phase is not Phase.CLOSED:
                 log.warning("session %s: cannot answer the offer: %s", session.short, exc)
@@ -483,11 +512,15 @@ class SessionManager:
         if session.phase is Phase.ANSWERING:
             session.phase = Phase.CONNECTING
         session.remote_ready.set()
+        pending = not session.relays_done.is_set()
+        sdp = local.sdp
+        if pending:  # more candidates will follow: the answer must not say there are none
+            sdp = "".join(f"{x}\r\n" for x in sdp.splitlines() if x != "a=end-of-candidates")
         self._send(
             SignalAnswer(
                 payload=SignalSdpPayload(
                     session_id=session.id,
-                    sdp=SessionDescription(type="answer", sdp=local.sdp),
+                    sdp=SessionDescription(type="answer", sdp=sdp),
                 )
             )
         )
@@ -495,34 +528,45 @@ class SessionManager:
             "session %s: answered in %.0f ms%s",
             session.short,
             (self.hub.clock() - session.started) * 1000,
-            f"; allocating {len(session.relays)} relay(s) meanwhile" if session.relays else "",
+            "; the relay candidate follows when TURN allocates it" if pending else "",
         )
-        if session.relays:
-            self._spawn(self._trickle_relays(session), f"relay-{session.short}")
+        if pending:
+            self._spawn(self._trickle_relays(session, local.sdp), f"trickle-{session.short}")
         else:  # every candidate is in the answer: end-of-candidates right away
             self._send(SignalIce(payload=SignalIcePayload(session_id=session.id, candidate=None)))
 
-    async def _trickle_relays(self, session: Session) -> None:
-        for relay in session.relays:
-            found = await relay.allocate(self.relay_timeout)
-            if session.phase is Phase.CLOSED:
-                return
-            if not found:
-                self.counters.relays_failed += 1
-            for candidate in found:
-                self.counters.relays_trickled += 1
-                self._send(
-                    SignalIce(
-                        payload=SignalIcePayload(
-                            session_id=session.id,
-                            candidate=IceCandidate(
-                                candidate=candidate_line(candidate),
-                                sdpMid=candidate.sdpMid,
-                                sdpMLineIndex=candidate.sdpMLineIndex,
-                            ),
-                        )
+    async def _allocate_relays(self, session: Session) -> None:
+        try:
+            for relay in session.relays:
+                found = await relay.allocate(self.relay_timeout)
+                if not found:
+                    self.counters.relays_failed += 1
+                session.relay_candidates.extend(found)
+                self.counters.relays_allocated += len(found)
+        finally:
+            session.relays_done.set()
+
+    async def _trickle_relays(self, session: Session, answered: str) -> None:
+        """After the answer: the relay candidates that were not ready for it, then the end."""
+        await session.relays_done.wait()
+        if session.phase is Phase.CLOSED:
+            return
+        for candidate in session.relay_candidates:
+            if f" {candidate.ip} {candidate.port} typ relay" in answered:
+                continue  # allocated while the answer was being made: it is in there
+            self.counters.relays_trickled += 1
+            self._send(
+                SignalIce(
+                    payload=SignalIcePayload(
+                        session_id=session.id,
+                        candidate=IceCandidate(
+                            candidate=candidate_line(candidate),
+                            sdpMid=session.transceiver.mid,  # known since the offer
+                            sdpMLineIndex=0,  # one media section: the video
+                        ),
                     )
                 )
+            )
         self._send(SignalIce(payload=SignalIcePayload(session_id=session.id, candidate=None)))
 
     async def _add_candidate(self, session: Session, candidate: Any) -> None:

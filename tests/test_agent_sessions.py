@@ -15,7 +15,7 @@ from device.hal import Camera, CameraConfig, CameraError
 from device.hal.synthetic import SyntheticCamera
 from device.media import HubState, MediaHub
 from device.sessions import SessionManager
-from protocol.messages import DeviceWatchRequestPayload, IceServer, SignalIce
+from protocol.messages import DeviceWatchRequestPayload, IceServer, SignalAnswer, SignalIce
 from tests.browser import Coturn, coturn_server
 from tests.session_harness import Watch, Wire, session_id, watch
 
@@ -256,11 +256,11 @@ def turn_server(coturn: Coturn) -> IceServer:
     )
 
 
-async def test_a_working_turn_server_trickles_a_relay_candidate_that_carries_video(
+async def test_a_working_turn_server_gives_a_relay_candidate_that_carries_video(
     manager: SessionManager, wire: Wire, watches: list[Watch], coturn: Coturn
 ) -> None:
     """The device's host candidates withheld from a relay-only viewer (as across a NAT that
-    does not allow them): its trickled relay candidate is the way in."""
+    does not allow them): its relay candidate (in the answer, or trickled) is the way in."""
     w = await watch(
         manager,
         wire,
@@ -276,7 +276,14 @@ async def test_a_working_turn_server_trickles_a_relay_candidate_that_carries_vid
             and wire.of(w.session_id, SignalIce)
         )
     )
-    relays = [i for i in ices if i.payload.candidate is not None]
-    assert len(relays) == 1 and " typ relay " in relays[0].payload.candidate.candidate
-    assert ices[-1].payload.candidate is None, "end-of-candidates after the relay"
-    assert manager.counters.relays_trickled == 1
+    assert ices[-1].payload.candidate is None, "end-of-candidates after everything"
+    # The allocation started at watch_request: the relay candidate is in the answer when it
+    # was ready for it, else it was trickled; either way exactly once.
+    (answer,) = wire.of(w.session_id, SignalAnswer)
+    in_answer = answer.payload.sdp.sdp.count(" typ relay ")
+    trickled = [
+        i for i in ices if i.payload.candidate and " typ relay " in i.payload.candidate.candidate
+    ]
+    assert in_answer + len(trickled) == 1, (in_answer, trickled)
+    assert manager.counters.relays_allocated == 1
+    assert manager.counters.relays_trickled == len(trickled)

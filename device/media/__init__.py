@@ -12,7 +12,13 @@
 
 from device.media.hub import CameraFactory, HubState, HubTrack, MediaHub, TrackStats
 from device.media.late_relay import LateRelay, candidate_line, defer_relays
-from device.media.peer import H264_PARAMETERS, answer, attach_to_peer, h264_preferences
+from device.media.peer import (
+    H264_PARAMETERS,
+    answer,
+    attach_to_peer,
+    h264_preferences,
+    prepare_sender,
+)
 
 __all__ = [
     "H264_PARAMETERS",
@@ -27,4 +33,5 @@ __all__ = [
     "candidate_line",
     "defer_relays",
     "h264_preferences",
+    "prepare_sender",
 ]

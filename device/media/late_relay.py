@@ -14,15 +14,22 @@ allocates the relay candidate afterwards, trickling it to the viewer as ``signal
         candidate = await relay.allocate(timeout=10.0)      # None if it failed
         ... send it as signal_ice ...
 
+The allocation may start as soon as the ICE agent exists (the session manager starts it at
+``watch_request``, before the viewer's offer): if it is done by the time the answer's
+candidates are gathered, the relay candidate goes in the answer; otherwise it follows.
+
 aiortc has no trickle for local candidates, so this reaches into aioice's ``Connection`` (the
 ICE agent behind aiortc's ``RTCIceGatherer``): it takes the TURN settings out before gathering
 and, once allocated, adds the relay protocol and candidate, pairing it with the remote
 candidates known so far the way aioice pairs its own (later remote candidates pair with it by
-themselves; the viewer's checks to it are answered by aioice as for any candidate).  This
-relies on ``Connection.turn_server``/``turn_*``, ``_protocols``, ``_local_candidates``,
-``_remote_candidates``, ``_pair_remote_candidate``, ``sort_check_list``, ``_components``,
-``_closing`` and ``aioice.ice.relayed_candidate`` (aioice 0.9-0.13 at least);
-``tests/test_agent_sessions.py`` checks it against a real coturn.
+themselves; the viewer's checks to it are answered by aioice as for any candidate).  Never
+before the agent's own gathering is done: aiortc starts ICE on a transport as soon as it has a
+local candidate, and aioice refuses to start before gathering; a relay ready earlier is added
+by a wrapper around that connection's ``gather_candidates``, right after it.  This relies on
+``Connection.turn_server``/``turn_*``, ``gather_candidates``, ``_local_candidates_end``,
+``_protocols``, ``_local_candidates``, ``_remote_candidates``, ``_pair_remote_candidate``,
+``sort_check_list``, ``_components``, ``_closing`` and ``aioice.ice.relayed_candidate``
+(aioice 0.9-0.13 at least); ``tests/test_agent_sessions.py`` checks it against a real coturn.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class LateRelay:
     mid: str | None
     mline_index: int
     protocols: list[Any] = field(default_factory=list)
+    #: Allocated before the connection gathered: added right after its gathering.
+    _waiting: list[tuple[Any, Any]] = field(default_factory=list)
 
     @property
     def server(self) -> str:
@@ -82,23 +91,50 @@ class LateRelay:
             if connection._closing:  # the session ended while we waited
                 await protocol.close()
                 break
-            connection._protocols.append(protocol)
-            connection._local_candidates.append(candidate)
-            for remote in list(connection._remote_candidates):
-                connection._pair_remote_candidate(remote)
-            connection.sort_check_list()
             self.protocols.append(protocol)
+            if connection._local_candidates_end:
+                self._add(candidate, protocol)
+            else:
+                self._waiting.append((candidate, protocol))
             rtc = candidate_from_aioice(candidate)
             rtc.sdpMid = self.mid
             rtc.sdpMLineIndex = self.mline_index
             found.append(rtc)
         return found
 
+    def _add(self, candidate: Any, protocol: Any) -> None:
+        connection = self.connection
+        connection._protocols.append(protocol)
+        connection._local_candidates.append(candidate)
+        for remote in list(connection._remote_candidates):
+            connection._pair_remote_candidate(remote)
+        connection.sort_check_list()
+
+    def _gathered(self) -> None:
+        """The connection's own gathering is done: add what was allocated before it."""
+        waiting, self._waiting = self._waiting, []
+        for candidate, protocol in waiting:
+            if not self.connection._closing:
+                self._add(candidate, protocol)
+
+
+def _add_after_gathering(relay: LateRelay) -> None:
+    connection = relay.connection
+    gather = connection.gather_candidates
+
+    async def gather_candidates() -> None:
+        await gather()
+        relay._gathered()
+
+    # An instance attribute shadows Connection.gather_candidates, which RTCIceGatherer calls.
+    setattr(connection, "gather_candidates", gather_candidates)  # noqa: B010
+
 
 def defer_relays(pc: RTCPeerConnection) -> list[LateRelay]:
-    """Take the TURN server out of each of ``pc``'s ICE agents (after
-    ``setRemoteDescription``, before ``setLocalDescription``): gathering then gives host and
-    server-reflexive candidates only, and each returned :class:`LateRelay` allocates later."""
+    """Take the TURN server out of each of ``pc``'s ICE agents (any time before
+    ``setLocalDescription``, once its transceivers exist): gathering then gives host and
+    server-reflexive candidates only, and each returned :class:`LateRelay` allocates when
+    asked."""
     relays: list[LateRelay] = []
     seen: set[int] = set()
     for index, transceiver in enumerate(pc.getTransceivers()):
@@ -113,7 +149,9 @@ def defer_relays(pc: RTCPeerConnection) -> list[LateRelay]:
             continue
         settings = {name: getattr(connection, name) for name in _TURN_SETTINGS}
         connection.turn_server = None
-        relays.append(LateRelay(connection, settings, transceiver.mid, index))
+        relay = LateRelay(connection, settings, transceiver.mid, index)
+        _add_after_gathering(relay)
+        relays.append(relay)
     return relays
 
 
