@@ -23,9 +23,10 @@ loopback, one machine, one clock.
 
 Paths: direct (host candidates), relayed (``?relay=1``: ``iceTransportPolicy`` relay,
 through coturn), and ``turn-down``: direct, but with a cloud whose TURN server never answers (a
-bound UDP socket nobody reads; its own cloud and agent, same run), which must cost the viewer
-nothing (target: first frame within 1.5x of direct).  Targets (direct, loopback): first frame
-under 500 ms median, glass to glass under 150 ms median.  Prints a table; ``--json`` prints JSON.
+bound UDP socket nobody reads; its own cloud and agent, same run, its watches interleaved with
+the direct path's), which must cost the viewer nothing (target: first frame within 1.5x of
+direct).  Targets (direct, loopback): first frame under 500 ms median, glass to glass under
+150 ms median.  Prints a table; ``--json`` prints JSON.
 
     .venv/bin/python bench/browser_latency.py [--runs 20] [--seconds 10]
         [--path direct|relay|turn-down|all]
@@ -44,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,33 +210,31 @@ class Bench:
         await self.online()
         await asyncio.sleep(0.3)
 
-    async def path(self, relay: bool, runs: int, seconds: float) -> dict[str, Any]:
-        await self.open_list(relay)
-        first: list[float] = []
-        ready: list[float] = []
-        connected: list[float] = []
-        sizes: set[tuple[int, int]] = set()
-        for _ in range(runs):
-            timing = await self.click_watch()
-            first.append(timing["first_frame"])
-            ready.append(timing["watch_ready"])
-            connected.append(timing["connected"])
-            sizes.add(timing["size"])
-            await self.back_to_list()
-        # Glass to glass: one longer watch.
+    async def one_watch(self, into: dict[str, Any]) -> None:
+        """One click -> first frame, recorded into ``into``; then back to the list."""
+        timing = await self.click_watch()
+        for key in ("first_frame", "watch_ready", "connected"):
+            into.setdefault(key, []).append(timing[key])
+        into.setdefault("sizes", set()).add(timing["size"])
+        await self.back_to_list()
+
+    async def glass_to_glass(
+        self, name: str, seconds: float, got: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One longer watch for glass to glass; the path's whole result."""
         await self.click_watch()
         await asyncio.sleep(2.0)  # past the first keyframe and the jitter buffer's start
         stats = await self.page.evaluate("window.__mumu.stats")
         g2g: dict[str, Any] = await self.page.evaluate(GLASS_TO_GLASS, seconds * 1000)
         await self.back_to_list()
         return {
-            "path": "relay" if relay else "direct",
+            "path": name,
             "selected_path": stats.get("path") if stats else None,
-            "runs": runs,
-            "sizes": sorted(f"{w}x{h}" for w, h in sizes),
-            "watch_ready": summary(ready),
-            "connected": summary(connected),
-            "first_frame": summary(first),
+            "runs": len(got["first_frame"]),
+            "sizes": sorted(f"{w}x{h}" for w, h in got["sizes"]),
+            "watch_ready": summary(got["watch_ready"]),
+            "connected": summary(got["connected"]),
+            "first_frame": summary(got["first_frame"]),
             "glass_to_glass": summary(g2g["atCallback"]),
             "capture_to_receive": summary(g2g["atReceive"]),
             "frames_unreadable": g2g["unreadable"],
@@ -251,10 +250,9 @@ def silent_turn_server() -> Iterator[str]:
         yield f"turn:127.0.0.1:{sock.getsockname()[1]}?transport=udp"
 
 
-async def measure(
-    tmp: Path, env: dict[str, str], names: list[str], runs: int, seconds: float, warm: bool
-) -> list[dict[str, Any]]:
-    """One cloud, one agent, one Chromium: the paths ``names`` (direct, relay, turn-down)."""
+@contextlib.asynccontextmanager
+async def stack(tmp: Path, env: dict[str, str], browser: Any, warm: bool) -> AsyncIterator[Bench]:
+    """One cloud, one paired agent, one page of the app signed in: a :class:`Bench`."""
     config = {
         "camera": {"width": WIDTH, "height": HEIGHT, "fps": FPS},
         "keep_warm": warm,
@@ -273,8 +271,8 @@ async def measure(
         await agent.wait_for(r"the cloud says: paired")
         if warm:
             await agent.wait_for(r"camera started")
-        async with launch_chromium() as browser:
-            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
             await context.add_init_script(INSTRUMENT)
             page = await context.new_page()
             await page.goto(cloud.url + "/")
@@ -283,44 +281,59 @@ async def measure(
                 " localStorage.setItem('mumu.email', e); }",
                 [account.token, account.email],
             )
-            bench = Bench(page, cloud.url, device["device_id"], agent)
-            results = []
-            for name in names:
-                result = await bench.path(name == "relay", runs, seconds)
-                result["path"] = name
-                results.append(result)
+            yield Bench(page, cloud.url, device["device_id"], agent)
+        finally:
             await context.close()
-    return results
 
 
 async def run(runs: int, seconds: float, paths: list[str], warm: bool) -> dict[str, Any]:
+    """Direct and turn-down are measured interleaved, watch by watch, each on its own cloud and
+    agent (so that a machine busy with other work weighs on both alike); relay after them."""
     base = {
         "MUMU_WEB_DIR": str(WEB_ROOT),
         "MUMU_REGISTER_RATE_PER_ADDRESS": "100000/minute",
         "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
         "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
     }
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="mumu-browser-bench-") as tmp_dir:
+    results: dict[str, dict[str, Any]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="mumu-browser-bench-") as tmp_dir,
+        coturn_server(TURN_SECRET) as coturn,
+        silent_turn_server() as dead,
+    ):
         tmp = Path(tmp_dir)
-        working = [p for p in paths if p != "turn-down"]
-        if working:
-            with coturn_server(TURN_SECRET) as coturn:
-                env = base | {
-                    "MUMU_TURN_SECRET": TURN_SECRET,
-                    "MUMU_TURN_URLS": ",".join(coturn.urls),
-                    "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
-                }
-                results += await measure(tmp / "ok", env, working, runs, seconds, warm)
-        if "turn-down" in paths:
-            with silent_turn_server() as dead:
-                env = base | {"MUMU_TURN_SECRET": TURN_SECRET, "MUMU_TURN_URLS": dead}
-                results += await measure(tmp / "down", env, ["turn-down"], runs, seconds, warm)
+        ok_env = base | {
+            "MUMU_TURN_SECRET": TURN_SECRET,
+            "MUMU_TURN_URLS": ",".join(coturn.urls),
+            "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
+        }
+        down_env = base | {"MUMU_TURN_SECRET": TURN_SECRET, "MUMU_TURN_URLS": dead}
+        async with (
+            launch_chromium() as browser,
+            stack(tmp / "ok", ok_env, browser, warm) as ok,
+            stack(tmp / "down", down_env, browser, warm) as down,
+        ):
+            benches = {"direct": ok, "turn-down": down}
+            interleaved = [p for p in ("direct", "turn-down") if p in paths]
+            got: dict[str, dict[str, Any]] = {name: {} for name in paths}
+            for name in interleaved:
+                await benches[name].open_list(relay=False)
+            for _ in range(runs):
+                for name in interleaved:
+                    await benches[name].one_watch(got[name])
+            for name in interleaved:
+                results[name] = await benches[name].glass_to_glass(name, seconds, got[name])
+            if "relay" in paths:
+                await ok.open_list(relay=True)
+                for _ in range(runs):
+                    await ok.one_watch(got["relay"])
+                results["relay"] = await ok.glass_to_glass("relay", seconds, got["relay"])
+    ordered = [results[p] for p in ("direct", "relay", "turn-down") if p in results]
     return {
         "camera": f"{WIDTH}x{HEIGHT}@{FPS}",
         "camera_start": "warm (keep_warm)" if warm else "cold (starts for the viewer)",
         "browser": "Debian Chromium, headless",
-        "paths": results,
+        "paths": ordered,
         "targets": {
             "first_frame_median_ms": TTFF_TARGET_MS,
             "glass_to_glass_median_ms": G2G_TARGET_MS,
