@@ -13,7 +13,9 @@ aiortc peers here, decoding every picture.  Two parts, one run:
 2. **Soak** (``--minutes``, 60 by default): ``--viewers`` viewers watch without a break (one of
    them replaced every ``--churn-s`` seconds, to keep sessions starting and ending meanwhile).
    Reported every ``--report-every-s``: pictures decoded per viewer, the longest gap between two
-   pictures of a viewer, the agent's RSS, descriptors and threads.
+   pictures of a viewer, the agent's RSS, descriptors and threads, and its Python objects (all
+   that the collector tracks, and those still alive after a full collection: a leak grows the
+   second; garbage that waits for the next automatic full collection only the first).
 
 Not part of CI (``tests/test_agent_memory.py`` is the short version).  Prints tables;
 ``--json`` prints JSON.
@@ -60,7 +62,7 @@ def at_rest(state: dict[str, Any]) -> bool:
 
 
 def usage(state: dict[str, Any]) -> dict[str, Any]:
-    keys = ("rss_mib", "fds", "threads", "executor_threads", "tasks", "camera_starts")
+    keys = ("rss_mib", "fds", "threads", "executor_threads", "tasks", "camera_starts", "py_objects")
     return {k: state[k] for k in keys}
 
 
@@ -133,6 +135,23 @@ async def soak(
         while time.monotonic() - began < minutes * 60:
             await asyncio.sleep(min(every_s, churn_s) / 4)
             now = time.time()
+            if now - last_sample >= every_s:
+                state = await child.state()
+                live = (await child.state(collect=True))["py_objects"]
+                pictures = [len(w.viewer.frames) - c for w, c in zip(made, counted, strict=True)]
+                gap = max(longest_gap_ms(w.viewer.frames, last_sample) for w in made)
+                sample = {
+                    "minute": round((time.monotonic() - began) / 60, 1),
+                    "pictures": pictures,
+                    "longest_gap_ms": gap,
+                    "sessions": state["sessions"],
+                    **usage(state),
+                    "py_objects_live": live,
+                }
+                counted = [len(w.viewer.frames) for w in made]
+                last_sample = now
+                samples.append(sample)
+                print(f"  {sample}", file=sys.stderr)
             if now - last_churn >= churn_s:  # one viewer leaves, a new one comes
                 last_churn = now
                 old = made.pop(0)
@@ -142,24 +161,7 @@ async def soak(
                 fresh = await watch(child, child.wire)
                 await fresh.viewer.wait_frames(1, timeout=60)
                 made.append(fresh)
-                counted.append(0)
-            if now - last_sample >= every_s:
-                state = await child.state()
-                sample = {
-                    "minute": round((time.monotonic() - began) / 60, 1),
-                    "pictures": [
-                        len(w.viewer.frames) - c for w, c in zip(made, counted, strict=True)
-                    ],
-                    "longest_gap_ms": max(
-                        longest_gap_ms(w.viewer.frames, last_sample) for w in made
-                    ),
-                    "sessions": state["sessions"],
-                    **usage(state),
-                }
-                counted = [len(w.viewer.frames) for w in made]
-                last_sample = now
-                samples.append(sample)
-                print(f"  {sample}", file=sys.stderr)
+                counted.append(len(fresh.viewer.frames))
     finally:
         for w in made:
             with contextlib.suppress(Exception):
@@ -208,13 +210,14 @@ def table(result: dict[str, Any]) -> str:
             "",
             f"Soak: {s['viewers']} viewers for {s['minutes']} min (one replaced now and then)",
             f"{'minute':>6} {'pictures per viewer':>22} {'longest gap ms':>15} {'RSS MiB':>8} "
-            f"{'fds':>5} {'threads':>8}",
+            f"{'fds':>5} {'threads':>8} {'objects':>8} {'live':>7}",
         ]
         for x in s["samples"]:
             pictures = "/".join(str(p) for p in x["pictures"])
             lines.append(
                 f"{x['minute']:>6} {pictures:>22} {x['longest_gap_ms']:>15.1f} "
-                f"{x['rss_mib']:>8.1f} {x['fds']:>5} {x['threads']:>8}"
+                f"{x['rss_mib']:>8.1f} {x['fds']:>5} {x['threads']:>8} {x['py_objects']:>8} "
+                f"{x['py_objects_live']:>7}"
             )
     return "\n".join(lines)
 

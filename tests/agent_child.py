@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ def usage() -> dict[str, Any]:
         "threads": process.num_threads() - pool,
         "executor_threads": pool,
         "tasks": len(asyncio.all_tasks()),
+        "py_objects": len(gc.get_objects()),  # objects tracked by the collector
     }
 
 
@@ -102,6 +104,9 @@ class Pipe:
                 raise SocketClosed(None)
             line = raw.decode().rstrip("\n")
             if line == "#state":
+                self._write("#state " + json.dumps(state(self._agent[0])))
+            elif line == "#collect":  # measure live objects, not garbage awaiting collection
+                gc.collect()
                 self._write("#state " + json.dumps(state(self._agent[0])))
             elif line == "#drop":  # the connection drops without a close frame
                 raise SocketClosed(None)

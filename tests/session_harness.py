@@ -277,9 +277,10 @@ class ChildDevice:
                 await self._hello.wait()
         return self.hellos[-1]
 
-    async def state(self) -> dict[str, Any]:
+    async def state(self, *, collect: bool = False) -> dict[str, Any]:
+        """The child's state; ``collect``: after a full garbage collection in the child."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(b"#state\n")
+        self.proc.stdin.write(b"#collect\n" if collect else b"#state\n")
         return await asyncio.wait_for(self._states.get(), 30)
 
     async def until(self, check: Callable[[dict[str, Any]], bool], timeout: float = 60) -> Any:
