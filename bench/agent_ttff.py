@@ -7,22 +7,29 @@ decoded picture.  Milestones on the way: ``watch_ready`` (the cloud made the ses
 device's ``signal_answer``, the first decoded frame.  The viewer trickles its candidates, as a
 browser does.
 
-Scenarios: ``cold`` (the camera starts for each viewer: the agent's default) and ``warm``
-(``keep_warm: true``: the camera runs with no viewer).  Target: first frame under 300 ms
-(median).  Prints a table; ``--json`` prints JSON.
+Scenarios: ``cold`` (the camera starts for each viewer: the agent's default), ``warm``
+(``keep_warm: true``: the camera runs with no viewer) and ``turn-down`` (cold, with the cloud
+handing out a TURN server that never answers: a bound UDP socket nobody reads, as when the
+relay's host is up and its service hung or a firewall drops the packets).  Both ends trickle
+(the viewer as a browser does), so an unreachable TURN server must cost nothing on a LAN.
+Targets: first frame under 300 ms (median); ``turn-down`` within 1.5x of ``cold``.  Prints a
+table; ``--json`` prints JSON.
 
-    .venv/bin/python bench/agent_ttff.py [--runs 20] [--scenario cold|warm|both] [--json]
+    .venv/bin/python bench/agent_ttff.py [--runs 20] [--scenario cold|warm|turn-down|all] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import socket
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ from tests.cloud_process import ApiClient, CloudProcess
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 TARGET_MS = 300.0
+TURN_DOWN_RATIO = 1.5
 CLOUD_ENV = {
     "MUMU_REGISTER_RATE_PER_ADDRESS": "100000/minute",
     "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
@@ -55,8 +63,24 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+@contextlib.contextmanager
+def silent_turn_server() -> Iterator[str]:
+    """A TURN URL whose server never answers: a bound UDP socket that is never read."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"turn:127.0.0.1:{sock.getsockname()[1]}?transport=udp"
+
+
 async def scenario(name: str, runs: int, tmp: Path) -> dict[str, Any]:
-    cloud = CloudProcess(tmp / f"cloud-{name}", env=CLOUD_ENV).start()
+    with silent_turn_server() as dead_turn:
+        env = dict(CLOUD_ENV)
+        if name == "turn-down":
+            env |= {"MUMU_TURN_URLS": dead_turn, "MUMU_TURN_SECRET": "bench-secret"}
+        return await _scenario(name, runs, tmp, env)
+
+
+async def _scenario(name: str, runs: int, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
+    cloud = CloudProcess(tmp / f"cloud-{name}", env=env).start()
     config = {
         "camera": {"width": WIDTH, "height": HEIGHT, "fps": FPS},
         "keep_warm": name == "warm",
@@ -109,7 +133,7 @@ async def scenario(name: str, runs: int, tmp: Path) -> dict[str, Any]:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        f"{'scenario':9} {'milestone':12} {'median ms':>10} {'p95 ms':>8} "
+        f"{'scenario':10} {'milestone':12} {'median ms':>10} {'p95 ms':>8} "
         f"{'min ms':>8} {'max ms':>8}"
     )
     lines = [
@@ -121,7 +145,7 @@ def table(results: list[dict[str, Any]]) -> str:
         for milestone in ("watch_ready", "answer", "first_frame"):
             s = r[milestone]
             lines.append(
-                f"{r['scenario']:9} {milestone:12} {s['median_ms']:>10.1f} {s['p95_ms']:>8.1f} "
+                f"{r['scenario']:10} {milestone:12} {s['median_ms']:>10.1f} {s['p95_ms']:>8.1f} "
                 f"{s['min_ms']:>8.1f} {s['max_ms']:>8.1f}"
             )
     for r in results:
@@ -130,7 +154,20 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{r['scenario']}: first frame median {r['first_frame']['median_ms']:.1f} ms over "
             f"{r['runs']} runs: {verdict} the {TARGET_MS:.0f} ms target"
         )
+    by_name = {r["scenario"]: r for r in results}
+    if "cold" in by_name and "turn-down" in by_name:
+        ratio = turn_down_ratio(by_name)
+        verdict = "meets" if ratio <= TURN_DOWN_RATIO else "MISSES"
+        lines.append(
+            f"turn-down / cold first frame medians: {ratio:.2f}x: {verdict} the "
+            f"{TURN_DOWN_RATIO}x target"
+        )
     return "\n".join(lines)
+
+
+def turn_down_ratio(by_name: dict[str, dict[str, Any]]) -> float:
+    down = by_name["turn-down"]["first_frame"]["median_ms"]
+    return float(down / by_name["cold"]["first_frame"]["median_ms"])
 
 
 async def run(runs: int, scenarios: list[str]) -> list[dict[str, Any]]:
@@ -141,10 +178,10 @@ async def run(runs: int, scenarios: list[str]) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--scenario", choices=["cold", "warm", "both"], default="both")
+    parser.add_argument("--scenario", choices=["cold", "warm", "turn-down", "all"], default="all")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
-    scenarios = ["cold", "warm"] if args.scenario == "both" else [args.scenario]
+    scenarios = ["cold", "warm", "turn-down"] if args.scenario == "all" else [args.scenario]
     results = asyncio.run(run(args.runs, scenarios))
     print(json.dumps(results, indent=2) if args.json else table(results))
 

@@ -21,11 +21,15 @@ loopback, one machine, one clock.
   browser's jitter buffer, decode and render.  (``receiveTime`` is Chrome's own conversion
   from its network clock and is off by a few ms now and then: its minimum can be negative.)
 
-Both paths: direct (host candidates) and relayed (``?relay=1``: ``iceTransportPolicy`` relay,
-through coturn).  Targets (direct, loopback): first frame under 500 ms median, glass to glass
-under 150 ms median.  Prints a table; ``--json`` prints JSON.
+Paths: direct (host candidates), relayed (``?relay=1``: ``iceTransportPolicy`` relay,
+through coturn), and ``turn-down``: direct, but with a cloud whose TURN server never answers (a
+bound UDP socket nobody reads; its own cloud and agent, same run, its watches interleaved with
+the direct path's), which must cost the viewer nothing (target: first frame within 1.5x of
+direct).  Targets (direct, loopback): first frame under 500 ms median, glass to glass under
+150 ms median.  Prints a table; ``--json`` prints JSON.
 
-    .venv/bin/python bench/browser_latency.py [--runs 20] [--seconds 10] [--path direct|relay|both]
+    .venv/bin/python bench/browser_latency.py [--runs 20] [--seconds 10]
+        [--path direct|relay|turn-down|all]
         [--warm] [--json]
 """
 
@@ -33,12 +37,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import socket
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +60,7 @@ if TYPE_CHECKING:
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 TTFF_TARGET_MS = 500.0
+TURN_DOWN_RATIO = 1.5
 G2G_TARGET_MS = 150.0
 TURN_SECRET = "bench-turn-secret"
 
@@ -202,33 +210,31 @@ class Bench:
         await self.online()
         await asyncio.sleep(0.3)
 
-    async def path(self, relay: bool, runs: int, seconds: float) -> dict[str, Any]:
-        await self.open_list(relay)
-        first: list[float] = []
-        ready: list[float] = []
-        connected: list[float] = []
-        sizes: set[tuple[int, int]] = set()
-        for _ in range(runs):
-            timing = await self.click_watch()
-            first.append(timing["first_frame"])
-            ready.append(timing["watch_ready"])
-            connected.append(timing["connected"])
-            sizes.add(timing["size"])
-            await self.back_to_list()
-        # Glass to glass: one longer watch.
+    async def one_watch(self, into: dict[str, Any]) -> None:
+        """One click -> first frame, recorded into ``into``; then back to the list."""
+        timing = await self.click_watch()
+        for key in ("first_frame", "watch_ready", "connected"):
+            into.setdefault(key, []).append(timing[key])
+        into.setdefault("sizes", set()).add(timing["size"])
+        await self.back_to_list()
+
+    async def glass_to_glass(
+        self, name: str, seconds: float, got: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One longer watch for glass to glass; the path's whole result."""
         await self.click_watch()
         await asyncio.sleep(2.0)  # past the first keyframe and the jitter buffer's start
         stats = await self.page.evaluate("window.__mumu.stats")
         g2g: dict[str, Any] = await self.page.evaluate(GLASS_TO_GLASS, seconds * 1000)
         await self.back_to_list()
         return {
-            "path": "relay" if relay else "direct",
+            "path": name,
             "selected_path": stats.get("path") if stats else None,
-            "runs": runs,
-            "sizes": sorted(f"{w}x{h}" for w, h in sizes),
-            "watch_ready": summary(ready),
-            "connected": summary(connected),
-            "first_frame": summary(first),
+            "runs": len(got["first_frame"]),
+            "sizes": sorted(f"{w}x{h}" for w, h in got["sizes"]),
+            "watch_ready": summary(got["watch_ready"]),
+            "connected": summary(got["connected"]),
+            "first_frame": summary(got["first_frame"]),
             "glass_to_glass": summary(g2g["atCallback"]),
             "capture_to_receive": summary(g2g["atReceive"]),
             "frames_unreadable": g2g["unreadable"],
@@ -236,55 +242,98 @@ class Bench:
         }
 
 
+@contextlib.contextmanager
+def silent_turn_server() -> Iterator[str]:
+    """A TURN URL whose server never answers: a bound UDP socket that is never read."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"turn:127.0.0.1:{sock.getsockname()[1]}?transport=udp"
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp: Path, env: dict[str, str], browser: Any, warm: bool) -> AsyncIterator[Bench]:
+    """One cloud, one paired agent, one page of the app signed in: a :class:`Bench`."""
+    config = {
+        "camera": {"width": WIDTH, "height": HEIGHT, "fps": FPS},
+        "keep_warm": warm,
+        "log_level": "info",
+    }
+    with (
+        CloudProcess(tmp / "cloud", env=env) as cloud,
+        AgentProcess(cloud.url, tmp / "agent", config=config) as agent,
+    ):
+        api = ApiClient(cloud.url)
+        try:
+            account = await api.account()
+            device = await api.pair_code(account, await agent.pairing_code())
+        finally:
+            await api.aclose()
+        await agent.wait_for(r"the cloud says: paired")
+        if warm:
+            await agent.wait_for(r"camera started")
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            await context.add_init_script(INSTRUMENT)
+            page = await context.new_page()
+            await page.goto(cloud.url + "/")
+            await page.evaluate(
+                "([t, e]) => { localStorage.setItem('mumu.token', t);"
+                " localStorage.setItem('mumu.email', e); }",
+                [account.token, account.email],
+            )
+            yield Bench(page, cloud.url, device["device_id"], agent)
+        finally:
+            await context.close()
+
+
 async def run(runs: int, seconds: float, paths: list[str], warm: bool) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="mumu-browser-bench-") as tmp_dir:
+    """Direct and turn-down are measured interleaved, watch by watch, each on its own cloud and
+    agent (so that a machine busy with other work weighs on both alike); relay after them."""
+    base = {
+        "MUMU_WEB_DIR": str(WEB_ROOT),
+        "MUMU_REGISTER_RATE_PER_ADDRESS": "100000/minute",
+        "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
+        "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
+    }
+    results: dict[str, dict[str, Any]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="mumu-browser-bench-") as tmp_dir,
+        coturn_server(TURN_SECRET) as coturn,
+        silent_turn_server() as dead,
+    ):
         tmp = Path(tmp_dir)
-        with coturn_server(TURN_SECRET) as coturn:
-            env = {
-                "MUMU_WEB_DIR": str(WEB_ROOT),
-                "MUMU_TURN_SECRET": TURN_SECRET,
-                "MUMU_TURN_URLS": ",".join(coturn.urls),
-                "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
-                "MUMU_REGISTER_RATE_PER_ADDRESS": "100000/minute",
-                "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
-                "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
-            }
-            config = {
-                "camera": {"width": WIDTH, "height": HEIGHT, "fps": FPS},
-                "keep_warm": warm,
-                "log_level": "info",
-            }
-            with (
-                CloudProcess(tmp / "cloud", env=env) as cloud,
-                AgentProcess(cloud.url, tmp / "agent", config=config) as agent,
-            ):
-                api = ApiClient(cloud.url)
-                try:
-                    account = await api.account()
-                    device = await api.pair_code(account, await agent.pairing_code())
-                finally:
-                    await api.aclose()
-                await agent.wait_for(r"the cloud says: paired")
-                if warm:
-                    await agent.wait_for(r"camera started")
-                async with launch_chromium() as browser:
-                    context = await browser.new_context(viewport={"width": 1280, "height": 900})
-                    await context.add_init_script(INSTRUMENT)
-                    page = await context.new_page()
-                    await page.goto(cloud.url + "/")
-                    await page.evaluate(
-                        "([t, e]) => { localStorage.setItem('mumu.token', t);"
-                        " localStorage.setItem('mumu.email', e); }",
-                        [account.token, account.email],
-                    )
-                    bench = Bench(page, cloud.url, device["device_id"], agent)
-                    results = [await bench.path(name == "relay", runs, seconds) for name in paths]
-                    await context.close()
+        ok_env = base | {
+            "MUMU_TURN_SECRET": TURN_SECRET,
+            "MUMU_TURN_URLS": ",".join(coturn.urls),
+            "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
+        }
+        down_env = base | {"MUMU_TURN_SECRET": TURN_SECRET, "MUMU_TURN_URLS": dead}
+        async with (
+            launch_chromium() as browser,
+            stack(tmp / "ok", ok_env, browser, warm) as ok,
+            stack(tmp / "down", down_env, browser, warm) as down,
+        ):
+            benches = {"direct": ok, "turn-down": down}
+            interleaved = [p for p in ("direct", "turn-down") if p in paths]
+            got: dict[str, dict[str, Any]] = {name: {} for name in paths}
+            for name in interleaved:
+                await benches[name].open_list(relay=False)
+            for _ in range(runs):
+                for name in interleaved:
+                    await benches[name].one_watch(got[name])
+            for name in interleaved:
+                results[name] = await benches[name].glass_to_glass(name, seconds, got[name])
+            if "relay" in paths:
+                await ok.open_list(relay=True)
+                for _ in range(runs):
+                    await ok.one_watch(got["relay"])
+                results["relay"] = await ok.glass_to_glass("relay", seconds, got["relay"])
+    ordered = [results[p] for p in ("direct", "relay", "turn-down") if p in results]
     return {
         "camera": f"{WIDTH}x{HEIGHT}@{FPS}",
         "camera_start": "warm (keep_warm)" if warm else "cold (starts for the viewer)",
         "browser": "Debian Chromium, headless",
-        "paths": results,
+        "paths": ordered,
         "targets": {
             "first_frame_median_ms": TTFF_TARGET_MS,
             "glass_to_glass_median_ms": G2G_TARGET_MS,
@@ -294,7 +343,7 @@ async def run(runs: int, seconds: float, paths: list[str], warm: bool) -> dict[s
 
 def table(result: dict[str, Any]) -> str:
     head = (
-        f"{'path':7} {'measure':34} {'n':>4} {'median ms':>10} {'p95 ms':>8} "
+        f"{'path':9} {'measure':34} {'n':>4} {'median ms':>10} {'p95 ms':>8} "
         f"{'min ms':>8} {'max ms':>8}"
     )
     lines = [
@@ -314,10 +363,10 @@ def table(result: dict[str, Any]) -> str:
         for key, label in labels:
             s = r[key]
             if not s.get("n"):
-                lines.append(f"{r['path']:7} {label:34} {0:>4}")
+                lines.append(f"{r['path']:9} {label:34} {0:>4}")
                 continue
             lines.append(
-                f"{r['path']:7} {label:34} {s['n']:>4} {s['median_ms']:>10.1f} "
+                f"{r['path']:9} {label:34} {s['n']:>4} {s['median_ms']:>10.1f} "
                 f"{s['p95_ms']:>8.1f} {s['min_ms']:>8.1f} {s['max_ms']:>8.1f}"
             )
     lines.append("")
@@ -326,7 +375,14 @@ def table(result: dict[str, Any]) -> str:
             f"{r['path']}: selected path {r['selected_path']}, pictures {', '.join(r['sizes'])}, "
             f"{r['frames_unreadable']} presented frames without a readable stamp"
         )
+    down = next((r for r in result["paths"] if r["path"] == "turn-down"), None)
     direct = next((r for r in result["paths"] if r["path"] == "direct"), None)
+    if down is not None and direct is not None:
+        ratio = down["first_frame"]["median_ms"] / direct["first_frame"]["median_ms"]
+        lines.append(
+            f"turn-down / direct first frame medians: {ratio:.2f}x: "
+            f"{'meets' if ratio <= TURN_DOWN_RATIO else 'MISSES'} the {TURN_DOWN_RATIO}x target"
+        )
     if direct is not None:
         ttff = direct["first_frame"]["median_ms"]
         g2g = direct["glass_to_glass"].get("median_ms", math.inf)
@@ -345,13 +401,13 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="glass-to-glass sampling per path"
     )
-    parser.add_argument("--path", choices=["direct", "relay", "both"], default="both")
+    parser.add_argument("--path", choices=["direct", "relay", "turn-down", "all"], default="all")
     parser.add_argument(
         "--warm", action="store_true", help="keep the camera running with no viewer"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
-    paths = ["direct", "relay"] if args.path == "both" else [args.path]
+    paths = ["direct", "relay", "turn-down"] if args.path == "all" else [args.path]
     started = time.monotonic()
     result = asyncio.run(run(args.runs, args.seconds, paths, args.warm))
     result["wall_s"] = round(time.monotonic() - started, 1)

@@ -24,19 +24,21 @@ from typing import Any, Literal
 from litestar import WebSocket
 
 from cloud.live import KICK, SignOutFrame
+from protocol.close_codes import CloseCode
 
 log = logging.getLogger(__name__)
 
 Role = Literal["device", "viewer"]
 
-#: Close codes (4000-4999 are the application's; docs/protocol.md lists them all).
-CLOSE_BAD_HELLO = 4400
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_SIGNED_OUT = 4403
-CLOSE_IDLE = 4408
-CLOSE_REPLACED = 4409
-CLOSE_TOO_SLOW = 4429
-CLOSE_TRY_AGAIN = 1013
+#: Close codes: defined once in ``protocol.close_codes`` (docs/protocol.md lists them all).
+CLOSE_BAD_HELLO = CloseCode.BAD_HELLO
+CLOSE_UNAUTHENTICATED = CloseCode.UNAUTHENTICATED
+CLOSE_SIGNED_OUT = CloseCode.SIGNED_OUT
+CLOSE_IDLE = CloseCode.IDLE
+CLOSE_REPLACED = CloseCode.REPLACED
+CLOSE_TOO_SLOW = CloseCode.TOO_SLOW
+CLOSE_TRY_AGAIN = CloseCode.TRY_AGAIN
+CLOSE_RESTART = CloseCode.RESTART
 
 
 #: Seconds a socket the cloud closed may take to go before it is reset (a client that reads

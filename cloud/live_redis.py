@@ -52,8 +52,10 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('PEXPIRE', KEYS[3], ARGV[1])
+if KEYS[3] ~= ARGV[4] .. 'unbound' then
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[1])
+end
 return 1
 """
 # Presence: ``presence:<device>`` = "<conn id> <address> <heard, ms>" with a TTL, and the
@@ -295,7 +297,9 @@ class RedisLiveState:
             keys=[
                 f"{P}session:{session.session_id}",
                 f"{P}device-sessions:{session.device_id}",
-                f"{P}conn-sessions:{session.viewer_conn}",
+                f"{P}conn-sessions:{session.viewer_conn}"
+                if session.viewer_conn
+                else f"{P}session:unbound",
             ],
             args=[int(ttl * 1000), cap, session.session_id, f"{P}session:", *fields],
         )

@@ -26,6 +26,11 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.sessions_adopted = Counter(
+            "mumu_watch_sessions_adopted",
+            "Sessions a device re-claimed after this cloud forgot them (a restart), re-adopted",
+            registry=self.registry,
+        )
         self.watch_refused = Counter(
             "mumu_watch_requests_refused",
             "watch_request refused, by reason (forbidden, device_offline, device_busy)",

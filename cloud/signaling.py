@@ -30,6 +30,7 @@ from cloud.config import Settings
 from cloud.connection import (
     CLOSE_BAD_HELLO,
     CLOSE_IDLE,
+    CLOSE_RESTART,
     CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHENTICATED,
     Connection,
@@ -57,6 +58,7 @@ from protocol.messages import (
     HelloAckPayload,
     PairingStatus,
     PairingStatusPayload,
+    SessionPayload,
     SignalAnswer,
     SignalIce,
     SignalOffer,
@@ -81,8 +83,6 @@ HELLO_TIMEOUT_S = 10.0
 SLOW_HELLO_S = 1.0
 #: How often lapsed presence (a silent socket, a dead process) is looked for.
 PRESENCE_SWEEP_S = 2.0
-#: Close code and reason of a graceful stop: come back, at a random moment within the window.
-CLOSE_RESTART = 1012
 #: Close codes a client sends when it means to go (its sessions end at once); anything else
 #: (1005 no status, 1006 dropped, ...) counts as a dropped socket that may come back.
 _CLEAN_CLOSE_CODES = frozenset({1000, 1001})
@@ -129,7 +129,13 @@ class SignalingHub:
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(
-                self._every(min(30.0, self.settings.session_ttl_s / 2), self.watch.sweep),
+                self._every(
+                    min(30.0, self.settings.session_ttl_s / 2),
+                    self.watch.sweep,
+                    # not before devices had the resume grace to re-claim their sessions after
+                    # a restart (the embedded cloud forgets them): their records stay open
+                    first=self.settings.resume_grace_s + 5.0,
+                ),
                 name="session-janitor",
             ),
             asyncio.create_task(
@@ -144,7 +150,10 @@ class SignalingHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _every(self, period: float, work: Callable[[], Awaitable[int]]) -> None:
+    async def _every(
+        self, period: float, work: Callable[[], Awaitable[int]], first: float = 0.0
+    ) -> None:
+        await asyncio.sleep(max(0.0, first - period))
         while True:
             await asyncio.sleep(period)
             try:
@@ -362,19 +371,26 @@ class SignalingHub:
         if online.previous is not None:
             await self.live.publish(f"device:{device.id}", KICK)
         await self.live.subscribe(f"device:{device.id}", conn.deliver)
+        claimed = hello.payload.sessions
+        kept = None
+        if online.has_sessions or claimed:
+            kept = await self.watch.device_returned(device, claimed)
+        if claimed is not None and kept is None:
+            kept = []
         conn.send(
             encode(
                 HelloAck(
                     payload=HelloAckPayload(
-                        role="device", id=device.id, paired=device.owner_id is not None
+                        role="device",
+                        id=device.id,
+                        paired=device.owner_id is not None,
+                        sessions=kept if claimed is not None else None,
                     )
                 )
             )
         )
         if device.owner_id is not None:
             await self._device_status(device.owner_id, device.id, online=True)
-        if online.has_sessions:
-            await self.watch.device_back(device.id)
         self._updates_hello(device.id, hello.payload.version, hello.payload.arch)
         return True
 
@@ -464,7 +480,11 @@ class SignalingHub:
         elif isinstance(message, WatchRequest):
             if conn.role != "viewer":
                 raise ProtocolError("forbidden", "only viewers may ask to watch", "watch_request")
-            started = await self.watch.request(party, message.payload.device_id)
+            try:
+                started = await self.watch.request(party, message.payload.device_id)
+            except ProtocolError as exc:  # the viewer matches the refusal to its request
+                exc.request_id = message.payload.request_id
+                raise
             conn.send(
                 encode(
                     WatchReady(
@@ -472,17 +492,21 @@ class SignalingHub:
                             session_id=started.session_id,
                             device_id=started.device_id,
                             ice_servers=started.ice_servers,
+                            request_id=message.payload.request_id,
                         )
                     )
                 )
             )
         elif isinstance(message, WatchResume):
-            await self.watch.resume(party, message.payload.session_id)
-            conn.send(encode(WatchResumed(payload=message.payload)))
+            await self.watch.resume(party, message.payload.session_id, message.payload.device_id)
+            conn.send(
+                encode(WatchResumed(payload=SessionPayload(session_id=message.payload.session_id)))
+            )
         elif isinstance(message, SignalOffer | SignalAnswer | SignalIce):
             await self.watch.forward(party, message)
         elif isinstance(message, WatchEnd):
-            await self.watch.end_by(party, message.payload.session_id)
+            # a device may say why (camera_failed, device_busy, ...)
+            await self.watch.end_by(party, message.payload.session_id, message.payload.reason)
         elif isinstance(message, UpdateStatus):
             if self.updates is not None:
                 await self.updates.status(conn.principal, message.payload)
@@ -571,6 +595,6 @@ class SignalingHub:
     async def close_viewer_sockets(
         self, user_id: str, *, sign_in: str | None = None, keep: str | None = None
     ) -> None:
-        """Close the account's viewer sockets on every process (close code 4403): those opened
+        """Close the account's viewer sockets on every process (close ``SIGNED_OUT``): those opened
         with ``sign_in``'s tokens, or all of them but ``keep``'s, or all of them."""
         await self.live.publish(f"user:{user_id}", SignOutFrame(sign_in, keep).encode())

@@ -34,6 +34,7 @@ from cloud.store import Device, Store
 from cloud.turn import ice_servers
 from protocol import ProtocolError, encode
 from protocol.messages import (
+    DeviceEndReason,
     DeviceWatchRequest,
     DeviceWatchRequestPayload,
     EndReason,
@@ -148,10 +149,18 @@ class WatchService:
     def _refused(self, reason: str) -> None:
         self.metrics.watch_refused.labels(reason).inc()
 
-    async def resume(self, viewer: Party, session_id: str) -> LiveSession:
-        """Bind a live session to the viewer's new socket (its old one dropped)."""
+    async def resume(
+        self, viewer: Party, session_id: str, device_id: str | None = None
+    ) -> LiveSession:
+        """Bind a live session to the viewer's new socket (its old one dropped, or the cloud
+        restarted and the device re-claimed the session: then it waits unbound, see
+        :meth:`device_returned`).  ``device_id``: the device the viewer says it watches."""
         session = await self.live.get_session(session_id)
-        if session is None or session.viewer_id != viewer.principal:
+        if (
+            session is None
+            or session.viewer_id != viewer.principal
+            or (device_id is not None and session.device_id != device_id)
+        ):
             raise ProtocolError("session_not_found", "that watch session has ended", session_id)
         if not may_watch(await self.store.device(session.device_id), viewer.principal):
             await self.end_session(session_id, "device_unpaired")
@@ -190,11 +199,15 @@ class WatchService:
 
     # --- ending --------------------------------------------------------------------------------
 
-    async def end_by(self, party: Party, session_id: str) -> None:
-        """``watch_end`` from a party."""
+    async def end_by(
+        self, party: Party, session_id: str, reason: DeviceEndReason | None = None
+    ) -> None:
+        """``watch_end`` from a party; a device may say why (camera_failed, device_busy...)."""
         session = await self.party_session(party, session_id, "watch_end")
-        reason: EndReason = "device_ended" if party.role == "device" else "viewer_ended"
-        await self.end_session(session.session_id, reason)
+        why: EndReason = "viewer_ended"
+        if party.role == "device":
+            why = reason or "device_ended"
+        await self.end_session(session.session_id, why)
 
     async def end_session(self, session_id: str, reason: EndReason, notify: bool = True) -> bool:
         """End a live session once (whoever removes it first), record it, tell both parties."""
@@ -238,10 +251,36 @@ class WatchService:
             await self._peer_status(f"viewer:{session.viewer_conn}", session, "reconnecting")
         self.later(self._end_unless_device_returns(device_id, sessions))
 
-    async def device_back(self, device_id: str) -> None:
-        """The device said hello again: viewers of its sessions hear that it is back."""
-        for session in await self.live.sessions_of_device(device_id):
-            await self._peer_status(f"viewer:{session.viewer_conn}", session, "connected")
+    async def device_returned(self, device: Device, claimed: list[str] | None) -> list[str]:
+        """The device said hello again, listing the sessions whose video still flows
+        (``claimed``).  Its viewers hear that it is back.  A claimed session this cloud no
+        longer holds (the embedded cloud restarted and forgot it) is re-adopted when its record
+        says it is this device's and its viewer may still watch it: it waits, unbound, for the
+        viewer's ``watch_resume`` for the resume grace, and counts against the camera's cap.
+        Returns the ids the device should keep (``hello_ack.sessions``)."""
+        held = await self.live.sessions_of_device(device.id)
+        for session in held:
+            if session.viewer_conn:
+                await self._peer_status(f"viewer:{session.viewer_conn}", session, "connected")
+        kept = [s.session_id for s in held]
+        for session_id in dict.fromkeys(claimed or ()):
+            if session_id in kept:
+                continue
+            record = await self.store.session(session_id)
+            if (
+                record is None
+                or record.device_id != device.id
+                or record.ended_at is not None
+                or not may_watch(device, record.viewer_id)
+            ):
+                continue
+            adopted = LiveSession(session_id, device.id, record.viewer_id, "", record.started_at)
+            if await self.live.add_session(
+                adopted, self.settings.resume_grace_s, cap=self.settings.max_sessions_per_device
+            ):
+                self.metrics.sessions_adopted.inc()
+                kept.append(session_id)
+        return kept
 
     async def viewer_left(self, conn_id: str, *, clean: bool) -> None:
         """A viewer socket is gone."""

@@ -28,7 +28,7 @@ import msgspec
 from device import credentials as creds
 from device.config import AgentConfig, ConfigError, explain_option_error
 from device.credentials import Credentials, RegistrationError
-from device.signaling import Backoff, SignalingClient
+from device.signaling import Backoff, Connect, SignalingClient
 from device.systemd import Notifier
 from protocol.messages import (
     DeviceWatchRequest,
@@ -44,7 +44,7 @@ from protocol.messages import (
 
 if TYPE_CHECKING:
     from device.hal import CameraConfig
-    from device.media import MediaHub
+    from device.media import HubState, MediaHub
     from device.provisioning import Display, PairingController
     from device.sessions import SessionManager
     from device.update.link import UpdateLink
@@ -95,11 +95,14 @@ class Agent:
         *,
         display: Display | None = None,
         notifier: Notifier | None = None,
+        connect: Connect | None = None,
     ) -> None:
-        """``display``: already opened (default: open the configured ones when running)."""
+        """``display``: already opened (default: open the configured ones when running).
+        ``connect``: the signaling client's connect factory (default: a real WebSocket)."""
         self.config = config
         self.notifier = notifier or Notifier()
         self._display = display
+        self._connect = connect
         self._stop = asyncio.Event()
         self._credentials: Credentials | None = None
         self._registration_backoff = Backoff(config.reconnect.base, config.reconnect.cap)
@@ -111,6 +114,8 @@ class Agent:
         self._client: SignalingClient | None = None
         self._update: UpdateLink | None = None  # over-the-air updates (device/update/link.py)
         self._ready_sent = False
+        #: Registrations that failed (and were retried with backoff).
+        self.registration_failures = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -143,17 +148,21 @@ class Agent:
             self,
             Backoff(config.reconnect.base, config.reconnect.cap),
             heartbeat_interval=config.heartbeat_interval,
+            connect=self._connect,
         )
         self._sessions = SessionManager(
             self._hub,
             self._client.send,
+            max_sessions=config.max_sessions,
             offer_timeout=config.offer_timeout,
+            frame_timeout=config.frame_timeout,
             on_viewers=self._viewers_changed,
         )
         from device.update.link import UpdateLink
 
         self._update = UpdateLink(config.state_path, self._client.send)
         update_link = asyncio.create_task(self._update.run(), name="update-link")
+        self._hub.add_listener(self._camera_state)
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         signaling = asyncio.create_task(self._client.run(), name="signaling")
         try:
@@ -231,6 +240,7 @@ class Agent:
             try:
                 self._credentials = await self._register()
             except RegistrationError as exc:
+                self.registration_failures += 1
                 delay = max(self._registration_backoff.next_delay(), exc.retry_after_s or 0.0)
                 log.warning("registration failed: %s; retrying in %.2f s", exc, delay)
                 await self._show_connecting(f"Cannot reach the cloud; retrying in {delay:.0f} s")
@@ -268,7 +278,12 @@ class Agent:
             self._controller.set_paired(bool(ack.payload.paired))
         # Sessions are kept across reconnections: the cloud gives a returning device a grace
         # period, queued answers and watch_ends go out now, and a session whose offer was lost
-        # ends at its offer timeout.
+        # ends at its offer timeout.  The cloud may say which sessions it keeps (our hello
+        # listed those that stream): the others end.  An unpaired device keeps none.
+        if self._sessions is not None:
+            self._sessions.set_paired(bool(ack.payload.paired))
+            if ack.payload.sessions is not None:
+                self._sessions.keep_only(ack.payload.sessions)
         status = f"connected as {ack.payload.id}, {'paired' if ack.payload.paired else 'unpaired'}"
         if first:
             self._ready_sent = True
@@ -300,6 +315,7 @@ class Agent:
             sessions.ended(message.payload.session_id, message.payload.reason)
         elif isinstance(message, PairingStatus):
             log.info("the cloud says: %s", "paired" if message.payload.paired else "unpaired")
+            sessions.ownership_changed(message.payload.paired)  # a new owner, or none: all end
             if self._controller is not None:
                 self._controller.set_paired(message.payload.paired)
         elif isinstance(message, UpdateOffer):
@@ -309,6 +325,9 @@ class Agent:
             pass
         else:
             log.warning("ignoring %s from the cloud", type(message).__name__)
+
+    def streaming_sessions(self) -> list[str]:
+        return [] if self._sessions is None else self._sessions.streaming()
 
     def still_meaningful(self, message: msgspec.Struct) -> bool:
         if isinstance(message, SignalOffer | SignalAnswer | SignalIce):
@@ -345,6 +364,17 @@ class Agent:
         except Exception:
             log.exception("the display failed")
 
+    def _camera_state(self, state: HubState) -> None:
+        from device.media import HubState
+
+        if self._controller is None:
+            return
+        if state is HubState.FAILED:
+            error = self._hub.last_error if self._hub is not None else None
+            self._controller.set_camera_problem(f"Camera not working: {error or 'no picture'}")
+        elif state is HubState.RUNNING:
+            self._controller.set_camera_problem("")
+
     def _viewers_changed(self, count: int) -> None:
         log.info("%d viewer(s) connected", count)
         if self._update is not None:
@@ -365,3 +395,7 @@ class Agent:
     @property
     def hub(self) -> MediaHub | None:
         return self._hub
+
+    @property
+    def controller(self) -> PairingController | None:
+        return self._controller

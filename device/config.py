@@ -24,6 +24,10 @@ Every key, with its default::
       cap: 30.0                      # longest reconnection delay, seconds
     offer_timeout: 30.0              # seconds a watch request may wait for the viewer's offer
     update_repo_url: null            # the signed update repository (default: <cloud>/updates/)
+    max_sessions: 4                  # viewers at once (sized for a Pi Zero 2 W); more are
+                                     # refused with watch_end {reason: device_busy}
+    frame_timeout: 10.0              # a viewer none of whose pictures left for this long, while
+                                     # the camera delivers, is frozen: its session ends
 
 Unknown keys and invalid values raise :class:`ConfigError`, whose text is one line naming the
 key (the CLI prints it and exits with status 2).
@@ -81,6 +85,8 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     reconnect: ReconnectSection = msgspec.field(default_factory=ReconnectSection)
     offer_timeout: Seconds = 30.0
     update_repo_url: str | None = None
+    max_sessions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    frame_timeout: Seconds = 10.0
 
     @property
     def cloud_url(self) -> str:

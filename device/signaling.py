@@ -11,10 +11,15 @@ Every failure (refused, reset, DNS, timeout, the cloud closing the socket) is fo
 reconnection after an exponential backoff with full jitter.  Messages sent while disconnected
 wait in a bounded outbox and go out after the next ``hello_ack`` if they still mean something
 (the handler decides: signals of sessions that ended are dropped, ``watch_end`` always goes).
-The client never touches peer connections: media keeps flowing while the cloud is away.
+The client never touches peer connections: media keeps flowing while the cloud is away.  Its
+``hello`` lists the sessions the handler still streams, so that the cloud can keep them.
 
-A hello refused with close code 4401 (unknown device or wrong token: the cloud was reset) is
-reported to the handler, which registers anew before the next attempt.
+A hello refused with close code ``UNAUTHENTICATED`` (unknown device or wrong token: the cloud
+was reset) is reported to the handler, which registers anew before the next attempt.
+
+The socket is reached through a *connect factory* (``connect(url)`` -> an async context manager
+yielding a :class:`Socket`): :func:`websocket_connect` in production, an in-memory pair in the
+tests (``tests/memory_socket.py``), the way httpx takes a transport.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import collections
 import contextlib
 import logging
 import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +39,9 @@ import msgspec
 
 from device.credentials import Credentials
 from protocol import ProtocolError, decode, encode
+from protocol.close_codes import CloseCode
 from protocol.messages import (
+    MAX_CLAIMED_SESSIONS,
     MAX_MESSAGE_BYTES,
     CloudToDevice,
     DeviceHello,
@@ -50,8 +59,6 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 PATH: Final = "/ws/device"
-#: Close code of a refused hello (``cloud.signaling.CLOSE_UNAUTHENTICATED``).
-CLOSE_UNAUTHENTICATED: Final = 4401
 HELLO_TIMEOUT_S: Final = 15.0
 OPEN_TIMEOUT_S: Final = 10.0
 OUTBOX_LIMIT: Final = 512
@@ -83,8 +90,102 @@ class Backoff:
         self.attempt = 0
 
 
+class SocketClosed(Exception):
+    """The socket closed; ``code`` is the close frame's (``None``: dropped without one)."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(f"code {code}" if code is not None else "no close frame")
+        self.code = code
+        self.reason = reason
+
+    def describe(self) -> str:
+        if self.code is None:
+            return "no close frame"
+        return f"code {self.code}" + (f": {self.reason}" if self.reason else "")
+
+
+class Socket(Protocol):
+    """One open WebSocket, text frames only."""
+
+    async def send(self, text: str) -> None:
+        """Raises :class:`SocketClosed` once the socket is closed."""
+        ...
+
+    async def recv(self) -> str:
+        """The next text frame; :class:`SocketClosed` when the socket closes."""
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+#: ``connect(url)``: an async context manager yielding an open :class:`Socket`; raises
+#: ``OSError`` or ``TimeoutError`` when the cloud cannot be reached.
+Connect = Callable[[str], AbstractAsyncContextManager[Socket]]
+
+
+class _WebSocket:
+    """:class:`Socket` over a ``websockets`` client connection."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+
+    async def send(self, text: str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def recv(self) -> str:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            data = await self._ws.recv()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+        return data if isinstance(data, str) else data.decode(errors="replace")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._ws.close(code, reason)
+
+
+def _closed(exc: Any) -> SocketClosed:
+    rcvd = getattr(exc, "rcvd", None)
+    return SocketClosed(None) if rcvd is None else SocketClosed(rcvd.code, rcvd.reason)
+
+
+def websocket_connect(ping_interval: float = 20.0) -> Connect:
+    """The production connect factory: ``websockets``, with protocol pings every
+    ``ping_interval`` s (they notice a silently dead connection)."""
+
+    @contextlib.asynccontextmanager
+    async def connect(url: str) -> AsyncIterator[Socket]:
+        from websockets.asyncio.client import connect as ws_connect
+        from websockets.exceptions import WebSocketException
+
+        try:
+            opened = ws_connect(
+                url,
+                open_timeout=OPEN_TIMEOUT_S,
+                ping_interval=ping_interval,
+                ping_timeout=ping_interval,
+                close_timeout=2.0,
+                max_size=MAX_MESSAGE_BYTES,
+            )
+            ws = await opened.__aenter__()
+        except WebSocketException as exc:  # a refused handshake, a bad URL...
+            raise OSError(str(exc) or type(exc).__name__) from exc
+        try:
+            yield _WebSocket(ws)
+        finally:
+            await opened.__aexit__(None, None, None)
+
+    return connect
+
+
 class HelloRefused(Exception):
-    """The cloud does not know this device id and token (close code 4401)."""
+    """The cloud does not know this device id and token (close code ``UNAUTHENTICATED``)."""
 
 
 class SignalingHandler(Protocol):
@@ -115,6 +216,10 @@ class SignalingHandler(Protocol):
         """Whether a queued message should still be sent (e.g. its session is alive)."""
         ...
 
+    def streaming_sessions(self) -> list[str]:
+        """The sessions whose peer connection still carries video (listed in ``hello``)."""
+        ...
+
 
 Outgoing = SignalOffer | SignalAnswer | SignalIce | WatchEnd | UpdateStatus
 
@@ -127,24 +232,32 @@ class SignalingClient:
         backoff: Backoff,
         *,
         heartbeat_interval: float | None = None,
-        ping_interval: float = 20.0,
+        connect: Connect | None = None,
     ) -> None:
         """``heartbeat_interval``: seconds between heartbeats (``None``: as ``hello_ack``
-        says).  ``ping_interval``: WebSocket pings that notice a silently dead connection."""
+        says).  ``connect``: the connect factory (default :func:`websocket_connect`)."""
         self.url = ws_url(cloud)
         self._handler = handler
         self._backoff = backoff
         self._heartbeat_interval = heartbeat_interval
-        self._ping_interval = ping_interval
+        self._connect = connect or websocket_connect()
         self._outbox: collections.deque[Outgoing] = collections.deque(maxlen=OUTBOX_LIMIT)
         self._outbox_ready = asyncio.Event()
         self._drained = asyncio.Event()
-        self._ws: Any = None
+        self._ws: Socket | None = None
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
         #: Connections established (``hello_ack`` received) and failures so far.
         self.connections = 0
         self.failures = 0
+        #: Why the last connection ended (``""`` while the first is up or being made).
+        self.last_disconnect = ""
+        #: Close code of the last connection's close frame (``None``: none, or still up).
+        self.last_close_code: int | None = None
+        #: Messages sent, messages dropped (outbox full, or stale), ``error``s from the cloud.
+        self.sent = 0
+        self.dropped = 0
+        self.refusals = 0
 
     @property
     def is_connected(self) -> bool:
@@ -157,6 +270,7 @@ class SignalingClient:
         """Queue ``message``; it goes out now if connected, else after reconnecting."""
         if len(self._outbox) == self._outbox.maxlen:
             log.warning("signaling outbox full: dropping the oldest message")
+            self.dropped += 1
         self._outbox.append(message)
         self._drained.clear()
         self._outbox_ready.set()
@@ -168,6 +282,7 @@ class SignalingClient:
             if self._stopping.is_set():
                 break
             self.failures += 1
+            self.last_disconnect = reason
             self._handler.disconnected(reason)
             delay = self._backoff.next_delay()
             log.warning("signaling: %s; reconnecting in %.2f s", reason, delay)
@@ -192,9 +307,6 @@ class SignalingClient:
 
     async def _connect_once(self) -> str:
         """One connection from dial to close; returns why it ended."""
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, WebSocketException
-
         try:
             credentials = await self._handler.credentials()
         except asyncio.CancelledError:
@@ -203,15 +315,9 @@ class SignalingClient:
             return f"no credentials: {exc}"
         if self._stopping.is_set():
             return "stopping"
+        self.last_close_code = None
         try:
-            async with connect(
-                self.url,
-                open_timeout=OPEN_TIMEOUT_S,
-                ping_interval=self._ping_interval,
-                ping_timeout=self._ping_interval,
-                close_timeout=2.0,
-                max_size=MAX_MESSAGE_BYTES,
-            ) as ws:
+            async with self._connect(self.url) as ws:
                 self._ws = ws
                 try:
                     ack = await self._hello(ws, credentials)
@@ -223,9 +329,10 @@ class SignalingClient:
                     await self._handler.credentials_refused(credentials)
                     return "hello refused (unknown device)"
                 return await self._serve(ws, ack)
-        except ConnectionClosed as exc:
-            return f"connection closed ({_close_text(exc)})"
-        except (OSError, TimeoutError, WebSocketException) as exc:
+        except SocketClosed as exc:
+            self.last_close_code = exc.code
+            return f"connection closed ({exc.describe()})"
+        except (OSError, TimeoutError) as exc:
             return f"cannot reach {self.url}: {exc or type(exc).__name__}"
         except ProtocolError as exc:
             return f"the cloud sent an invalid message: {exc}"
@@ -233,18 +340,18 @@ class SignalingClient:
             self._ws = None
             self._connected.clear()
 
-    async def _hello(self, ws: Any, credentials: Credentials) -> HelloAck:
-        from websockets.exceptions import ConnectionClosed
-
+    async def _hello(self, ws: Socket, credentials: Credentials) -> HelloAck:
         from device.update.link import agent_release  # over-the-air updates: who we are
 
         version, arch = agent_release()
+        streaming = self._handler.streaming_sessions()[:MAX_CLAIMED_SESSIONS]
         hello = DeviceHello(
             payload=DeviceHelloPayload(
                 device_id=credentials.device_id,
                 device_token=credentials.device_token,
                 version=version,
                 arch=arch,
+                sessions=streaming or None,
             )
         )
         try:
@@ -257,14 +364,12 @@ class SignalingClient:
                     if isinstance(message, Error) and message.payload.code == "not_authenticated":
                         raise HelloRefused(message.payload.message)
                     log.warning("signaling: unexpected %s before hello_ack", type(message).__name__)
-        except ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNAUTHENTICATED:
-                raise HelloRefused(exc.rcvd.reason) from None
+        except SocketClosed as exc:
+            if exc.code == CloseCode.UNAUTHENTICATED:
+                raise HelloRefused(exc.reason) from None
             raise
 
-    async def _serve(self, ws: Any, ack: HelloAck) -> str:
-        from websockets.exceptions import ConnectionClosed
-
+    async def _serve(self, ws: Socket, ack: HelloAck) -> str:
         self.connections += 1
         self._backoff.reset()
         interval = self._heartbeat_interval or ack.payload.heartbeat_interval
@@ -291,26 +396,27 @@ class SignalingClient:
         if finished.cancelled():
             return "cancelled"
         exc = finished.exception()
-        if isinstance(exc, ConnectionClosed):
-            return f"connection closed ({_close_text(exc)})"
+        if isinstance(exc, SocketClosed):
+            self.last_close_code = exc.code
+            return f"connection closed ({exc.describe()})"
         if exc is not None:
             raise exc
         return str(finished.result())
 
-    async def _read(self, ws: Any) -> str:
-        from websockets.exceptions import ConnectionClosed
-
+    async def _read(self, ws: Socket) -> str:
         while True:
             try:
                 text = await ws.recv()
-            except ConnectionClosed as exc:
-                return f"connection closed ({_close_text(exc)})"
+            except SocketClosed as exc:
+                self.last_close_code = exc.code
+                return f"connection closed ({exc.describe()})"
             try:
                 message = decode(text, CloudToDevice)
             except ProtocolError as exc:
                 log.warning("signaling: ignoring an invalid message from the cloud: %s", exc)
                 continue
             if isinstance(message, Error):
+                self.refusals += 1
                 p = message.payload
                 log.warning(
                     "the cloud refused %s: %s (%s)", p.ref or "a message", p.message, p.code
@@ -321,29 +427,24 @@ class SignalingClient:
             except Exception:
                 log.exception("handling %s failed", type(message).__name__)
 
-    async def _write(self, ws: Any) -> None:
+    async def _write(self, ws: Socket) -> None:
         while True:
             while self._outbox:
                 message = self._outbox[0]
                 if self._handler.still_meaningful(message):
                     await ws.send(encode(message))
+                    self.sent += 1
                 else:
                     log.debug("dropping stale %s", type(message).__name__)
+                    self.dropped += 1
                 if self._outbox and self._outbox[0] is message:
                     self._outbox.popleft()
             self._outbox_ready.clear()
             self._drained.set()
             await self._outbox_ready.wait()
 
-    async def _heartbeats(self, ws: Any, interval: float) -> None:
+    async def _heartbeats(self, ws: Socket, interval: float) -> None:
         text = encode(Heartbeat())
         while True:
             await asyncio.sleep(interval)
             await ws.send(text)
-
-
-def _close_text(exc: Any) -> str:
-    rcvd = getattr(exc, "rcvd", None)
-    if rcvd is None:
-        return "no close frame"
-    return f"code {rcvd.code}" + (f": {rcvd.reason}" if rcvd.reason else "")

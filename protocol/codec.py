@@ -33,15 +33,28 @@ _raw: Final = msgspec.json.Decoder(dict[str, Any])
 class ProtocolError(Exception):
     """A message that cannot be accepted; ``code`` and ``message`` go back in an ``error``."""
 
-    def __init__(self, code: ErrorCode, message: str, ref: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        ref: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
         self.ref = ref
+        #: The ``request_id`` of the ``watch_request`` refused (set by whoever knows it).
+        self.request_id = request_id
 
     def to_message(self) -> Error:
         return Error(
-            payload=ErrorPayload(code=self.code, message=self.message[:1024], ref=self.ref)
+            payload=ErrorPayload(
+                code=self.code,
+                message=self.message[:1024],
+                ref=self.ref,
+                request_id=self.request_id,
+            )
         )
 
 

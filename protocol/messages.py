@@ -24,6 +24,10 @@ HEARTBEAT_INTERVAL_S: Final = 30.0
 PRESENCE_TTL_S: Final = 65.0
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+#: A client's name for one of its requests, echoed in the answer (letters, digits, ``-``, ``_``).
+RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+#: Most sessions a device lists in its ``hello`` (the agent caps its sessions well below this).
+MAX_CLAIMED_SESSIONS: Final = 64
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 SdpText = Annotated[str, msgspec.Meta(max_length=60_000)]
@@ -52,6 +56,9 @@ class DeviceHelloPayload(_Payload):
     #: decide from them (absent from agents older than over-the-air updates).
     version: Version | None = None
     arch: Arch | None = None
+    #: The sessions whose peer connection still carries video (after a reconnection): the cloud
+    #: keeps or re-adopts them and says which in ``hello_ack``; the device ends the others.
+    sessions: Annotated[list[Id], msgspec.Meta(max_length=MAX_CLAIMED_SESSIONS)] | None = None
 
 
 class ViewerHelloPayload(_Payload):
@@ -66,6 +73,10 @@ class HelloAckPayload(_Payload):
     heartbeat_interval: float = HEARTBEAT_INTERVAL_S
     #: Devices only: whether an account owns this device (if not, show a pairing code).
     paired: bool | None = None
+    #: Devices only: of the sessions the ``hello`` listed (and any the cloud still holds for
+    #: the device), those the cloud keeps.  The device ends every other session it has.
+    #: ``None``: the cloud says nothing about them (the device keeps what it has).
+    sessions: list[Id] | None = None
 
 
 class EmptyPayload(_Payload):
@@ -76,6 +87,9 @@ class WatchRequestPayload(_Payload):
     """Viewer -> cloud: start watching a device."""
 
     device_id: Id
+    #: Echoed in the ``watch_ready`` (or ``error``) that answers this request, so that a late
+    #: answer to an older request is recognised.
+    request_id: RequestId | None = None
 
 
 class IceServer(_Payload, omit_defaults=True):
@@ -99,6 +113,8 @@ class WatchReadyPayload(_Payload):
     session_id: Id
     device_id: Id
     ice_servers: list[IceServer]
+    #: The ``request_id`` of the ``watch_request`` this answers.
+    request_id: RequestId | None = None
 
 
 class SessionDescription(_Payload):
@@ -130,6 +146,23 @@ class SessionPayload(_Payload):
     session_id: Id
 
 
+class WatchResumePayload(_Payload):
+    session_id: Id
+    #: The device the session watches: lets a cloud that lost the session (a restart of the
+    #: embedded cloud) re-adopt it when the device claims it too and ownership still holds.
+    device_id: Id | None = None
+
+
+#: Why a device ends a session (``watch_end.reason``); passed on to the viewer in
+#: ``watch_ended``.
+DeviceEndReason = Literal[
+    "device_ended",
+    "device_unpaired",
+    "camera_failed",
+    "device_busy",
+    "stream_stalled",
+]
+
 EndReason = Literal[
     "viewer_ended",
     "device_ended",
@@ -138,7 +171,16 @@ EndReason = Literal[
     "device_unpaired",
     "expired",
     "error",
+    "camera_failed",
+    "device_busy",
+    "stream_stalled",
 ]
+
+
+class WatchEndPayload(_Payload):
+    session_id: Id
+    #: Devices may say why; the cloud ignores a viewer's reason (it is ``viewer_ended``).
+    reason: DeviceEndReason | None = None
 
 
 class WatchEndedPayload(_Payload):
@@ -243,6 +285,8 @@ class ErrorPayload(_Payload):
     message: Text
     #: The ``type`` (and, when known, the ``session_id``) of the message that was refused.
     ref: Text | None = None
+    #: The ``request_id`` of the refused ``watch_request``, when it had one.
+    request_id: RequestId | None = None
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -287,7 +331,7 @@ class WatchReady(_Message, tag="watch_ready"):
 class WatchResume(_Message, tag="watch_resume"):
     """Viewer -> cloud after reconnecting: re-attach a session whose media is still flowing."""
 
-    payload: SessionPayload
+    payload: WatchResumePayload
 
 
 class WatchResumed(_Message, tag="watch_resumed"):
@@ -307,7 +351,7 @@ class SignalIce(_Message, tag="signal_ice"):
 
 
 class WatchEnd(_Message, tag="watch_end"):
-    payload: SessionPayload
+    payload: WatchEndPayload
 
 
 class WatchEnded(_Message, tag="watch_ended"):
@@ -414,3 +458,4 @@ def message_types(direction: object) -> tuple[str, ...]:
 ERROR_CODES: Final[tuple[str, ...]] = ErrorCode.__args__  # type: ignore[attr-defined]
 END_REASONS: Final[tuple[str, ...]] = EndReason.__args__  # type: ignore[attr-defined]
 UPDATE_STATES: Final[tuple[str, ...]] = UpdateState.__args__  # type: ignore[attr-defined]
+DEVICE_END_REASONS: Final[tuple[str, ...]] = DeviceEndReason.__args__  # type: ignore[attr-defined]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 
+from protocol.close_codes import CloseCode
 from protocol.messages import (
+    DEVICE_END_REASONS,
     DIRECTIONS,
     END_REASONS,
     ERROR_CODES,
@@ -38,9 +40,15 @@ def render() -> str:
         *[f"  {name}: Object.freeze({json.dumps(names)})," for name, names in types.items()],
         "});",
         "",
+        "/** WebSocket close codes the cloud sends (docs/protocol.md says what each means). */",
+        "export const CLOSE = Object.freeze({",
+        *[f"  {c.name}: {int(c)}," for c in CloseCode],
+        "});",
+        "",
         f"export const ERROR_CODES = Object.freeze({json.dumps(list(ERROR_CODES))});",
         f"export const END_REASONS = Object.freeze({json.dumps(list(END_REASONS))});",
         f"export const UPDATE_STATES = Object.freeze({json.dumps(list(UPDATE_STATES))});",
+        f"export const DEVICE_END_REASONS = Object.freeze({json.dumps(list(DEVICE_END_REASONS))});",
         "",
     ]
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+from device.media import candidate_line, defer_relays
 from tests import signaling_client
 from tests.cloud_process import Account, ApiClient
 from tests.media_peers import Viewer
@@ -181,6 +182,8 @@ class CloudViewer:
     def __init__(
         self, ws_base: str, token: str, *, trickle: bool = True, read_timecodes: bool = True
     ) -> None:
+        """``trickle``: as a browser, send candidates after the offer and never wait for the
+        TURN allocation before offering (the relay candidate follows when there is one)."""
         self.ws_base = ws_base
         self.token = token
         self.trickle = trickle
@@ -191,6 +194,8 @@ class CloudViewer:
         self.ended: dict[str, Any] | None = None
         self._ended = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._relays: asyncio.Task[None] | None = None
+        self.ready: dict[str, Any] = {}
         #: ``time.time()`` when ``watch_request`` was sent, ``watch_ready`` and the answer came.
         self.requested_at = 0.0
         self.ready_at = 0.0
@@ -200,15 +205,21 @@ class CloudViewer:
         self.client = await signaling_client.viewer(self.ws_base, self.token)
         return self
 
-    async def watch(self, device_id: str, timeout: float = 15.0) -> str:
+    async def watch(
+        self, device_id: str, timeout: float = 15.0, request_id: str | None = None
+    ) -> str:
         """Ask to watch, offer, apply the answer; the session id.  Frames arrive later."""
         if self.client is None:
             await self.connect()
         client = self.client
         assert client is not None
         self.requested_at = time.time()
-        await client.send("watch_request", {"device_id": device_id})
+        request: dict[str, Any] = {"device_id": device_id}
+        if request_id is not None:
+            request["request_id"] = request_id
+        await client.send("watch_request", request)
         ready = (await client.recv("watch_ready", timeout))["payload"]
+        self.ready = ready
         self.ready_at = time.time()
         session_id = str(ready["session_id"])
         self.session_id = session_id
@@ -220,6 +231,7 @@ class CloudViewer:
             pc=RTCPeerConnection(RTCConfiguration(iceServers=servers)),
             read_timecodes=self.read_timecodes,
         )
+        relays = defer_relays(self.peer.pc) if self.trickle else []
         offer = await self.peer.offer()
         sdp, candidates = strip_candidates(offer.sdp) if self.trickle else (offer.sdp, [])
         await client.send(
@@ -233,7 +245,9 @@ class CloudViewer:
                     "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0},
                 },
             )
-        if self.trickle:
+        if relays:
+            self._relays = asyncio.create_task(self._trickle_relays(session_id, relays))
+        elif self.trickle:
             await client.send("signal_ice", {"session_id": session_id, "candidate": None})
         answer = (await client.recv("signal_answer", timeout))["payload"]
         self.answered_at = time.time()
@@ -241,6 +255,24 @@ class CloudViewer:
         await self.peer.accept(RTCSessionDescription(sdp=answer["sdp"]["sdp"], type="answer"))
         self._pump = asyncio.create_task(self._messages())
         return session_id
+
+    async def _trickle_relays(self, session_id: str, relays: list[Any]) -> None:
+        client = self.client
+        assert client is not None
+        for relay in relays:
+            for candidate in await relay.allocate(10.0):
+                await client.send(
+                    "signal_ice",
+                    {
+                        "session_id": session_id,
+                        "candidate": {
+                            "candidate": candidate_line(candidate),
+                            "sdpMid": candidate.sdpMid,
+                            "sdpMLineIndex": candidate.sdpMLineIndex,
+                        },
+                    },
+                )
+        await client.send("signal_ice", {"session_id": session_id, "candidate": None})
 
     async def _messages(self) -> None:
         """Apply the device's trickled candidates (it sends only ``null``); note the end."""
@@ -273,10 +305,11 @@ class CloudViewer:
                 await self.client.send("watch_end", {"session_id": self.session_id})
 
     async def close(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+        for task in (self._pump, self._relays):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.peer is not None:
             await self.peer.close()
         if self.client is not None:

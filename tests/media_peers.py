@@ -28,6 +28,8 @@ class ReceivedFrame:
     height: int
     keyframe: bool
     timecode: int | None
+    #: The decoded frame's timestamp: the RTP timestamp as aiortc's receiver unwrapped it.
+    pts: int | None = None
 
 
 def frame_timecode(frame: Any) -> int | None:
@@ -67,7 +69,12 @@ class Viewer:
                 code = frame_timecode(frame) if self.read_timecodes else None
                 self.frames.append(
                     ReceivedFrame(
-                        time.time(), frame.width, frame.height, bool(frame.key_frame), code
+                        time.time(),
+                        frame.width,
+                        frame.height,
+                        bool(frame.key_frame),
+                        code,
+                        frame.pts,
                     )
                 )
                 self._first.set()

@@ -41,6 +41,7 @@ def test_flags_override_the_file_and_defaults_fill_the_rest(tmp_path: Path) -> N
     assert config.keep_warm is True
     assert config.state_path == tmp_path
     assert config.displays == [{"backend": "console"}]
+    assert (config.max_sessions, config.frame_timeout) == (4, 10.0)
 
 
 def test_the_default_file_may_be_missing_but_a_named_one_may_not(tmp_path: Path) -> None:
@@ -67,6 +68,8 @@ def test_an_empty_file_is_an_empty_mapping(tmp_path: Path) -> None:
         ("cloud: http://x\ndisplays: [{pin: 3}]\n", "displays[0].backend: required"),
         ("cloud: http://x:99999\n", "cloud: bad port"),
         ("cloud: http://x\nlog_level: loud\n", "log_level: invalid enum value"),
+        ("cloud: http://x\nmax_sessions: 0\n", "max_sessions: expected `int` >= 1"),
+        ("cloud: http://x\nframe_timeout: 0\n", "frame_timeout: expected `float` > 0"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:

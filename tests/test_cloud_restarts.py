@@ -4,6 +4,7 @@ presence tells the truth when a camera goes silent or the process holding it die
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import time
@@ -128,3 +129,67 @@ def _timestamp(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+async def test_a_restarted_embedded_cloud_re_adopts_the_sessions_both_parties_claim(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The embedded cloud forgets its live sessions when it restarts; the video never stopped
+    (it flows peer to peer), so the device claims its sessions in its next hello and the viewer
+    resumes: the same session goes on.  Claims that do not hold are refused."""
+    for cloud in start_cloud(request, tmp_path, "embedded", MUMU_RESUME_GRACE="30"):
+        api = ApiClient(cloud.url)
+        try:
+            owner, other = await api.account(), await api.account()
+            camera = await api.owned_camera(owner)
+            device = await sig.device(cloud.ws_url, camera.hello())
+            viewer = await sig.viewer(cloud.ws_url, owner.token)
+            await viewer.send("watch_request", {"device_id": camera.device_id})
+            sid = (await viewer.recv("watch_ready"))["payload"]["session_id"]
+            await device.recv("watch_request")
+            # a second camera of another account, with a session too
+            camera2 = await api.owned_camera(other)
+            device2 = await sig.device(cloud.ws_url, camera2.hello())
+            viewer2 = await sig.viewer(cloud.ws_url, other.token)
+            await viewer2.send("watch_request", {"device_id": camera2.device_id})
+            sid2 = (await viewer2.recv("watch_ready"))["payload"]["session_id"]
+
+            cloud.kill()
+            cloud.start()
+            # the device claims its session, and (wrongly) the other camera's and a made-up one
+            hello = camera.hello()
+            hello["payload"]["sessions"] = [sid, sid2, "no-such-session"]
+            device = await sig.Client.connect(cloud.ws_url, "device")
+            await device.send_raw(json.dumps(hello))
+            ack = (await device.recv("hello_ack"))["payload"]
+            assert ack["sessions"] == [sid]
+            viewer = await sig.viewer(cloud.ws_url, owner.token)
+            await viewer.send("watch_resume", {"session_id": sid, "device_id": camera.device_id})
+            await viewer.recv("watch_resumed")
+            await viewer.send("signal_ice", {"session_id": sid, "candidate": None})
+            assert (await device.recv("signal_ice"))["payload"]["session_id"] == sid
+            await device.send("signal_ice", {"session_id": sid, "candidate": None})
+            assert (await viewer.recv("signal_ice"))["payload"]["session_id"] == sid
+            # another account's viewer cannot take it
+            intruder = await sig.viewer(cloud.ws_url, other.token)
+            await intruder.send("watch_resume", {"session_id": sid, "device_id": camera.device_id})
+            assert (await intruder.error())["code"] == "session_not_found"
+
+            # a camera unpaired while the cloud was down: its claim is not re-adopted
+            await viewer.send("watch_end", {"session_id": sid})
+            await viewer.recv("watch_ended")
+            await viewer.send("watch_request", {"device_id": camera.device_id})
+            sid3 = (await viewer.recv("watch_ready"))["payload"]["session_id"]
+            cloud.kill()
+            cloud.start()
+            gone = await api.http.delete(f"/api/devices/{camera.device_id}", headers=owner.auth)
+            assert gone.status_code == 204
+            hello["payload"]["sessions"] = [sid3]
+            device = await sig.Client.connect(cloud.ws_url, "device")
+            await device.send_raw(json.dumps(hello))
+            assert (await device.recv("hello_ack"))["payload"]["sessions"] == []
+            for s in (device, viewer, intruder):
+                await s.close()
+            del device2, viewer2
+        finally:
+            await api.aclose()

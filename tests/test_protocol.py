@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from protocol import ProtocolError, decode, encode
+from protocol.close_codes import CloseCode
 from protocol.messages import (
     DIRECTIONS,
     END_REASONS,
@@ -44,6 +45,40 @@ def test_docs_describe_every_message_error_and_reason() -> None:
         assert f"`{reason}`" in doc, reason
     for state in UPDATE_STATES:
         assert f"| `{state}` |" in doc, state
+
+
+def test_docs_list_every_close_code_and_nothing_else() -> None:
+    doc = (ROOT / "docs/protocol.md").read_text()
+    rows = dict(re.findall(r"^\| (\d{4}) \| `([A-Z_]+)` \|", doc, flags=re.MULTILINE))
+    assert rows == {str(int(c)): c.name for c in CloseCode}
+
+
+def test_cloud_agent_and_web_use_the_one_definition_of_close_codes() -> None:
+    """No close code written as a number anywhere else (they drifted once)."""
+    for path in ("cloud/signaling.py", "device/signaling.py", "web/js/signaling.js"):
+        text = (ROOT / path).read_text()
+        for code in CloseCode:
+            if code >= 4000:
+                assert str(int(code)) not in text, f"{path} spells {code.name} as a number"
+
+
+def test_request_id_is_echoed_field_by_field() -> None:
+    from protocol.messages import WatchReadyPayload, WatchRequestPayload
+
+    request = decode(
+        '{"type":"watch_request","payload":{"device_id":"d","request_id":"r-1_x"}}',
+        ViewerToCloud,
+    )
+    assert request.payload == WatchRequestPayload(device_id="d", request_id="r-1_x")
+    assert "request_id" in WatchReadyPayload.__struct_fields__
+    with pytest.raises(ProtocolError) as bad:  # the alphabet is checked: it reaches the page
+        decode(
+            '{"type":"watch_request","payload":{"device_id":"d","request_id":"<b>"}}',
+            ViewerToCloud,
+        )
+    assert bad.value.code == "invalid_message"
+    refused = ProtocolError("device_busy", "busy", ref="watch_request", request_id="r-1_x")
+    assert '"request_id":"r-1_x"' in encode(refused.to_message())
 
 
 def test_round_trip_and_clear_errors() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -519,6 +520,77 @@ async def test_signaling_loss_is_shown_and_recovered(
     await page.wait_for_selector("[data-testid=banner]", state="hidden")
     await context.close()
     # While the cloud was down nginx answered 502 (a refused upstream): expected here.
+    assert [e for e in unexpected(problems) if "502" not in e] == [], problems.errors
+
+
+#: Records, from now on, when the page presents each video frame and each state its pill shows.
+RECORD_PLAYBACK = """() => {
+  const video = document.querySelector("[data-testid=video]");
+  const pill = document.querySelector("[data-testid=watch-state]");
+  window.__frames = [];
+  window.__pill = [pill.dataset.state];
+  const onFrame = (now, meta) => {
+    window.__frames.push({ at: performance.now(), decoded: meta.presentedFrames });
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+  new MutationObserver(() => window.__pill.push(pill.dataset.state))
+    .observe(pill, { attributes: true, attributeFilter: ["data-state"] });
+}"""
+
+
+@pytest.mark.slow
+async def test_a_cloud_restart_never_cuts_live_video(
+    nginx: Nginx, browser: Browser, api: ApiClient, cloud: CloudProcess, tmp_path: Path
+) -> None:
+    """The embedded cloud (one process: SQLite and in-process live state) is killed and started
+    again mid-watch.  The real agent keeps its peer; the page keeps the peer connection that
+    carries video, says nothing alarming, resumes the session (or, if the cloud cannot take it
+    back, sets up a fresh one beside it and switches over): no gap in the presented frames."""
+    from tests.agent_inprocess import pair, running_agent, until
+
+    account = await api.account()
+    async with running_agent(nginx.url, tmp_path / "agent") as agent:
+        assert agent.sessions is not None
+        sessions = agent.sessions
+        _, device_id = await pair(agent, nginx.url, account)
+        context, page, problems = await open_app(browser, nginx, account)
+        try:
+            await page.goto(f"{nginx.url}/#/watch/{device_id}")
+            await watch_until_live(page)
+            await page.evaluate(RECORD_PLAYBACK)
+            cloud.kill()
+            try:
+                await page.wait_for_selector(
+                    "[data-testid=signaling-state][data-state=reconnecting]", timeout=15_000
+                )
+                await screenshot(page, "app-watch-cloud-restarting")
+            finally:
+                # In a thread: the agent shares this event loop and must keep streaming.
+                await asyncio.to_thread(cloud.start)
+            await page.wait_for_selector(
+                "[data-testid=signaling-state][data-state=open]", timeout=40_000
+            )
+            # Settled: resumed, or a fresh session took over from the one that kept playing.
+            await page.wait_for_function(
+                """() => { const w = window.__mumu.watch;
+                   return w.state === "connected" && !w.standby && w.awaiting === null; }""",
+                timeout=60_000,
+            )
+            settled = await page.evaluate("window.__frames.length")
+            await page.wait_for_function(f"() => window.__frames.length > {settled + 15}")
+            frames = await page.evaluate("window.__frames")
+            pill = await page.evaluate("window.__pill")
+            counts = await page.evaluate("window.__mumu.watch.counts")
+            gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(frames)]
+            print(f"\nlongest gap {max(gaps):.0f} ms over {len(frames)} frames; {counts}")
+            assert max(gaps) < 1000, f"the picture stopped for {max(gaps):.0f} ms ({counts})"
+            assert set(pill) == {"connected"}, pill
+            assert await page.is_hidden("[data-testid=banner]"), "nothing alarming to say"
+            # The camera ends up serving this page once: no orphaned peer left behind.
+            await until(lambda: len(sessions.sessions) == 1, 30, "one session on the camera")
+        finally:
+            await context.close()
     assert [e for e in unexpected(problems) if "502" not in e] == [], problems.errors
 
 

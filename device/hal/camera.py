@@ -90,8 +90,11 @@ class Camera(Protocol):
     unit to ``sink``; ``request_keyframe`` (any thread) makes the next one a keyframe;
     ``close`` stops, joins the thread and releases the device.  A camera is started at most
     once; ``close`` is idempotent and blocks for at most about a second (call it from a worker
-    thread in async code).  If capture fails after start, the camera logs it, calls no more
-    sinks, and :attr:`error` holds the exception.
+    thread in async code).  If capture fails after start and the backend learns of it, the
+    camera logs it, calls no more sinks, and :attr:`error` holds the exception.  Some cannot
+    learn of it (picamera2 gives no word when the sensor stops): the media hub's failure
+    detector treats a camera that delivers nothing for a couple of seconds as failed, whatever
+    :attr:`error` says (``device/media/hub.py``).
     """
 
     @property

@@ -10,6 +10,11 @@ Encoded pictures arrive through a :class:`picamera2.outputs.Output` subclass's
 ``outputframe(frame, keyframe, timestamp, packet, audio)``, called from picamera2's encoder
 thread.  The model is read from ``/proc/device-tree/model`` when a camera is opened, never at
 import; ``picamera2`` itself is imported only here, inside functions.
+
+picamera2 reports failures only when starting: a sensor that stops at runtime (a CSI frontend
+timeout, a loose ribbon cable) just stops calling ``outputframe``, so :attr:`error` stays
+``None``; the media hub notices the silence and restarts the camera (tested with the fake's
+``Picamera2.stall``).
 """
 
 from __future__ import annotations

@@ -10,16 +10,28 @@
     await hub.close()
 """
 
-from device.media.hub import CameraFactory, HubTrack, MediaHub, TrackStats
-from device.media.peer import H264_PARAMETERS, answer, attach_to_peer, h264_preferences
+from device.media.hub import CameraFactory, HubState, HubTrack, MediaHub, TrackStats
+from device.media.late_relay import LateRelay, candidate_line, defer_relays
+from device.media.peer import (
+    H264_PARAMETERS,
+    answer,
+    attach_to_peer,
+    h264_preferences,
+    prepare_sender,
+)
 
 __all__ = [
     "H264_PARAMETERS",
     "CameraFactory",
+    "HubState",
     "HubTrack",
+    "LateRelay",
     "MediaHub",
     "TrackStats",
     "answer",
     "attach_to_peer",
+    "candidate_line",
+    "defer_relays",
     "h264_preferences",
+    "prepare_sender",
 ]

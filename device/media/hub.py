@@ -9,6 +9,24 @@ requested for it), so it never stalls the others nor grows memory.
 The camera runs only while at least one track is subscribed (or ``keep_warm`` is set): it is
 opened on the first subscriber and closed after the last one leaves.  Opening and closing run
 in worker threads, never on the event loop.  Use the hub from one event loop.
+
+**One failure detector for every backend.**  A camera has failed when it says so
+(:attr:`Camera.error`) or when no picture came for ``stall_timeout_s`` (``first_picture_s``
+after opening): picamera2, for one, never reports a sensor that stopped.  The hub then closes
+it and opens a new one with backoff, keeping every track (state ``restarting``); after
+``max_restarts`` failed attempts in a row it gives up (state ``failed``): listeners hear it
+first (the session manager ends its sessions with ``camera_failed``), then the tracks end.
+The next subscriber tries again.  :attr:`MediaHub.state` and :meth:`MediaHub.add_listener`
+publish it: ``idle -> starting -> running -> restarting -> running ... | failed``.
+
+**One continuous timeline.**  Backends start their clocks at zero when opened; the hub shifts
+each camera's timestamps so that they continue where the previous camera's stopped (plus the
+wall-clock time in between), and never go backwards: aiortc derives RTP timestamps from them.
+
+**GOP cache.**  A camera that cannot make a keyframe on request (UVC H.264 passed through) has
+its access units since the last keyframe kept (bounded): a new viewer starts from them at once,
+squeezed into a few RTP ticks so that its jitter buffer does not replay seconds of history,
+instead of waiting for the camera's next keyframe.
 """
 
 from __future__ import annotations
@@ -16,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -24,7 +44,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from device.hal.camera import TIME_BASE, AccessUnit, Camera, CameraConfig, Capabilities
+from device.hal.camera import (
+    CLOCK_RATE,
+    TIME_BASE,
+    AccessUnit,
+    Camera,
+    CameraConfig,
+    CameraError,
+    Capabilities,
+)
 
 if TYPE_CHECKING:
     import av
@@ -32,6 +60,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CameraFactory = Callable[[CameraConfig], Camera]
+Clock = Callable[[], float]
+
+
+class HubState(enum.StrEnum):
+    #: Nobody wants the camera: it is closed.
+    IDLE = "idle"
+    #: Opening the camera, waiting for its first picture.
+    STARTING = "starting"
+    #: Pictures flow.
+    RUNNING = "running"
+    #: The camera failed (an error, or no picture for too long); it is being reopened with
+    #: backoff.  Tracks stay: pictures resume, from a keyframe, when it is back.
+    RESTARTING = "restarting"
+    #: It could not be (re)started ``max_restarts`` times in a row: every track ended.  The
+    #: next subscriber (or ``keep_warm``, every ``failed_retry_s``) tries again.
+    FAILED = "failed"
+
+
+StateListener = Callable[[HubState], None]
 
 
 @dataclass
@@ -46,6 +93,8 @@ class TrackStats:
     max_queued: int = 0
     #: Keyframes handed to the consumer.
     keyframes: int = 0
+    #: Access units it started with from the hub's GOP cache.
+    preloaded: int = 0
 
 
 class HubTrack(MediaStreamTrack):
@@ -57,10 +106,16 @@ class HubTrack(MediaStreamTrack):
         super().__init__()
         self._hub = hub
         self._queue: collections.deque[AccessUnit] = collections.deque()
+        self._base_limit = queue_frames
         self._limit = queue_frames
         self._wakeup = asyncio.Event()
         self._waiting_keyframe = True
         self.stats = TrackStats()
+        self.created_at = hub.clock()
+        #: When the consumer (aiortc's sender) last took a picture (hub clock); ``None``: never.
+        self.last_delivered_at: float | None = None
+        #: Why the hub ended the track (``"camera_failed"``, ``"closed"``), if it did.
+        self.ended_by: str | None = None
 
     def request_keyframe(self) -> None:
         """Ask the camera for a keyframe (e.g. the viewer sent a PLI or FIR)."""
@@ -70,12 +125,27 @@ class HubTrack(MediaStreamTrack):
     def queued(self) -> int:
         return len(self._queue)
 
+    def _preload(self, units: list[AccessUnit]) -> None:
+        """Start with the hub's GOP (a keyframe and what followed), timestamps squeezed into
+        the last ``len(units)`` ticks before the newest: decoded at once, not replayed."""
+        last = units[-1].pts
+        count = len(units)
+        self._queue.extend(
+            dataclasses.replace(unit, pts=last - (count - 1 - i)) for i, unit in enumerate(units)
+        )
+        self._limit = self._base_limit + count
+        self._waiting_keyframe = False
+        self.stats.preloaded = count
+        self.stats.max_queued = max(self.stats.max_queued, len(self._queue))
+        self._wakeup.set()
+
     def _offer(self, unit: AccessUnit) -> None:
         """Called by the hub on the event loop for every access unit."""
         if len(self._queue) >= self._limit:
             self.stats.dropped += len(self._queue)
             self.stats.overflows += 1
             self._queue.clear()
+            self._limit = self._base_limit
             self._waiting_keyframe = True
             if not unit.keyframe:
                 self._hub.request_keyframe()
@@ -99,8 +169,11 @@ class HubTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         unit = self._queue.popleft()
+        if len(self._queue) <= self._base_limit:
+            self._limit = self._base_limit
         self.stats.delivered += 1
         self.stats.keyframes += unit.keyframe
+        self.last_delivered_at = self._hub.clock()
         packet = av.Packet(unit.data)
         packet.pts = unit.pts
         packet.dts = unit.pts
@@ -122,6 +195,7 @@ class MediaHub:
     it is called again each time the camera restarts.  ``queue_frames`` bounds each viewer's
     queue (half a second at 30 fps by default).  Keyframe requests closer together than
     ``keyframe_min_interval_s`` are merged into one, sent when the interval has passed.
+    ``clock`` is ``time.monotonic`` unless a test says otherwise.
     """
 
     def __init__(
@@ -131,32 +205,66 @@ class MediaHub:
         keep_warm: bool = False,
         queue_frames: int = 15,
         keyframe_min_interval_s: float = 0.25,
+        *,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.camera_factory = camera_factory
         self.config = config
         self._keep_warm = keep_warm
         self.queue_frames = queue_frames
         self.keyframe_min_interval_s = keyframe_min_interval_s
+        self.clock = clock
+        #: How often a running camera's health is checked.
+        self.health_check_s = 0.5
+        #: No picture for this long (after the first one) means the camera failed.
+        self.stall_timeout_s = max(2.0, 4.0 / config.fps)
+        #: No first picture this long after opening means the camera failed.
+        self.first_picture_s = 5.0
+        #: First restart delay (doubling for each failure in a row), and how many restarts in
+        #: a row before the hub gives up (state ``failed``).
+        self.restart_delay_s = 0.5
+        self.max_restarts = 3
+        #: A camera that ran this long before failing starts a fresh series of restarts.
+        self.healthy_after_s = 30.0
+        #: With ``keep_warm``, how long a failed hub waits before trying again.
+        self.failed_retry_s = 60.0
+        #: GOP cache bounds (cameras without keyframe-on-request only).
+        self.gop_cache_frames = max(1, round(10 * config.fps))
+        self.gop_cache_bytes = 8 * 1024 * 1024
+
         self._tracks: set[HubTrack] = set()
         self._camera: Camera | None = None
         self._generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reconciler: asyncio.Task[None] | None = None
-        self._monitor: asyncio.Task[None] | None = None
-        self._camera_started_at = 0.0
-        #: How often a running camera's health is checked, and the first restart delay.
-        self.health_check_s = 1.0
-        self.restart_delay_s = 1.0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._state = HubState.IDLE
+        self._listeners: list[StateListener] = []
         self._closed = False
         self._last_keyframe_request = 0.0
         self._pending_keyframe: asyncio.TimerHandle | None = None
+        # The timeline: the generation whose first unit was seen, its offset, the last output.
+        self._unit_generation = 0
+        self._pts_offset = 0
+        self._last_pts: int | None = None
+        self._last_unit_at: float | None = None
+        self._keep_gop = False
+        self._gop: list[AccessUnit] = []
+        self._gop_bytes = 0
+
         #: Cameras started so far, access units received, keyframe requests passed on.
         self.starts = 0
         self.access_units = 0
         self.keyframe_requests = 0
         self.last_error: BaseException | None = None
-        #: Cameras that failed while running (each restarted while viewers remain).
+        #: Cameras that failed while running or could not be opened (each retried).
         self.failures = 0
+        #: Times the hub gave up (state ``failed``).
+        self.gave_up = 0
+        #: Access units whose timestamp the hub had to move forward (a backend's clock went
+        #: back within one camera's run).
+        self.retimed = 0
 
     # --- viewers ----------------------------------------------------------------------------
 
@@ -167,8 +275,11 @@ class MediaHub:
         self._loop = asyncio.get_running_loop()
         track = HubTrack(self, self.queue_frames)
         self._tracks.add(track)
-        if self._camera is not None:
-            self.request_keyframe()
+        if self._camera is not None and self._state is HubState.RUNNING:
+            if self._keep_gop and self._gop:
+                track._preload(self._gop)
+            else:
+                self.request_keyframe()
         self._poke()
         return track
 
@@ -179,6 +290,18 @@ class MediaHub:
     @property
     def viewers(self) -> int:
         return len(self._tracks)
+
+    @property
+    def tracks(self) -> list[HubTrack]:
+        return list(self._tracks)
+
+    @property
+    def state(self) -> HubState:
+        return self._state
+
+    def add_listener(self, listener: StateListener) -> None:
+        """``listener(state)`` on every change of :attr:`state` (on the event loop)."""
+        self._listeners.append(listener)
 
     @property
     def running(self) -> bool:
@@ -194,6 +317,15 @@ class MediaHub:
         return self._camera.capabilities if self._camera else None
 
     @property
+    def last_picture_at(self) -> float | None:
+        """When the last access unit arrived (hub clock)."""
+        return self._last_unit_at
+
+    @property
+    def gop_cached(self) -> int:
+        return len(self._gop)
+
+    @property
     def keep_warm(self) -> bool:
         return self._keep_warm
 
@@ -205,22 +337,29 @@ class MediaHub:
         await self.settled()
 
     async def settled(self) -> None:
-        """Wait until the camera is running if it should, stopped if it should not."""
-        while self._reconciler is not None and not self._reconciler.done():
-            await asyncio.shield(self._reconciler)
+        """Wait until the camera is running (or failed) if it should run, closed if not."""
+        while True:
+            if self._wanted():
+                if self._state in (HubState.RUNNING, HubState.FAILED):
+                    return
+            elif self._task is None or self._task.done():
+                return
+            changed = self._changed
+            await changed.wait()
 
     async def close(self) -> None:
         """Stop every track and the camera."""
         self._closed = True
         for track in list(self._tracks):
+            track.ended_by = "closed"
             track.stop()
         if self._pending_keyframe is not None:
             self._pending_keyframe.cancel()
-        if self._loop is not None:
-            self._poke()
-            await self.settled()
-        if self._monitor is not None:
-            self._monitor.cancel()
+        self._wake.set()
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
 
     # --- keyframes --------------------------------------------------------------------------
 
@@ -251,59 +390,118 @@ class MediaHub:
     def _poke(self) -> None:
         if self._loop is None:
             return
-        if self._reconciler is None or self._reconciler.done():
-            self._reconciler = self._loop.create_task(self._reconcile())
+        self._wake.set()
+        if self._task is None or self._task.done():
+            if self._wanted():
+                self._set_state(HubState.STARTING)
+            if self._wanted() or self._camera is not None:
+                self._task = self._loop.create_task(self._run(), name="media-hub")
 
-    async def _reconcile(self) -> None:
-        while True:
-            want = self._wanted()
-            if want and self._camera is None:
-                self._generation += 1
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _set_state(self, state: HubState) -> None:
+        if state is self._state:
+            return
+        log.info("camera %s", state.value)
+        self._state = state
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception:
+                log.exception("a camera state listener failed")
+        self._notify()
+
+    async def _run(self) -> None:
+        """The one task that opens, watches, restarts and closes the camera."""
+        failures = 0
+        try:
+            while self._wanted():
+                if self._state is not HubState.RESTARTING:
+                    self._set_state(HubState.STARTING)
+                opened = self.clock()
                 try:
-                    self._camera = await asyncio.to_thread(self._start_camera, self._generation)
+                    camera = await asyncio.to_thread(self._start_camera, self._next_generation())
                 except Exception as exc:
-                    log.exception("cannot start the camera")
-                    self.last_error = exc
-                    for track in list(self._tracks):
-                        track.stop()
-                    return
-                self.starts += 1
-                if self._monitor is None or self._monitor.done():
-                    self._monitor = asyncio.create_task(self._watch_camera())
-            elif not want and self._camera is not None:
-                camera, self._camera = self._camera, None
-                self._generation += 1
-                await asyncio.to_thread(camera.close)
+                    problem: BaseException | None = exc
+                    log.error("cannot start the camera: %s", exc)
+                else:
+                    self.starts += 1
+                    self._notify()
+                    problem = await self._watch(camera, opened)
+                    await self._close_camera(camera)
+                    if problem is not None and self.clock() - opened > self.healthy_after_s:
+                        failures = 0  # healthy for a while: a fresh series of restarts
+                if problem is None:
+                    continue  # no longer wanted (or wanted again meanwhile): loop decides
+                self.last_error = problem
+                self.failures += 1
+                failures += 1
+                if failures > self.max_restarts:
+                    self._give_up(problem)
+                    if not self._keep_warm or self._closed:
+                        return
+                    await self._pause(self.failed_retry_s)
+                    failures = 0
+                    continue
+                delay = self.restart_delay_s * 2 ** (failures - 1)
+                log.error("the camera failed (%s); restarting it in %.1f s", problem, delay)
+                self._set_state(HubState.RESTARTING)
+                await self._pause(delay)
+            if self._state is not HubState.FAILED or self._closed:
+                self._set_state(HubState.IDLE)
+        finally:
+            self._notify()
+
+    def _next_generation(self) -> int:
+        self._generation += 1
+        return self._generation
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up early when nobody wants the camera any more."""
+        deadline = self.clock() + seconds
+        while self._wanted() and (left := deadline - self.clock()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+
+    async def _watch(self, camera: Camera, opened: float) -> BaseException | None:
+        """Until the camera is no longer wanted (``None``) or has failed (why)."""
+        generation = self._generation
+        while True:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.health_check_s)
+            if not self._wanted():
+                return None
+            if camera.error is not None:
+                return camera.error
+            now = self.clock()
+            if self._unit_generation == generation and self._last_unit_at is not None:
+                silent, limit = now - self._last_unit_at, self.stall_timeout_s
             else:
-                return
+                silent, limit = now - opened, self.first_picture_s
+            if silent > limit:
+                return CameraError(f"no picture from the camera for {silent:.1f} s")
 
-    async def _watch_camera(self) -> None:
-        """Restart a camera that failed while running (unplugged, driver error), with backoff.
-
-        Viewers keep their tracks meanwhile: pictures resume, from a keyframe, when it is back.
-        """
-        delay = self.restart_delay_s
-        while not self._closed:
-            await asyncio.sleep(self.health_check_s)
-            camera = self._camera
-            if camera is None:
-                if not self._wanted():
-                    return
-                continue
-            if camera.error is None:
-                if time.monotonic() - self._camera_started_at > 30:
-                    delay = self.restart_delay_s  # healthy for a while: start over
-                continue
-            self.last_error = camera.error
-            self.failures += 1
-            log.error("the camera failed (%s); restarting it in %.0f s", camera.error, delay)
-            if self._camera is camera:
-                self._camera = None
-                self._generation += 1
+    async def _close_camera(self, camera: Camera) -> None:
+        if self._camera is camera:
+            self._camera = None
+            self._generation += 1  # its last units are ignored
+        try:
             await asyncio.to_thread(camera.close)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            self._poke()
+        except Exception:
+            log.exception("closing the camera failed")
+        self._notify()
+
+    def _give_up(self, problem: BaseException) -> None:
+        self.gave_up += 1
+        log.error("the camera does not work (%s): giving up until the next viewer", problem)
+        self._set_state(HubState.FAILED)  # listeners end their sessions first
+        for track in list(self._tracks):
+            track.ended_by = "camera_failed"
+            track.stop()
 
     def _start_camera(self, generation: int) -> Camera:
         """In a worker thread: open and start a camera whose units reach :meth:`_dispatch`."""
@@ -318,7 +516,7 @@ class MediaHub:
         # Known before its first unit can be dispatched (the loop may run that before it sees
         # this function return), so that ``capabilities`` is never None while frames flow.
         self._camera = camera
-        self._camera_started_at = time.monotonic()
+        self._keep_gop = not camera.capabilities.keyframe_on_request
         try:
             camera.start(sink)
         except BaseException:
@@ -331,6 +529,43 @@ class MediaHub:
     def _dispatch(self, generation: int, unit: AccessUnit) -> None:
         if generation != self._generation:
             return  # from a camera being closed
+        now = self.clock()
+        if self._unit_generation != generation:  # this camera's first picture
+            self._unit_generation = generation
+            self._gop.clear()
+            self._gop_bytes = 0
+            if self._last_pts is None or self._last_unit_at is None:
+                self._pts_offset = 0
+            else:  # continue the timeline, with the time the camera was away
+                gap = max(1, round((now - self._last_unit_at) * CLOCK_RATE))
+                self._pts_offset = self._last_pts + gap - unit.pts
+            self._set_state(HubState.RUNNING)
+        pts = unit.pts + self._pts_offset
+        if self._last_pts is not None and pts <= self._last_pts:
+            pts = self._last_pts + 1  # a backend's clock went back: never follow it
+            self.retimed += 1
+        if pts != unit.pts:
+            unit = dataclasses.replace(unit, pts=pts)
+        self._last_pts = pts
+        self._last_unit_at = now
         self.access_units += 1
+        if self._keep_gop:
+            self._cache(unit)
         for track in list(self._tracks):
             track._offer(unit)
+
+    def _cache(self, unit: AccessUnit) -> None:
+        if unit.keyframe:
+            self._gop = [unit]
+            self._gop_bytes = len(unit.data)
+        elif self._gop:
+            size = len(unit.data)
+            if (
+                len(self._gop) >= self.gop_cache_frames
+                or self._gop_bytes + size > self.gop_cache_bytes
+            ):
+                self._gop = []  # too long to replay: the next keyframe starts a new one
+                self._gop_bytes = 0
+            else:
+                self._gop.append(unit)
+                self._gop_bytes += size

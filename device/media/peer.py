@@ -27,6 +27,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from device.media.hub import HubTrack
+from device.media.late_relay import LateRelay, defer_relays
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpTransceiver
@@ -114,16 +115,40 @@ def _narrow_negotiated_codecs(transceiver: RTCRtpTransceiver) -> None:
     transceiver._codecs = narrowed
 
 
+def prepare_sender(pc: RTCPeerConnection) -> RTCRtpTransceiver:
+    """Before the viewer's offer: the ``sendonly`` constrained-baseline H.264 transceiver the
+    offer will be matched to, still without a track.  Its ICE agent exists from now on, so a
+    TURN allocation can start before the offer arrives (see :mod:`device.media.late_relay`);
+    :func:`answer` with ``transceiver=`` puts the track on it."""
+    transceiver = pc.addTransceiver("video", direction="sendonly")
+    transceiver.setCodecPreferences(h264_preferences())
+    return transceiver
+
+
 async def answer(
-    pc: RTCPeerConnection, offer: RTCSessionDescription, track: HubTrack
+    pc: RTCPeerConnection,
+    offer: RTCSessionDescription,
+    track: HubTrack,
+    *,
+    transceiver: RTCRtpTransceiver | None = None,
+    late_relays: list[LateRelay] | None = None,
 ) -> RTCSessionDescription:
     """Answer a viewer's offer with ``track``: attach, read the offer, answer; the local answer.
 
-    Raises ``ValueError`` when the offer has no H.264 constrained baseline in mode 1 (aiortc
-    says so as an ``OperationError``, a subclass of nothing we catch: it propagates).
+    ``transceiver``: one :func:`prepare_sender` made (else one is made now).  ``late_relays``:
+    when given, the TURN allocation does not hold up the answer; the deferred allocations are
+    appended to it (see :mod:`device.media.late_relay`).  Raises ``ValueError`` when the offer
+    has no H.264 constrained baseline in mode 1 (aiortc says so as an ``OperationError``, a
+    subclass of nothing we catch: it propagates).
     """
-    await attach_to_peer(pc, track)
+    if transceiver is None:
+        await attach_to_peer(pc, track)
+    else:
+        transceiver.sender.replaceTrack(track)
+        _hook_keyframe_requests(transceiver.sender)
     await pc.setRemoteDescription(offer)
+    if late_relays is not None:
+        late_relays.extend(defer_relays(pc))
     await pc.setLocalDescription(await pc.createAnswer())
     description = pc.localDescription
     assert description is not None

@@ -89,6 +89,7 @@ class PairingController:
         self._connection = ConnectionState.CONNECTING
         self._connection_detail = ""
         self._viewers = 0
+        self._camera_problem = ""
         self._code: PairingCode | None = None
         self._code_deadline = 0.0  # time.monotonic() after which the code is stale
         self._problem = ""  # why the last code request failed; "" after a success
@@ -146,6 +147,13 @@ class PairingController:
         """How many viewers are watching (shown on the online screen)."""
         if count != self._viewers:
             self._viewers = count
+            self._changed.set()
+
+    def set_camera_problem(self, problem: str) -> None:
+        """Why the camera does not work (``""``: it works, or nobody has asked it to yet).
+        While there is one, a paired device shows it as an error."""
+        if problem != self._camera_problem:
+            self._camera_problem = problem
             self._changed.set()
 
     def set_credentials(self, device_id: str, device_token: str) -> None:
@@ -274,6 +282,8 @@ class PairingController:
             if self._problem:
                 return Screen(Phase.ERROR, self._problem, None, site)
             return Screen(Phase.PAIRING, "Getting a pairing code", None, site)
+        if self._camera_problem:
+            return Screen(Phase.ERROR, self._camera_problem, None, site)
         if self._connection is ConnectionState.ERROR:
             return Screen(Phase.ERROR, self._connection_detail or "Cloud unreachable", None, site)
         if self._connection is ConnectionState.CONNECTING or self._paired is None:

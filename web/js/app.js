@@ -73,6 +73,7 @@ function startSignaling() {
   signaling = new Signaling({ getToken: session.token });
   signaling.addEventListener("state", (event) => showConnection(event.detail));
   signaling.addEventListener("unauthorized", () => expired());
+  signaling.addEventListener("signedout", () => signedOutByTheCloud());
   signaling.start();
 }
 
@@ -93,8 +94,10 @@ function showConnection({ state, retryInMs }) {
   }[state];
   connection.textContent = words || "";
   connection.title = state === "open" ? "Connected to the MuMu cloud" : "Not connected to the MuMu cloud";
-  if (state === "reconnecting") {
-    flash("Connection to the MuMu cloud lost. Reconnecting… Live video keeps playing if it can.", "warning");
+  if (state === "reconnecting" && currentWatch?.playing) {
+    // Video flows peer to peer: nothing alarming to say; the connection pill says the rest.
+  } else if (state === "reconnecting") {
+    flash("Connection to the MuMu cloud lost. Reconnecting…", "warning");
     banner.dataset.signaling = "lost";
   } else if (state === "open" && banner.dataset.signaling === "lost") {
     delete banner.dataset.signaling;
@@ -121,6 +124,15 @@ function expired() {
   session.signOut();
   stopSignaling();
   if (wasSignedIn || currentRoute?.auth) go("#/signin", EXPIRED, "error");
+}
+
+/** The cloud closed the socket because this sign-in was revoked (signed out elsewhere,
+ * password changed, account deleted). */
+function signedOutByTheCloud() {
+  session.signOut();
+  clearTimeout(expiryTimer);
+  stopSignaling();
+  go("#/signin", "You were signed out.", "info");
 }
 
 function signOut() {

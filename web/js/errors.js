@@ -6,6 +6,7 @@ const ERROR_WORDS = {
   forbidden: "This camera is not on your account.",
   not_found: "This camera was not found. It may have been unpaired.",
   rate_limited: "Too many requests. Please wait a moment.",
+  device_busy: "This camera already has as many viewers as it can serve.",
   session_not_found: "The viewing session has ended.",
   not_session_party: "This viewing session belongs to another window.",
   not_authenticated: "Your session has expired. Please sign in again.",
@@ -20,6 +21,9 @@ const END_WORDS = {
   device_unpaired: "This camera was unpaired from your account.",
   expired: "The viewing session expired.",
   error: "The stream stopped because of an error.",
+  camera_failed: "The camera is online, but its image sensor is not working.",
+  device_busy: "This camera already has as many viewers as it can serve.",
+  stream_stalled: "The picture froze.",
 };
 
 /** Words for an `error` payload {code, message, ref}. */

@@ -35,6 +35,19 @@ export const DIRECTIONS = Object.freeze({
   cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "device_update", "error"]),
 });
 
+/** WebSocket close codes the cloud sends (docs/protocol.md says what each means). */
+export const CLOSE = Object.freeze({
+  BAD_HELLO: 4400,
+  UNAUTHENTICATED: 4401,
+  SIGNED_OUT: 4403,
+  IDLE: 4408,
+  REPLACED: 4409,
+  TOO_SLOW: 4429,
+  TRY_AGAIN: 1013,
+  RESTART: 1012,
+});
+
 export const ERROR_CODES = Object.freeze(["invalid_json", "invalid_message", "unknown_type", "too_large", "binary_not_supported", "not_authenticated", "already_authenticated", "forbidden", "not_found", "device_offline", "session_not_found", "not_session_party", "rate_limited", "device_busy", "too_many_connections", "unavailable", "internal"]);
-export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "expired", "error"]);
+export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "expired", "error", "camera_failed", "device_busy", "stream_stalled"]);
 export const UPDATE_STATES = Object.freeze(["waiting", "downloading", "installed", "healthy", "committed", "rolled_back", "failed"]);
+export const DEVICE_END_REASONS = Object.freeze(["device_ended", "device_unpaired", "camera_failed", "device_busy", "stream_stalled"]);

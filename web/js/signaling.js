@@ -7,12 +7,12 @@
 //                  "connecting" | "open" | "reconnecting" | "closed"
 //   "ready"        detail {id, reconnected}: hello_ack received (after every (re)connect)
 //   "message"      detail: a message {type, payload} other than hello_ack / heartbeat_ack
-//   "unauthorized" the cloud refused the token (close code 4401): sign in again
+//   "unauthorized" the cloud refused the token (close code CLOSE.UNAUTHENTICATED): sign in again
+//   "signedout"    the sign-in was revoked (CLOSE.SIGNED_OUT: signed out here or elsewhere,
+//                  password changed, account deleted): show the sign-in page
+// Neither reconnects: the same token cannot help.
 
-import { MSG } from "./protocol.js";
-
-/** Close codes meaning "your credentials are no good": reconnecting cannot help. */
-const AUTH_CLOSE_CODES = new Set([4401, 4403]);
+import { CLOSE, MSG } from "./protocol.js";
 const HELLO_TIMEOUT_MS = 10_000;
 
 export function viewerSocketUrl(loc = window.location) {
@@ -153,10 +153,10 @@ export class Signaling extends EventTarget {
     this.ws = null;
     this.clearTimers();
     if (this.closedByUs) return;
-    if (AUTH_CLOSE_CODES.has(event.code)) {
+    if (event.code === CLOSE.UNAUTHENTICATED || event.code === CLOSE.SIGNED_OUT) {
       this.closedByUs = true;
       this.setState("closed");
-      this.dispatchEvent(new Event("unauthorized"));
+      this.dispatchEvent(new Event(event.code === CLOSE.SIGNED_OUT ? "signedout" : "unauthorized"));
       return;
     }
     this.scheduleReconnect();

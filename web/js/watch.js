@@ -1,18 +1,26 @@
 // Watching one camera: the viewer's side of a watch session and its RTCPeerConnection.
 //
-// watch_request -> watch_ready {session_id, ice_servers} -> peer connection with a recvonly
-// video transceiver -> signal_offer -> signal_answer, signal_ice both ways -> media flows
-// peer-to-peer (or through the TURN relay).  Recovery, so that nobody has to reload:
+// watch_request {request_id} -> watch_ready {session_id, request_id, ice_servers} -> peer
+// connection with a recvonly video transceiver -> signal_offer -> signal_answer, signal_ice both
+// ways -> media flows peer-to-peer (or through the TURN relay).  Recovery, so that nobody has to
+// reload:
 //   * ICE "disconnected" is often transient (Wi-Fi roaming): wait it out for a while;
 //   * ICE "failed", or "disconnected" for too long: a fresh watch (new session, new peer
 //     connection; the camera agent (aiortc) cannot do an ICE restart), retried with backoff;
-//   * signaling socket dropped: Signaling reconnects; then watch_resume while media still flows
-//     (session_not_found -> a fresh watch);
-//   * camera offline: wait for its device_status "online" (or retry slowly) and watch again.
+//   * signaling socket dropped: Signaling reconnects; then watch_resume {session_id, device_id}.
+//     A peer connection that carries video is never closed because signaling was lost: if the
+//     cloud does not know the session (it restarted), the resume is retried for a while (the
+//     camera may not be back yet to claim it), then a fresh session is set up *beside* the one
+//     still playing and takes over once it shows pictures ("standby");
+//   * a late watch_ready for a request given up on (its request_id is not the current one):
+//     watch_end at once, so that the camera does not keep a peer connection for nothing;
+//   * camera offline: wait for its device_status "online" (or retry slowly) and watch again;
+//   * the camera's sensor failed, or it has as many viewers as it can serve: say so in words.
 //
 // Events (EventTarget): "state" detail {state, message}; "stats" detail summary (stats.js);
 // "track" detail MediaStream.
-// States: requesting, connecting, connected, interrupted, recovering, waiting_device, ended, failed.
+// States: requesting, connecting, connected, interrupted, recovering, waiting_device, busy,
+// camera_failed, ended, failed.
 
 import { MSG } from "./protocol.js";
 import { backoffDelay } from "./signaling.js";
@@ -22,9 +30,11 @@ import { summarize } from "./stats.js";
 const READY_TIMEOUT_MS = 15_000; // watch_request -> watch_ready
 const CONNECT_TIMEOUT_MS = 30_000; // watch_ready -> peer connection "connected"
 const DISCONNECTED_GRACE_MS = 8_000; // ICE "disconnected" before giving up on this session
-const RESUME_TIMEOUT_MS = 8_000;
-const DEVICE_RETRY_MS = 20_000; // camera offline: try again this often even without news
+const RESUME_TIMEOUT_MS = 8_000; // watch_resume -> watch_resumed or an error
+const RESUME_RETRIES_MS = [1_000, 2_000, 4_000]; // the cloud does not know the session (yet)
+const DEVICE_RETRY_MS = 20_000; // camera offline or busy: try again this often even without news
 const STATS_EVERY_MS = 1_000;
+const FIRST_PICTURE_POLL_MS = 200; // a standby's successor: has it decoded a picture yet?
 
 const STATE_WORDS = {
   requesting: "Asking the camera…",
@@ -33,9 +43,18 @@ const STATE_WORDS = {
   interrupted: "Connection interrupted. Waiting for it to come back…",
   recovering: "Reconnecting to the camera…",
   waiting_device: "The camera is offline. Watching resumes when it is back.",
+  busy: "This camera already has as many viewers as it can serve. Watching starts when a place frees up.",
+  camera_failed: "The camera is online, but its image sensor is not working. Check the camera's cable, or restart the camera.",
   ended: "Stopped watching.",
   failed: "Could not watch this camera.",
 };
+
+/** A request id: 16 characters of [A-Za-z0-9_-] (the protocol's alphabet). */
+function newRequestId() {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => alphabet[b & 63]).join("");
+}
 
 /** Puts H.264 (constrained baseline first) ahead of other codecs: the camera sends H.264. */
 function preferH264(transceiver) {
@@ -53,6 +72,19 @@ function preferH264(transceiver) {
   }
 }
 
+/** Frames decoded so far by `pc`'s video receiver (0 if unknown). */
+async function framesDecoded(pc) {
+  let count = 0;
+  try {
+    (await pc.getStats()).forEach((stat) => {
+      if (stat.type === "inbound-rtp" && stat.kind === "video") count = stat.framesDecoded || 0;
+    });
+  } catch {
+    // a closing connection: nothing decoded
+  }
+  return count;
+}
+
 export class Watch extends EventTarget {
   /**
    * @param {object} options
@@ -68,15 +100,21 @@ export class Watch extends EventTarget {
     this.state = "idle";
     this.message = "";
     this.sessionId = null;
+    this.requestId = null;
     this.pc = null;
     this.stream = null;
+    this.shownStream = null;
     this.stats = null;
+    this.standby = null; // {pc, sessionId, stream}: still playing while a fresh session takes over
     this.attempt = 0; // consecutive failed attempts (for the retry backoff)
+    this.resumeAttempt = 0;
     this.awaiting = null; // "ready" | "resume" | null
     this.remoteCandidates = [];
     this.timers = {};
     this.statsTimer = null;
     this.stopped = false;
+    /** Counters for tests and diagnostics. */
+    this.counts = { lateReadyEnded: 0, resumed: 0, resumeRefused: 0, standbyTakeovers: 0 };
     this.onMessage = (event) => this.handle(event.detail);
     this.onReady = (event) => this.signalingReady(event.detail);
     signaling.addEventListener("message", this.onMessage);
@@ -92,6 +130,7 @@ export class Watch extends EventTarget {
     this.endSession();
     this.clearTimers();
     this.closePeer();
+    this.dropStandby();
     this.awaiting = null;
     this.setState("ended", STATE_WORDS.ended);
   }
@@ -108,6 +147,12 @@ export class Watch extends EventTarget {
     this.request();
   }
 
+  /** Whether video is on screen (the current session's, or a standby's). */
+  get playing() {
+    const live = (pc) => pc && pc.connectionState === "connected";
+    return live(this.standby?.pc) || (this.state === "connected" && live(this.pc));
+  }
+
   // --- session lifecycle -----------------------------------------------------------------------
 
   request() {
@@ -115,8 +160,9 @@ export class Watch extends EventTarget {
     this.closePeer();
     this.sessionId = null;
     this.awaiting = "ready";
+    this.requestId = newRequestId();
     this.setState("requesting", STATE_WORDS.requesting);
-    if (!this.signaling.send(MSG.WATCH_REQUEST, { device_id: this.deviceId })) {
+    if (!this.signaling.send(MSG.WATCH_REQUEST, { device_id: this.deviceId, request_id: this.requestId })) {
       return; // not connected: signalingReady() sends it
     }
     this.timers.ready = setTimeout(() => this.recover("The camera did not answer."), READY_TIMEOUT_MS);
@@ -134,21 +180,23 @@ export class Watch extends EventTarget {
     this.timers.retry = setTimeout(() => this.request(), delay);
   }
 
-  waitForDevice(words) {
+  /** Waits (camera offline, or busy) and asks again later, or when it comes back online. */
+  waitForDevice(words, state = "waiting_device") {
     this.endSession();
     this.clearTimers();
     this.closePeer();
     this.awaiting = null;
-    this.setState("waiting_device", words || STATE_WORDS.waiting_device);
+    this.setState(state, words || STATE_WORDS[state]);
     this.timers.retry = setTimeout(() => this.request(), DEVICE_RETRY_MS);
   }
 
-  fail(words) {
+  fail(words, state = "failed") {
     this.endSession();
     this.clearTimers();
     this.closePeer();
+    this.dropStandby();
     this.awaiting = null;
-    this.setState("failed", words);
+    this.setState(state, words);
   }
 
   endSession() {
@@ -164,6 +212,7 @@ export class Watch extends EventTarget {
     this.endSession();
     this.clearTimers();
     this.closePeer();
+    this.dropStandby();
     this.signaling.removeEventListener("message", this.onMessage);
     this.signaling.removeEventListener("ready", this.onReady);
   }
@@ -178,16 +227,97 @@ export class Watch extends EventTarget {
     if (!this.sessionId || !this.pc) return;
     const pcState = this.pc.connectionState;
     if (pcState === "connected" || pcState === "disconnected") {
-      // Media may still flow: re-attach the session to the new socket.
-      this.awaiting = "resume";
-      this.signaling.send(MSG.WATCH_RESUME, { session_id: this.sessionId });
-      clearTimeout(this.timers.resume);
-      this.timers.resume = setTimeout(() => {
-        if (this.awaiting === "resume") this.recover("The session could not be resumed.");
-      }, RESUME_TIMEOUT_MS);
+      this.resumeAttempt = 0;
+      this.resume();
     } else {
       // Offer/answer or candidates may have been lost with the old socket.
       this.recover();
+    }
+  }
+
+  /** Re-attaches the session to the new socket; media keeps flowing meanwhile. */
+  resume() {
+    this.awaiting = "resume";
+    this.signaling.send(MSG.WATCH_RESUME, { session_id: this.sessionId, device_id: this.deviceId });
+    clearTimeout(this.timers.resume);
+    this.timers.resume = setTimeout(() => {
+      if (this.awaiting === "resume") this.resumeRefused();
+    }, RESUME_TIMEOUT_MS);
+  }
+
+  /**
+   * The cloud does not know the session (it restarted and the camera has not claimed it yet,
+   * or it never will).  While its video plays: ask again a few times, then set up a fresh
+   * session beside it.  Without video: start over.
+   */
+  resumeRefused() {
+    this.counts.resumeRefused += 1;
+    clearTimeout(this.timers.resume);
+    const pc = this.pc;
+    if (!pc || pc.connectionState !== "connected") {
+      this.sessionId = null;
+      this.recover("");
+      return;
+    }
+    if (this.resumeAttempt < RESUME_RETRIES_MS.length) {
+      const delay = RESUME_RETRIES_MS[this.resumeAttempt];
+      this.resumeAttempt += 1;
+      this.awaiting = "resume-wait";
+      this.timers.resumeRetry = setTimeout(() => this.resume(), delay);
+      return;
+    }
+    this.holdVideo();
+    this.request();
+  }
+
+  /** Keeps the current peer connection playing as the standby; the next session replaces it. */
+  holdVideo() {
+    this.dropStandby();
+    const pc = this.pc;
+    this.standby = { pc, sessionId: this.sessionId, stream: this.stream };
+    pc.onconnectionstatechange = () => {
+      if (this.standby?.pc !== pc) return;
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") {
+        // Its video stopped after all: what the current attempt shows is the truth now.
+        this.dropStandby();
+        this.setState(this.state, this.message);
+      }
+    };
+    this.pc = null; // not closed: it keeps playing
+    this.sessionId = null;
+    this.awaiting = null;
+    clearInterval(this.statsTimer);
+    this.statsTimer = null;
+  }
+
+  dropStandby() {
+    const standby = this.standby;
+    if (!standby) return;
+    this.standby = null;
+    standby.pc.onconnectionstatechange = standby.pc.ontrack = standby.pc.onicecandidate = null;
+    standby.pc.close(); // the camera sees the DTLS close and ends its side
+    if (standby.sessionId) this.signaling.send(MSG.WATCH_END, { session_id: standby.sessionId });
+  }
+
+  /** Puts `stream` on screen (once per stream). */
+  show(stream) {
+    if (!stream || stream === this.shownStream) return;
+    this.shownStream = stream;
+    this.dispatchEvent(new CustomEvent("track", { detail: stream }));
+  }
+
+  /** The fresh session shows pictures: it replaces the standby on screen. */
+  async takeOver(pc) {
+    while (pc === this.pc && this.standby && pc.connectionState === "connected") {
+      if ((await framesDecoded(pc)) > 0) {
+        if (pc !== this.pc || !this.standby) return;
+        this.counts.standbyTakeovers += 1;
+        this.show(this.stream);
+        this.dropStandby();
+        this.setState("connected", STATE_WORDS.connected);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, FIRST_PICTURE_POLL_MS));
     }
   }
 
@@ -198,7 +328,7 @@ export class Watch extends EventTarget {
     const payload = message.payload || {};
     switch (message.type) {
       case MSG.WATCH_READY:
-        if (this.awaiting === "ready" && payload.device_id === this.deviceId) this.ready(payload);
+        this.watchReady(payload);
         break;
       case MSG.SIGNAL_ANSWER:
         if (payload.session_id === this.sessionId) this.answer(payload.sdp);
@@ -212,14 +342,17 @@ export class Watch extends EventTarget {
       case MSG.WATCH_RESUMED:
         if (payload.session_id === this.sessionId && this.awaiting === "resume") {
           this.awaiting = null;
+          this.counts.resumed += 1;
           clearTimeout(this.timers.resume);
         }
         break;
       case MSG.WATCH_ENDED:
         if (payload.session_id === this.sessionId) this.ended(payload.reason);
+        else if (this.standby && payload.session_id === this.standby.sessionId) this.dropStandby();
         break;
       case MSG.DEVICE_STATUS:
-        if (payload.device_id === this.deviceId && payload.online && this.state === "waiting_device") {
+        if (payload.device_id === this.deviceId && payload.online &&
+            (this.state === "waiting_device" || this.state === "busy")) {
           this.attempt = 0;
           this.request();
         }
@@ -232,11 +365,29 @@ export class Watch extends EventTarget {
     }
   }
 
+  watchReady(payload) {
+    const ours = payload.request_id
+      ? payload.request_id === this.requestId
+      : payload.device_id === this.deviceId; // a cloud that does not echo request ids
+    if (ours && this.awaiting === "ready") {
+      this.ready(payload);
+    } else if (payload.device_id === this.deviceId && payload.session_id !== this.sessionId) {
+      // The answer to a request given up on (a retry went out meanwhile): end it now rather
+      // than leave a peer connection waiting on the camera for its offer.
+      this.counts.lateReadyEnded += 1;
+      this.signaling.send(MSG.WATCH_END, { session_id: payload.session_id });
+    }
+  }
+
   ended(reason) {
     this.sessionId = null; // already gone at the cloud: no watch_end
     if (reason === "device_disconnected" || reason === "device_ended" || reason === "expired") {
       this.waitForDevice(`${describeEnd(reason)} Watching resumes when it is back.`);
-    } else if (reason === "viewer_disconnected" || reason === "error") {
+    } else if (reason === "device_busy") {
+      this.waitForDevice(STATE_WORDS.busy, "busy");
+    } else if (reason === "camera_failed") {
+      this.fail(STATE_WORDS.camera_failed, "camera_failed");
+    } else if (reason === "viewer_disconnected" || reason === "error" || reason === "stream_stalled") {
       this.recover(describeEnd(reason));
     } else {
       this.fail(describeEnd(reason));
@@ -245,22 +396,34 @@ export class Watch extends EventTarget {
 
   refused(payload) {
     const ref = payload.ref || "";
-    const aboutRequest = ref === MSG.WATCH_REQUEST && this.awaiting === "ready";
+    const aboutRequest = payload.request_id
+      ? payload.request_id === this.requestId && this.awaiting === "ready"
+      : ref === MSG.WATCH_REQUEST && this.awaiting === "ready";
     const aboutSession = Boolean(this.sessionId) && ref.includes(this.sessionId);
     if (!aboutRequest && !aboutSession) return;
+    if (aboutSession && payload.code === "session_not_found" && this.awaiting === "resume") {
+      this.resumeRefused();
+      return;
+    }
+    if (this.standby) {
+      // The fresh session could not be set up; the old one still plays: try again later.
+      this.recover("");
+      return;
+    }
     const words = describeError(payload);
     switch (payload.code) {
       case "device_offline":
         this.waitForDevice(`${words} Watching starts when it comes online.`);
         break;
+      case "device_busy":
+        this.waitForDevice(STATE_WORDS.busy, "busy");
+        break;
       case "session_not_found":
         this.sessionId = null;
-        this.recover(this.awaiting === "resume" ? "" : words);
+        this.recover(words);
         break;
       case "rate_limited":
       case "internal":
-        this.recover(words);
-        break;
       case "not_session_party":
         this.recover(words);
         break;
@@ -287,8 +450,10 @@ export class Watch extends EventTarget {
     pc.ontrack = (event) => {
       if (pc !== this.pc) return;
       this.stream = event.streams[0] || new MediaStream([event.track]);
-      this.dispatchEvent(new CustomEvent("track", { detail: this.stream }));
+      // While a standby plays, the new picture goes on screen when it has one (takeOver).
+      if (!this.standby) this.show(this.stream);
     };
+    // Candidates go out as they come (trickle): the offer never waits for a TURN allocation.
     pc.onicecandidate = (event) => {
       if (pc !== this.pc) return;
       const c = event.candidate;
@@ -395,7 +560,12 @@ export class Watch extends EventTarget {
         this.attempt = 0;
         clearTimeout(this.timers.connect);
         clearTimeout(this.timers.disconnected);
-        this.setState("connected", STATE_WORDS.connected);
+        if (this.standby) {
+          this.takeOver(pc);
+        } else {
+          this.show(this.stream); // if a standby that died was on screen until now
+          this.setState("connected", STATE_WORDS.connected);
+        }
         break;
       case "disconnected":
         this.setState("interrupted", STATE_WORDS.interrupted);
@@ -450,9 +620,16 @@ export class Watch extends EventTarget {
     this.timers = {};
   }
 
+  /**
+   * Records the state; what people see stays "Live" while a standby's video plays and a fresh
+   * session is being set up behind it (nothing alarming to say while the picture moves).
+   */
   setState(state, message) {
     this.state = state;
     this.message = message || STATE_WORDS[state] || "";
-    this.dispatchEvent(new CustomEvent("state", { detail: { state, message: this.message } }));
+    const shown = this.standby && ["requesting", "connecting", "recovering", "interrupted"].includes(state)
+      ? { state: "connected", message: STATE_WORDS.connected }
+      : { state, message: this.message };
+    this.dispatchEvent(new CustomEvent("state", { detail: shown }));
   }
 }

@@ -5,6 +5,12 @@ It mirrors the real API: ``Picamera2(camera_num)``, ``Picamera2.global_camera_in
 ``start_recording(encoder, output)``, ``stop_recording``, ``close``.  The "sensor" is the
 synthetic test pattern, captured in a thread at the configured ``FrameRate``; the encoder gets
 each picture with a sensor timestamp in microseconds since the first one, as picamera2's do.
+
+:meth:`Picamera2.stall` is the fault the real library gives no word of: the sensor stops
+delivering (libcamera's "Camera frontend has timed out!", a loose ribbon cable).  picamera2 has
+no error callback for it and ``outputframe`` is simply never called again; ``stop_recording`` and
+``close`` still work.  ``STALL_AFTER`` makes every new instance stall after that many pictures
+(``0``: a camera that opens but never delivers).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ CAMERAS: list[dict[str, Any]] = [
 #: Every instance made, so tests can look at what the backend did with them.
 INSTANCES: list[Picamera2] = []
 
+#: When not ``None``: each new camera stalls after this many pictures (see ``Picamera2.stall``).
+STALL_AFTER: int | None = None
+
 
 class Picamera2:
     def __init__(self, camera_num: int = 0) -> None:
@@ -43,7 +52,11 @@ class Picamera2:
         self.closed = False
         self.started = False
         self._stop = threading.Event()
+        self._stalled = threading.Event()
+        self._stall_after = STALL_AFTER
         self._thread: threading.Thread | None = None
+        #: Pictures the "sensor" delivered to the encoder.
+        self.pictures = 0
         INSTANCES.append(self)
 
     @staticmethod
@@ -83,9 +96,19 @@ class Picamera2:
         start = time.monotonic()
         n = 0
         while not self._stop.wait(max(0.0, start + n / fps - time.monotonic())):
+            if self._stall_after is not None and self.pictures >= self._stall_after:
+                self._stalled.set()
+            if self._stalled.is_set():
+                n += 1  # the sensor is silent; the thread still answers stop_recording
+                continue
             sensor_ns = time.monotonic_ns()
             self.encoder._encode_picture(pattern.frame(n, time.time()), sensor_ns)
+            self.pictures += 1
             n += 1
+
+    def stall(self) -> None:
+        """The sensor stops delivering pictures, without a word (see the module doc)."""
+        self._stalled.set()
 
     def stop_recording(self) -> None:
         self._stop.set()

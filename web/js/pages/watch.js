@@ -101,15 +101,19 @@ export function render(ctx, { deviceId }) {
       interrupted: "Interrupted",
       recovering: "Reconnecting",
       waiting_device: "Camera offline",
+      busy: "Camera busy",
+      camera_failed: "Camera not working",
       ended: "Ended",
       failed: "Failed",
     }[state] || state;
+    const over = state === "ended" || state === "failed" || state === "camera_failed";
     overlayText.textContent = message;
     overlay.hidden = live;
-    spinner.hidden = state === "ended" || state === "failed" || state === "waiting_device";
-    endButton.hidden = state === "ended" || state === "failed";
-    retryButton.hidden = !(state === "ended" || state === "failed");
-    if (state === "ended" || state === "failed") {
+    spinner.hidden = over || state === "waiting_device" || state === "busy";
+    endButton.hidden = over;
+    retryButton.hidden = !(over || state === "busy");
+    retryButton.textContent = { camera_failed: "Try again", busy: "Try now" }[state] || "Watch again";
+    if (over) {
       video.srcObject = null;
       for (const v of [pathValue, bitrateValue, fpsValue, rttValue, sizeValue, codecValue]) v.textContent = "—";
     }
