@@ -81,7 +81,7 @@ def test_nesting_is_bounded_before_decoding() -> None:
         ("1", 0),
         ("[]", 1),
         ('{"a":[{"b":[]}]}', 4),
-        ('["[[[[", "\\", "\\"[[[["]', 1),  # brackets, escapes and quotes inside strings
+        (json.dumps(["[[[[", "\\", '\\"[[[[', "{"]), 1),  # brackets, escapes, quotes in strings
         ('[{"k[": {"}": [1, 2, {"x": "]]]"}]}}]', 5),
         ("[" * 40 + "]" * 40, 40),
         ("[[]," * 50 + "1" + "]" * 50, 51),
