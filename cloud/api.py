@@ -237,7 +237,8 @@ async def retire_device(request: Request[Any, Any, Any], state: State, device_id
     )
     if not result.retired:
         raise ApiError(403, "forbidden", "only the camera itself may retire its identity")
-    svc.metrics.devices_retired.inc()
+    if result.newly:
+        svc.metrics.devices_retired.inc()
     await svc.hub.device_unpaired(device_id)
     await svc.live.publish(f"device:{device_id}", KICK)
 

@@ -77,6 +77,8 @@ class PairingTarget:
 class RetireResult:
     retired: bool
     previous_owner: str | None = None
+    #: False when it had been retired already (retiring is idempotent).
+    newly: bool = False
 
 
 @dataclass(frozen=True)
@@ -479,7 +481,7 @@ class SqlStore:
                     retired_at=row.retired_at or now,
                 )
             )
-        return RetireResult(True, row.owner_id)
+        return RetireResult(True, row.owner_id, newly=row.retired_at is None)
 
     # --- pairing -------------------------------------------------------------------------------
 

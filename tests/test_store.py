@@ -207,13 +207,13 @@ async def test_a_retired_device_loses_owner_codes_and_token(store: SqlStore) -> 
     await store.replace_pairing_code("d1", "c2", "k2", 100.0, 3.0)
     assert not (await store.retire_device("d1", "wrong", 4.0)).retired
     done = await store.retire_device("d1", "tokhash", 4.0)
-    assert done.retired and done.previous_owner == "u1"
+    assert done.retired and done.newly and done.previous_owner == "u1"
     device = await store.device("d1")
     assert device is not None and device.owner_id is None and device.retired_at == 4.0
     assert device.token_hash != "tokhash", "the old token no longer matches"
     assert await store.pairing_target(code_hash="c2", claim_hash=None) is None
     again = await store.retire_device("d1", "tokhash", 5.0)
-    assert again.retired and again.previous_owner is None, "idempotent"
+    assert again.retired and not again.newly and again.previous_owner is None, "idempotent"
     device = await store.device("d1")
     assert device is not None and device.retired_at == 4.0
     assert not (await store.retire_device("ghost", "tokhash", 5.0)).retired
