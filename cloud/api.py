@@ -355,8 +355,8 @@ _CLAIM_ERRORS = {
 
 
 _PAUSED_MESSAGE = (
-    "too many wrong pairing codes were tried recently, so for now a code is accepted only from "
-    "the camera's own network: scan the QR code on the camera instead, or connect to the same "
+    "too many pairing codes were tried recently, so for now a code is accepted only from the "
+    "camera's own network: scan the QR code on the camera instead, or connect to the same "
     "network as the camera"
 )
 
@@ -380,18 +380,20 @@ def same_network(a: str | None, b: str) -> bool:
 
 
 async def _code_accepted_here(svc: Services, code_hash: str, client: str) -> tuple[bool, int]:
-    """The global failed-code budget.  While it lasts, any code may be tried (each wrong one
-    spends it).  Once spent, a code is taken only from the network of the camera it belongs to:
-    a person typing the code shown in front of them is not locked out, an attacker elsewhere
-    learns nothing (a right and a wrong code get the same answer, after the same lookups)."""
-    budget = await svc.limits.available(
-        svc.settings.pair_failures_global, "pair-failures", "global"
-    )
-    if budget.allowed:
-        return True, 0
+    """The global budget of pairing codes tried from outside their camera's network.
+
+    A code typed on the camera's own network (the person in front of it) is never counted and
+    never refused.  Any other attempt, right or wrong, spends the budget *before* the code is
+    looked at, so no more than ``MUMU_PAIR_CODE_BUDGET`` codes are ever tried from elsewhere,
+    however many addresses and accounts an attacker has; once it is spent, codes from elsewhere
+    get one answer whether right or wrong, after the same lookups (the QR code's claim link,
+    with its unguessable token, still works from anywhere)."""
     target = await svc.store.pairing_target(code_hash=code_hash, claim_hash=None)
     camera = await svc.live.device_address(target.device.id if target else "-")
-    return target is not None and same_network(camera, client), budget.retry_after_s
+    if target is not None and same_network(camera, client):
+        return True, 0
+    verdict = await svc.limits.hit((svc.settings.pair_code_budget, "pair-code-budget", "global"))
+    return verdict.allowed, verdict.retry_after_s
 
 
 @post("/api/devices/pair", status_code=200, tags=["devices"], security=BEARER)
@@ -428,8 +430,6 @@ async def pair_device(
         result = await svc.store.claim(
             code_hash=code_hash, claim_hash=None, user_id=user_id, now=time.time()
         )
-        if result.outcome in (ClaimOutcome.NO_SUCH_CODE, ClaimOutcome.EXPIRED):
-            await svc.limits.hit((s.pair_failures_global, "pair-failures", "global"))
     else:
         assert data.claim_token is not None
         result = await svc.store.claim(

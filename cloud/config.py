@@ -52,7 +52,7 @@ class Settings:
     password_queue: int = 8
     password_timeout_s: int = 10
     device_register_rate_per_address: str = "20/hour"
-    pair_failures_global: str = "30/minute"
+    pair_code_budget: str = "10/minute"
     max_body_bytes: int = 64 * 1024
     max_json_depth: int = 32
     db_pool_size: int = 10
@@ -90,8 +90,8 @@ VARIABLES: dict[str, str] = {
     "MUMU_REGISTER_RATE_PER_ADDRESS": "sign-ups per client address",
     "MUMU_PAIR_RATE": "pairing attempts per account",
     "MUMU_PAIR_RATE_PER_ADDRESS": "pairing attempts per client address",
-    "MUMU_PAIR_FAILURES_GLOBAL": "wrong pairing codes from all addresses before codes are taken "
-    "only from the camera's own network (default 30/minute)",
+    "MUMU_PAIR_CODE_BUDGET": "pairing codes tried from outside their camera's network, all "
+    "accounts together; beyond it only the camera's network and QR links pair (10/minute)",
     "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS": "camera registrations per client address (20/hour)",
     "MUMU_MAX_BODY_BYTES": "largest HTTP request body (default 65536)",
     "MUMU_MAX_JSON_DEPTH": "deepest nesting of arrays and objects in an HTTP body (default 32)",
@@ -154,7 +154,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         "MUMU_REGISTER_RATE_PER_ADDRESS",
         "MUMU_PAIR_RATE",
         "MUMU_PAIR_RATE_PER_ADDRESS",
-        "MUMU_PAIR_FAILURES_GLOBAL",
+        "MUMU_PAIR_CODE_BUDGET",
         "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS",
         "MUMU_REFRESH_RATE_PER_ADDRESS",
     ):
