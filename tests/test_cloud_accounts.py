@@ -354,12 +354,15 @@ async def test_the_account_page_lists_its_sign_ins(cloud: CloudProcess, api: Api
 
 
 @pytest.mark.parametrize("kind", ["embedded"])
-async def test_sign_ins_per_account_are_capped_and_the_grace_is_configurable(
+async def test_sign_ins_per_account_refreshes_per_address_and_the_grace_are_bounded(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    for cloud in start_cloud(
-        request, tmp_path, kind, MUMU_MAX_SIGN_INS="2", MUMU_REFRESH_GRACE="0"
-    ):
+    limits = {
+        "MUMU_MAX_SIGN_INS": "2",
+        "MUMU_REFRESH_GRACE": "0",
+        "MUMU_REFRESH_RATE_PER_ADDRESS": "5/minute",
+    }
+    for cloud in start_cloud(request, tmp_path, kind, **limits):
         api = ApiClient(cloud.url)
         email, [oldest, middle, newest] = await browsers_of(cloud, api, 3)
         assert not await oldest.authorized(), "the least recently used sign-in ended"
@@ -371,6 +374,9 @@ async def test_sign_ins_per_account_are_capped_and_the_grace_is_configurable(
         assert (await newest.refresh()).status_code == 200
         assert (await newest.refresh(cookie=before)).status_code == 401
         assert not await newest.authorized()
+        # Refreshes per address are bounded too (three so far).
+        statuses = [(await middle.refresh()).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429], statuses
         assert email
         await api.aclose()
         for b in (oldest, middle, newest):

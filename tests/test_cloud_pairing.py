@@ -135,12 +135,14 @@ async def test_the_global_code_budget_never_locks_out_the_person_at_the_camera(
 
 
 @pytest.mark.parametrize("kind", ["embedded"])
-async def test_camera_registrations_are_limited_per_address(
+async def test_camera_registrations_and_sign_ups_are_limited_per_address(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    for cloud in start_cloud(
-        request, tmp_path, kind, MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS="3/hour"
-    ):
+    limits = {
+        "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS": "3/hour",
+        "MUMU_REGISTER_RATE_PER_ADDRESS": "2/hour",
+    }
+    for cloud in start_cloud(request, tmp_path, kind, **limits):
         one, two = from_address(cloud, "127.0.0.5"), from_address(cloud, "127.0.0.6")
         try:
             for _ in range(3):
@@ -149,8 +151,16 @@ async def test_camera_registrations_are_limited_per_address(
             assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
             assert int(r.headers["retry-after"]) > 60
             assert (await two.post("/api/devices/register")).status_code == 201
+            # Sign-ups too.
+            for n in range(3):
+                r = await one.post(
+                    "/api/auth/register",
+                    json={"email": f"n{n}-{id(one)}@example.com", "password": "long enough 1"},
+                )
+                assert r.status_code == (201 if n < 2 else 429), r.text
             metrics = (await one.get("/metrics")).text
             assert 'mumu_rate_limited_total{limit="device-register-addr"} 1.0' in metrics
+            assert 'mumu_rate_limited_total{limit="register-addr"} 1.0' in metrics
         finally:
             await one.aclose()
             await two.aclose()
