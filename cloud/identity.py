@@ -7,6 +7,7 @@ token revoked on the server (sign-out, password change, account deletion) is ref
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ def token_authenticator(tokens: TokenIssuer, store: Store) -> Authenticate:
         sign_in = await store.sign_in(claims.sign_in)
         if sign_in is None or sign_in.user_id != claims.user_id or sign_in.revoked_at is not None:
             raise TokenError("you were signed out; sign in again")
+        if sign_in.expires_at <= time.time():
+            raise TokenError("your session has expired; sign in again")
         return Identity(claims.user_id, claims.sign_in)
 
     return authenticate
