@@ -404,6 +404,10 @@ async def test_readyz_says_503_when_redis_is_gone(
         ({"MUMU_TURN_URLS": "http://x", "MUMU_TURN_SECRET": "s"}, "MUMU_TURN_URLS"),
         ({"MUMU_REDIS_URL": "http://x"}, "MUMU_REDIS_URL"),
         ({"MUMU_LOGIN_RATE": "lots"}, "MUMU_LOGIN_RATE"),
+        ({"MUMU_PAIR_CODE_BUDGET": "lots"}, "MUMU_PAIR_CODE_BUDGET"),
+        ({"MUMU_PASSWORD_WORKERS": "0"}, "MUMU_PASSWORD_WORKERS"),
+        ({"MUMU_MAX_JSON_DEPTH": "100000"}, "MUMU_MAX_JSON_DEPTH"),
+        ({"MUMU_JWT_TTL": "5"}, "MUMU_JWT_TTL"),
         ({"MUMU_PUBLIC_URL": "cams.example.org"}, "MUMU_PUBLIC_URL"),
     ],
 )
