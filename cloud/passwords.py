@@ -39,7 +39,7 @@ class PasswordBusy(Exception):
         self.retry_after_s = retry_after_s
 
 
-def _lowest_priority() -> None:
+def lowest_priority() -> None:
     """Runs in each worker thread: the scheduler gives the thread (and the lane threads argon2
     starts from it, which inherit its policy) a core only when nothing else wants one."""
     tid = threading.get_native_id()
@@ -59,7 +59,7 @@ class PasswordWork:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(
-            workers, thread_name_prefix="argon2", initializer=_lowest_priority
+            workers, thread_name_prefix="argon2", initializer=lowest_priority
         )
         self._inflight = 0
         self._mean_s = 0.15  # moving average of one job, for Retry-After
