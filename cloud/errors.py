@@ -106,7 +106,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         return _unavailable(
             request,
             "busy",
-            "too many sign-ins are being checked right now; try again in a moment",
+            "too many passwords are being checked right now",
             exc.retry_after_s,
         )
     dependency = failed_dependency(exc)
@@ -123,9 +123,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
             type(exc).__name__,
             str(exc).splitlines()[0][:200] if str(exc) else "",
         )
-        return _unavailable(
-            request, "unavailable", "the service is briefly unavailable; try again shortly", retry
-        )
+        return _unavailable(request, "unavailable", "the service is briefly unavailable", retry)
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     _count(request, 500, "internal")
     return Response(
