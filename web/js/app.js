@@ -209,7 +209,7 @@ function route() {
   const signed = Boolean(session.token());
   const match = ROUTES.map((r) => ({ r, m: r.pattern.exec(path) })).find(({ m }) => m);
 
-  if (!signed && session.canRefresh()) {
+  if (!signed && session.canRefresh() && match && match.r.auth !== false) {
     // The access token expired while the page was closed or asleep: get a new one first.
     session.refresh().then(
       () => {
@@ -217,10 +217,14 @@ function route() {
         route();
       },
       (error) => {
-        session.signOut();
-        const words = error instanceof session.RefreshRefused ? error.message : EXPIRED;
-        if (match?.m && match.r.auth === "claim") session.rememberClaim(match.m[1]);
-        go("#/signin", match && match.r.auth !== false ? words : null, "error");
+        if (match.r.auth === "claim") session.rememberClaim(match.m[1]);
+        if (error instanceof session.RefreshRefused) {
+          session.signOut();
+          go("#/signin", error.message, "error");
+        } else {
+          // The cloud cannot be asked now: the sign-in may well hold; a reload will tell.
+          go("#/signin", "Cannot reach the MuMu cloud right now. Check your connection and try again.", "error");
+        }
       },
     );
     return;
