@@ -54,10 +54,11 @@ async function bearerToken(force) {
   throw new ApiError(401, "not_authenticated", FALLBACK_MESSAGES[401]);
 }
 
-async function request(method, path, body = undefined, { auth = true, retried = false } = {}) {
+async function request(method, path, body = undefined, { auth = true, retried = false, bearer = null } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (auth) headers.Authorization = `Bearer ${await bearerToken(retried)}`;
+  else if (bearer) headers.Authorization = `Bearer ${bearer}`;
 
   let response;
   try {
@@ -114,9 +115,9 @@ export function login(email, password) {
   return request("POST", "/api/auth/login", { email, password }, { auth: false });
 }
 
-/** Ends this browser's sign-in on the cloud (the refresh cookie alone suffices). */
+/** Ends this browser's sign-in on the cloud (the refresh cookie, or else the access token). */
 export function logout() {
-  return request("POST", "/api/auth/logout", undefined, { auth: false });
+  return request("POST", "/api/auth/logout", undefined, { auth: false, bearer: session.token() });
 }
 
 /** Ends every sign-in of the account, this one included. */
