@@ -115,16 +115,18 @@ def hold(ws_base: str, ids: list[str], ready: Any, stop: Any, retried: Any) -> N
                     f"{ws_base}/ws/device", open_timeout=120, ping_interval=None
                 )
                 await ws.send(json.dumps(hello))
+                answer = json.loads(await ws.recv())
+                if answer["type"] == "hello_ack":
+                    break
+                # An error, then close 1013 "try again": the cloud shed load (its database
+                # pool was busy for longer than MUMU_DB_POOL_TIMEOUT); an agent retries later.
                 try:
                     await ws.recv()
-                    break
                 except websockets.ConnectionClosed as closed:
-                    # 1013 "try again": the cloud shed load (its database pool was busy for
-                    # longer than MUMU_DB_POOL_TIMEOUT); a real agent retries after a pause.
                     if closed.rcvd is None or closed.rcvd.code != 1013:
                         raise
-                    retried.value += 1
-                    await asyncio.sleep(random.uniform(0.5, 2.0))
+                retried.value += 1
+                await asyncio.sleep(random.uniform(0.5, 2.0))
             connected += 1
             if connected == len(ids):
                 gc.collect()
