@@ -294,6 +294,7 @@ async def run(runs: int, seconds: float, paths: list[str], warm: bool) -> dict[s
         "MUMU_REGISTER_RATE_PER_ADDRESS": "100000/minute",
         "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
         "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
+        "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS": "100000/minute",
     }
     results: dict[str, dict[str, Any]] = {}
     with (

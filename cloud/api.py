@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 import uuid
@@ -16,35 +17,24 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from cloud import auth
 from cloud.errors import ApiError
+from cloud.identity import Identity
+from cloud.live import KICK
 from cloud.services import Services
 from cloud.store import ClaimOutcome, Device, DuplicateError
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
-Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PAIRING_TTL_S = 300.0
+#: Characters no stored text may hold: C0 and C1 controls (NUL among them: PostgreSQL cannot
+#: store it), DEL, line and paragraph separators, and the bidirectional overrides and isolates
+#: that make a name display as something else ("Trojan Source").
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: Ids this cloud mints (uuid hex, URL-safe base64); anything else is no id of ours.
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 # --- bodies ------------------------------------------------------------------------------------
-
-
-class Credentials(msgspec.Struct, forbid_unknown_fields=True):
-    email: Email
-    password: Password
-
-
-class UserOut(msgspec.Struct):
-    user_id: str
-    email: str
-
-
-class TokenOut(msgspec.Struct):
-    access_token: str
-    token_type: str
-    expires_in: int
 
 
 class DeviceRegistration(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,6 +69,18 @@ class DeviceOut(msgspec.Struct):
 
 class PairedOut(msgspec.Struct):
     device: DeviceOut
+
+
+class ClaimPreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    claim_token: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class ClaimPreview(msgspec.Struct):
+    """The camera a claim link would add, shown to the person before they agree."""
+
+    name: str
+    model: str
+    expires_at: float
 
 
 class DeviceList(msgspec.Struct):
@@ -130,17 +132,40 @@ def _bearer(request: Request[Any, Any, Any]) -> str:
     return token.strip()
 
 
-async def current_user(request: Request[Any, Any, Any], svc: Services) -> str:
+async def current_identity(request: Request[Any, Any, Any], svc: Services) -> Identity:
     try:
-        identity = await svc.hub.authenticate(_bearer(request))
+        return await svc.hub.authenticate(_bearer(request))
     except auth.TokenError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
-    return identity.user_id
+
+
+async def current_user(request: Request[Any, Any, Any], svc: Services) -> str:
+    return (await current_identity(request, svc)).user_id
+
+
+def checked_text(field: str, value: str) -> str:
+    """``value`` stripped, or a 422 if it holds a character no stored text may hold."""
+    bad = _UNPRINTABLE.search(value)
+    if bad is not None:
+        raise ApiError(
+            422,
+            "invalid_input",
+            f"{field}: must not contain control characters (found U+{ord(bad.group()):04X})",
+        )
+    return value.strip()
+
+
+def _device_id(value: str) -> str:
+    if not _ID.match(value):
+        raise ApiError(404, "not_found", "no such camera on your account")
+    return value
 
 
 async def _limit(svc: Services, *checks: tuple[str, str, str]) -> None:
     verdict = await svc.limits.hit(*checks)
     if not verdict.allowed:
+        for limit in verdict.refused:
+            svc.metrics.rate_limited.labels(limit).inc()
         raise ApiError(
             429,
             "rate_limited",
@@ -170,52 +195,11 @@ async def _device_out(svc: Services, devices: list[Device]) -> list[DeviceOut]:
 
 
 async def _owned_device(svc: Services, device_id: str, user_id: str) -> Device:
-    device = await svc.store.device(device_id)
+    device = await svc.store.device(_device_id(device_id))
     if device is None or device.owner_id != user_id:
         # The same answer whether it does not exist or is someone else's: ids are not probed.
         raise ApiError(404, "not_found", "no such camera on your account")
     return device
-
-
-# --- accounts ----------------------------------------------------------------------------------
-
-
-@post("/api/auth/register", status_code=HTTP_201_CREATED, tags=["auth"])
-async def register(request: Request[Any, Any, Any], state: State, data: Credentials) -> UserOut:
-    """Create an account. Passwords are kept as argon2id hashes."""
-    svc = services(state)
-    email = data.email.strip().lower()
-    if not _EMAIL.match(email):
-        raise ApiError(422, "invalid_input", "email: not an e-mail address")
-    if len(set(data.password)) < 4:
-        raise ApiError(422, "invalid_input", "password: too weak (use more different characters)")
-    await _limit(svc, (svc.settings.register_rate_per_address, "register-addr", _client(request)))
-    user_id = uuid.uuid4().hex
-    try:
-        await svc.store.create_user(user_id, email, auth.hash_password(data.password), time.time())
-    except DuplicateError:
-        raise ApiError(409, "email_taken", "an account with that e-mail exists already") from None
-    return UserOut(user_id=user_id, email=email)
-
-
-@post("/api/auth/login", status_code=200, tags=["auth"])
-async def login(request: Request[Any, Any, Any], state: State, data: Credentials) -> TokenOut:
-    """Exchange e-mail and password for a bearer access token (rate-limited)."""
-    svc = services(state)
-    email = data.email.strip().lower()
-    s = svc.settings
-    await _limit(
-        svc,
-        (s.login_rate, "login-account", email),
-        (s.login_rate_per_address, "login-addr", _client(request)),
-    )
-    user = await svc.store.user_by_email(email)
-    if not auth.verify_password(user.password_hash if user else None, data.password) or not user:
-        raise ApiError(401, "bad_credentials", "wrong e-mail or password")
-    await svc.store.record_login(user.id, time.time())
-    return TokenOut(
-        access_token=svc.tokens.issue(user.id), token_type="bearer", expires_in=s.jwt_ttl_s
-    )
 
 
 # --- devices -----------------------------------------------------------------------------------
@@ -223,21 +207,45 @@ async def login(request: Request[Any, Any, Any], state: State, data: Credentials
 
 @post("/api/devices/register", status_code=HTTP_201_CREATED, tags=["devices"])
 async def register_device(
-    state: State, data: DeviceRegistration | None = None
+    request: Request[Any, Any, Any], state: State, data: DeviceRegistration | None = None
 ) -> DeviceCredentials:
-    """A camera registers itself. The token is shown once and kept only as a hash."""
+    """A camera registers itself (rate-limited per address). The token is shown once and kept
+    only as a hash."""
     svc = services(state)
     body = data or DeviceRegistration()
+    name = checked_text("name", body.name or "")
+    model = checked_text("model", body.model or "")
+    await _limit(
+        svc,
+        (svc.settings.device_register_rate_per_address, "device-register-addr", _client(request)),
+    )
     device_id = uuid.uuid4().hex
     token = auth.new_device_token()
     await svc.store.create_device(
         device_id,
-        (body.name or f"Camera {device_id[:6]}").strip() or f"Camera {device_id[:6]}",
-        (body.model or "unknown").strip() or "unknown",
+        name or f"Camera {device_id[:6]}",
+        model or "unknown",
         auth.hash_device_token(token),
         time.time(),
     )
     return DeviceCredentials(device_id=device_id, device_token=token)
+
+
+@post("/api/devices/retire", status_code=HTTP_204_NO_CONTENT, tags=["devices"], security=BEARER)
+async def retire_device(request: Request[Any, Any, Any], state: State, device_id: str) -> None:
+    """A camera being factory-reset retires its identity (its own device token as bearer): it
+    leaves its owner's account, its sessions end, and its token is refused from then on."""
+    svc = services(state)
+    token = _bearer(request)
+    result = await svc.store.retire_device(
+        _device_id(device_id), auth.hash_device_token(token), time.time()
+    )
+    if not result.retired:
+        raise ApiError(403, "forbidden", "only the camera itself may retire its identity")
+    if result.newly:
+        svc.metrics.devices_retired.inc()
+    await svc.hub.device_unpaired(device_id)
+    await svc.live.publish(f"device:{device_id}", KICK)
 
 
 @get("/api/devices", tags=["devices"], security=BEARER)
@@ -254,10 +262,10 @@ async def rename_device(
 ) -> DeviceOut:
     svc = services(state)
     user_id = await current_user(request, svc)
-    name = data.name.strip()
+    name = checked_text("name", data.name)
     if not name:
         raise ApiError(422, "invalid_input", "name: must not be blank")
-    device = await svc.store.rename_device(device_id, user_id, name)
+    device = await svc.store.rename_device(_device_id(device_id), user_id, name)
     if device is None:
         raise ApiError(404, "not_found", "no such camera on your account")
     return (await _device_out(svc, [device]))[0]
@@ -291,6 +299,7 @@ async def device_sessions(
     svc = services(state)
     user_id = await current_user(request, svc)
     device = await _owned_device(svc, device_id, user_id)
+    # Only this pairing's sessions: a previous owner's history is not the new owner's business.
     rows = await svc.store.sessions_of_device(device_id, limit, since=device.paired_at)
     return SessionList(
         sessions=[
@@ -351,6 +360,48 @@ _CLAIM_ERRORS = {
 }
 
 
+_PAUSED_MESSAGE = (
+    "too many pairing codes were tried recently, so for now a code is accepted only from the "
+    "camera's own network: scan the QR code on the camera instead, or connect to the same "
+    "network as the camera"
+)
+
+
+def same_network(a: str | None, b: str) -> bool:
+    """Whether two client addresses are one network's: the same IPv4 address (a home's NAT) or
+    the same IPv6 /64."""
+    if not a:
+        return False
+    try:
+        x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return False
+    x = x.ipv4_mapped or x if isinstance(x, ipaddress.IPv6Address) else x
+    y = y.ipv4_mapped or y if isinstance(y, ipaddress.IPv6Address) else y
+    if isinstance(x, ipaddress.IPv6Address) and isinstance(y, ipaddress.IPv6Address):
+        return ipaddress.ip_network(f"{x}/64", strict=False) == ipaddress.ip_network(
+            f"{y}/64", strict=False
+        )
+    return x == y
+
+
+async def _code_accepted_here(svc: Services, code_hash: str, client: str) -> tuple[bool, int]:
+    """The global budget of pairing codes tried from outside their camera's network.
+
+    A code typed on the camera's own network (the person in front of it) is never counted and
+    never refused.  Any other attempt, right or wrong, spends the budget *before* the code is
+    looked at, so no more than ``MUMU_PAIR_CODE_BUDGET`` codes are ever tried from elsewhere,
+    however many addresses and accounts an attacker has; once it is spent, codes from elsewhere
+    get one answer whether right or wrong, after the same lookups (the QR code's claim link,
+    with its unguessable token, still works from anywhere)."""
+    target = await svc.store.pairing_target(code_hash=code_hash, claim_hash=None)
+    camera = await svc.live.device_address(target.device.id if target else "-")
+    if target is not None and same_network(camera, client):
+        return True, 0
+    verdict = await svc.limits.hit((svc.settings.pair_code_budget, "pair-code-budget", "global"))
+    return verdict.allowed, verdict.retry_after_s
+
+
 @post("/api/devices/pair", status_code=200, tags=["devices"], security=BEARER)
 async def pair_device(
     request: Request[Any, Any, Any], state: State, data: PairRequest
@@ -361,18 +412,29 @@ async def pair_device(
     if (data.code is None) == (data.claim_token is None):
         raise ApiError(422, "invalid_input", "send exactly one of code or claim_token")
     s = svc.settings
+    client = _client(request)
     await _limit(
         svc,
         (s.pair_rate, "pair-account", user_id),
-        (s.pair_rate_per_address, "pair-addr", _client(request)),
+        (s.pair_rate_per_address, "pair-addr", client),
     )
     if data.code is not None:
         code = data.code.strip().replace(" ", "").replace("-", "")
-        if not (len(code) == 6 and code.isdigit()):
+        if not (len(code) == 6 and code.isascii() and code.isdigit()):
             svc.metrics.pairing_attempts.labels("malformed").inc()
             raise ApiError(422, "invalid_input", "code: six digits, as shown on the camera")
+        code_hash = svc.pairing.hash(code)
+        accepted, retry_after = await _code_accepted_here(svc, code_hash, client)
+        if not accepted:
+            svc.metrics.pairing_attempts.labels("paused").inc()
+            raise ApiError(
+                429,
+                "code_pairing_paused",
+                _PAUSED_MESSAGE,
+                headers={"Retry-After": str(retry_after)},
+            )
         result = await svc.store.claim(
-            code_hash=svc.pairing.hash(code), claim_hash=None, user_id=user_id, now=time.time()
+            code_hash=code_hash, claim_hash=None, user_id=user_id, now=time.time()
         )
     else:
         assert data.claim_token is not None
@@ -389,6 +451,37 @@ async def pair_device(
     assert result.device is not None
     await svc.hub.device_paired(result.device.id, user_id)
     return PairedOut(device=(await _device_out(svc, [result.device]))[0])
+
+
+@post("/api/pairing/preview", status_code=200, tags=["pairing"], security=BEARER)
+async def preview_claim(
+    request: Request[Any, Any, Any], state: State, data: ClaimPreviewRequest
+) -> ClaimPreview:
+    """The camera a claim link (QR code) would add, without adding it: the web app shows its
+    name and model and asks first.  Codes cannot be previewed (that would test them for free)."""
+    svc = services(state)
+    user_id = await current_user(request, svc)
+    s = svc.settings
+    await _limit(
+        svc,
+        (s.pair_rate, "preview-account", user_id),
+        (s.pair_rate_per_address, "preview-addr", _client(request)),
+    )
+    target = await svc.store.pairing_target(
+        code_hash=None, claim_hash=svc.pairing.hash(data.claim_token.strip())
+    )
+    if target is None:
+        status, code, message = _CLAIM_ERRORS[ClaimOutcome.NO_SUCH_CODE]
+        raise ApiError(status, code, message)
+    if target.expires_at <= time.time():
+        status, code, message = _CLAIM_ERRORS[ClaimOutcome.EXPIRED]
+        raise ApiError(status, code, message)
+    if target.device.owner_id not in (None, user_id):
+        status, code, message = _CLAIM_ERRORS[ClaimOutcome.OWNED_BY_OTHER]
+        raise ApiError(status, code, message)
+    return ClaimPreview(
+        name=target.device.name, model=target.device.model, expires_at=target.expires_at
+    )
 
 
 # --- health ------------------------------------------------------------------------------------
@@ -425,15 +518,15 @@ async def metrics(state: State) -> bytes:
 
 
 ROUTES = [
-    register,
-    login,
     register_device,
+    retire_device,
     list_devices,
     rename_device,
     unpair_device,
     device_sessions,
     generate_code,
     pair_device,
+    preview_claim,
     healthz,
     readyz,
     metrics,

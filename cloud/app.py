@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, WebSocket, websocket
+from litestar import Litestar, Request, WebSocket, websocket
 from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
@@ -21,10 +21,12 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from cloud.api import ROUTES, services
+from cloud.api_accounts import ACCOUNT_ROUTES
 from cloud.config import Settings
-from cloud.errors import handle_http_exception, handle_unexpected
+from cloud.errors import ApiError, handle_http_exception, handle_unexpected
 from cloud.services import Services
 from cloud.updates.api import ROUTES as UPDATE_ROUTES
+from protocol.codec import nesting_exceeds
 
 
 @websocket("/ws/device")
@@ -67,6 +69,18 @@ def expose_transport_abort(app: ASGIApp) -> ASGIApp:
 def create_app(settings: Settings) -> Litestar:
     svc = Services.build(settings)
 
+    async def bounded_json(request: Request[Any, Any, Any]) -> None:
+        """Bodies are at most ``MUMU_MAX_BODY_BYTES`` (413, enforced by Litestar) and nest at
+        most ``MUMU_MAX_JSON_DEPTH`` deep (400), checked before anything decodes them."""
+        if request.method in {"POST", "PUT", "PATCH", "DELETE"}:
+            body = await request.body()
+            if nesting_exceeds(body, settings.max_json_depth):
+                raise ApiError(
+                    400,
+                    "too_deep",
+                    f"the request body nests deeper than {settings.max_json_depth} levels",
+                )
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await svc.start()
@@ -75,7 +89,7 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await svc.stop()
 
-    handlers: list[Any] = [*ROUTES, *UPDATE_ROUTES, ws_device, ws_viewer]
+    handlers: list[Any] = [*ACCOUNT_ROUTES, *ROUTES, *UPDATE_ROUTES, ws_device, ws_viewer]
     if settings.web_dir is not None:
         handlers.append(
             create_static_files_router(
@@ -86,8 +100,9 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=handlers,
         state=State({"services": svc}),
         middleware=[expose_transport_abort],
-        request_max_body_size=settings.http_max_body_bytes,
         lifespan=[lifespan],
+        before_request=bounded_json,
+        request_max_body_size=settings.max_body_bytes,
         exception_handlers={
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,

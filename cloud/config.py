@@ -28,7 +28,7 @@ class Settings:
     database_url: str
     redis_url: str | None
     jwt_secret: str
-    jwt_ttl_s: int = 3600
+    jwt_ttl_s: int = 900
     turn_secret: str | None = None
     turn_urls: tuple[str, ...] = ()
     stun_urls: tuple[str, ...] = ()
@@ -54,7 +54,21 @@ class Settings:
     http_header_timeout_s: float = 10.0
     http_body_timeout_s: float = 30.0
     http_connections_per_address: int = 64
-    http_max_body_bytes: int = 64 * 1024
+    # accounts, passwords, input and faults (docs/security.md has a row for each)
+    refresh_ttl_s: int = 30 * 86400
+    refresh_grace_s: int = 30
+    max_sign_ins: int = 50
+    refresh_rate_per_address: str = "60/minute"
+    password_workers: int = 1
+    password_queue: int = 8
+    password_timeout_s: int = 10
+    device_register_rate_per_address: str = "20/hour"
+    pair_code_budget: str = "10/minute"
+    max_body_bytes: int = 64 * 1024
+    max_json_depth: int = 32
+    db_pool_size: int = 10
+    db_pool_timeout_s: int = 5
+    retry_after_s: int = 5
     web_dir: Path | None = None
     # over-the-air updates (cloud/updates/)
     update_repo_dir: Path | None = None
@@ -73,7 +87,14 @@ VARIABLES: dict[str, str] = {
     "MUMU_DATABASE_URL": "sqlite:///PATH (default: MUMU_DATA_DIR/mumu.db) or postgresql://...",
     "MUMU_REDIS_URL": "redis://... for shared presence and routing (unset: in-process)",
     "MUMU_JWT_SECRET": "HS256 key for access tokens (default: generated into MUMU_DATA_DIR)",
-    "MUMU_JWT_TTL": "access-token lifetime in seconds (default 3600)",
+    "MUMU_JWT_TTL": "access-token lifetime in seconds (10..86400, default 900)",
+    "MUMU_REFRESH_TTL": "a sign-in lasts this many seconds after its last use (default 30 days)",
+    "MUMU_REFRESH_GRACE": "seconds a just-replaced refresh token still gets an access token (30)",
+    "MUMU_MAX_SIGN_INS": "active sign-ins per account; the least recently used go first (50)",
+    "MUMU_REFRESH_RATE_PER_ADDRESS": "token refreshes per client address (default 60/minute)",
+    "MUMU_PASSWORD_WORKERS": "threads hashing passwords (argon2id, ~150 ms each; default 1)",
+    "MUMU_PASSWORD_QUEUE": "password jobs that may wait for a worker; more get 503 (default 8)",
+    "MUMU_PASSWORD_TIMEOUT": "seconds a password job may wait for a worker (default 10)",
     "MUMU_TURN_SECRET": "coturn static-auth-secret for TURN REST credentials",
     "MUMU_TURN_URLS": "comma-separated turn:/turns: URLs",
     "MUMU_STUN_URLS": "comma-separated stun: URLs",
@@ -84,6 +105,14 @@ VARIABLES: dict[str, str] = {
     "MUMU_REGISTER_RATE_PER_ADDRESS": "sign-ups per client address",
     "MUMU_PAIR_RATE": "pairing attempts per account",
     "MUMU_PAIR_RATE_PER_ADDRESS": "pairing attempts per client address",
+    "MUMU_PAIR_CODE_BUDGET": "pairing codes tried from outside their camera's network, all "
+    "accounts together; beyond it only the camera's network and QR links pair (10/minute)",
+    "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS": "camera registrations per client address (20/hour)",
+    "MUMU_MAX_BODY_BYTES": "largest HTTP request body (default 65536)",
+    "MUMU_MAX_JSON_DEPTH": "deepest nesting of arrays and objects in an HTTP body (default 32)",
+    "MUMU_DB_POOL_SIZE": "PostgreSQL connections per process (and twice that in bursts; 10)",
+    "MUMU_DB_POOL_TIMEOUT": "seconds a request waits for a database connection, then 503 (5)",
+    "MUMU_RETRY_AFTER": "Retry-After seconds of a 503 when the database or Redis fails (5)",
     "MUMU_SESSION_TTL": "seconds a watch session lives without any sign of its parties",
     "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 65: "
     "two missed heartbeats)",
@@ -104,7 +133,6 @@ VARIABLES: dict[str, str] = {
     "MUMU_HTTP_BODY_TIMEOUT": "seconds a client has to send a request's body (default 30)",
     "MUMU_HTTP_CONNECTIONS_PER_ADDRESS": "HTTP connections per client address still sending "
     "their request head after 1 s (default 64, per process)",
-    "MUMU_HTTP_MAX_BODY": "largest request body in bytes (default 65536)",
     "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
     "MUMU_UPDATE_REPO_DIR": "serve this signed update repository (mumu-release) at /updates/",
     "MUMU_OPERATORS": "comma-separated e-mail addresses of the accounts that manage rollouts",
@@ -160,6 +188,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         "MUMU_REGISTER_RATE_PER_ADDRESS",
         "MUMU_PAIR_RATE",
         "MUMU_PAIR_RATE_PER_ADDRESS",
+        "MUMU_PAIR_CODE_BUDGET",
+        "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS",
+        "MUMU_REFRESH_RATE_PER_ADDRESS",
     ):
         if key in merged:
             try:
@@ -195,7 +226,18 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         jwt_secret=merged.get("MUMU_JWT_SECRET") or _stored_secret(data_dir, "jwt-secret"),
-        jwt_ttl_s=_int(merged, "MUMU_JWT_TTL", 3600, 60, 30 * 86400),
+        jwt_ttl_s=_int(merged, "MUMU_JWT_TTL", 900, 10, 86400),
+        refresh_ttl_s=_int(merged, "MUMU_REFRESH_TTL", 30 * 86400, 300, 365 * 86400),
+        refresh_grace_s=_int(merged, "MUMU_REFRESH_GRACE", 30, 0, 300),
+        max_sign_ins=_int(merged, "MUMU_MAX_SIGN_INS", 50, 1, 1000),
+        password_workers=_int(merged, "MUMU_PASSWORD_WORKERS", 1, 1, 64),
+        password_queue=_int(merged, "MUMU_PASSWORD_QUEUE", 8, 0, 10_000),
+        password_timeout_s=_int(merged, "MUMU_PASSWORD_TIMEOUT", 10, 1, 300),
+        max_body_bytes=_int(merged, "MUMU_MAX_BODY_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
+        max_json_depth=_int(merged, "MUMU_MAX_JSON_DEPTH", 32, 2, 256),
+        db_pool_size=_int(merged, "MUMU_DB_POOL_SIZE", 10, 1, 1000),
+        db_pool_timeout_s=_int(merged, "MUMU_DB_POOL_TIMEOUT", 5, 1, 120),
+        retry_after_s=_int(merged, "MUMU_RETRY_AFTER", 5, 1, 3600),
         turn_secret=turn_secret,
         turn_urls=turn_urls,
         stun_urls=stun_urls,
@@ -220,7 +262,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         http_connections_per_address=_int(
             merged, "MUMU_HTTP_CONNECTIONS_PER_ADDRESS", 64, 1, 1_000_000
         ),
-        http_max_body_bytes=_int(merged, "MUMU_HTTP_MAX_BODY", 64 * 1024, 1024, 1 << 30),
         **rates,
     )
 

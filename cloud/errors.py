@@ -1,4 +1,6 @@
-"""HTTP errors as ``{"error": {"code", "message"}}`` with a proper 4xx; never a traceback."""
+"""HTTP errors as ``{"error": {"code", "message"}}``: a proper 4xx for bad input, a 503 with
+``Retry-After`` when a dependency (the database, Redis) or the password workers cannot serve
+right now; never a traceback.  Every refusal is counted in ``/metrics``."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+
+from cloud.faults import failed_dependency
+from cloud.passwords import PasswordBusy
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ _CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
+    503: "unavailable",
     415: "unsupported_media_type",
     422: "invalid_input",
     429: "rate_limited",
@@ -59,7 +65,13 @@ def _validation_message(exc: ValidationException) -> str:
     return str(exc.detail or "invalid input")
 
 
-def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
+def _count(request: Request[Any, Any, Any], status: int, code: str) -> None:
+    services = getattr(request.app.state, "services", None)
+    if services is not None:
+        services.metrics.http_refusals.labels(str(status), code).inc()
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
     status = exc.status_code
     if isinstance(exc, ApiError):
         code, message = exc.code, str(exc.detail)
@@ -69,6 +81,8 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     elif status == 400:
         # Litestar's other 400s come from decoding the body.
         code, message = "invalid_json", f"the request body is not valid JSON ({exc.detail})"
+    elif status == 413:
+        code, message = "too_large", "the request body is too large"
     elif isinstance(exc, NotAuthorizedException):
         code, message = "unauthorized", str(exc.detail or "sign in first")
     elif isinstance(exc, NotFoundException):
@@ -76,8 +90,9 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     else:
         code = _CODES.get(status, "error")
         message = str(exc.detail or code.replace("_", " "))
-    if status >= 500:
+    if status >= 500 and not isinstance(exc, ApiError):
         code, message = "internal", "the server failed; try again"
+    _count(request, status, code)
     return Response(
         error_body(code, message),
         status_code=status,
@@ -87,9 +102,44 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
+    if isinstance(exc, PasswordBusy):
+        return _unavailable(
+            request,
+            "busy",
+            "too many passwords are being checked right now",
+            exc.retry_after_s,
+        )
+    dependency = failed_dependency(exc)
+    if dependency is not None:
+        services = getattr(request.app.state, "services", None)
+        if services is not None:
+            services.metrics.unavailable.labels(dependency).inc()
+        retry = services.settings.retry_after_s if services is not None else 5
+        log.warning(
+            "%s %s: the %s is unavailable (%s: %s)",
+            request.method,
+            request.url.path,
+            dependency.replace("_", " "),
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
+        return _unavailable(request, "unavailable", "the service is briefly unavailable", retry)
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    _count(request, 500, "internal")
     return Response(
         error_body("internal", "the server failed; try again"),
         status_code=HTTP_500_INTERNAL_SERVER_ERROR,
         media_type=MediaType.JSON,
+    )
+
+
+def _unavailable(
+    request: Request[Any, Any, Any], code: str, message: str, retry_after_s: int
+) -> Response[object]:
+    _count(request, 503, code)
+    return Response(
+        error_body(code, message),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        media_type=MediaType.JSON,
+        headers={"Retry-After": str(retry_after_s)},
     )

@@ -1,60 +1,61 @@
-"""Telling a fault of our own servers (the database, Redis) from a bug.
-
-A fault is answered with 503 + ``Retry-After`` over HTTP (nginx fails over to another process,
-clients retry) and with an ``error`` frame ``unavailable`` over a WebSocket that stays open;
-a bug is still a logged 500 / ``internal``.
-"""
+"""Which failures mean "a dependency is down or overloaded" (answered 503 with ``Retry-After``
+over HTTP, an ``error`` ``unavailable`` over a WebSocket that stays open) rather than "our code
+is wrong" (a 500 / ``internal`` that is logged with its traceback)."""
 
 from __future__ import annotations
 
-import asyncio
+from typing import Literal
 
-#: Seconds a client is asked to wait before trying again after a fault.
-RETRY_AFTER_S = 5
+Dependency = Literal["database", "live_state"]
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database or Redis could not be reached or is overloaded."""
-    if isinstance(exc, ConnectionError | TimeoutError | asyncio.TimeoutError | OSError):
-        return True
-    module = type(exc).__module__
-    if module.startswith("redis"):
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
+def failed_dependency(exc: BaseException) -> Dependency | None:
+    """``"database"`` or ``"live_state"`` (Redis) if ``exc`` says that one is unreachable, went
+    away mid-query, refused a connection, or had no free pooled connection in time."""
+    import redis.exceptions
+    from limits.errors import StorageError
+    from sqlalchemy import exc as sa
 
-        return isinstance(exc, RedisConnectionError | RedisTimeoutError)
-    if module.startswith("sqlalchemy"):
-        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-        from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
-        if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
-            return True
-        return isinstance(exc, DBAPIError) and (
-            exc.connection_invalidated or is_unavailable_cause(exc.orig)
-        )
-    if module.startswith("asyncpg"):
-        import asyncpg
-
-        return isinstance(
-            exc,
-            asyncpg.PostgresConnectionError
-            | asyncpg.InterfaceError
-            | asyncpg.CannotConnectNowError
-            | asyncpg.TooManyConnectionsError,
-        )
-    if module.startswith("sqlite3") or module.startswith("aiosqlite"):
-        import sqlite3
-
-        return isinstance(exc, sqlite3.OperationalError)
-    return False
+    if isinstance(
+        exc, sa.OperationalError | sa.InterfaceError | sa.TimeoutError | sa.DisconnectionError
+    ):
+        return "database"
+    if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+        return "database"
+    if isinstance(exc, sa.DBAPIError) and "CannotConnectNow" in type(exc.orig).__name__:
+        return "database"  # asyncpg: the server is starting up or shutting down
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return "live_state"
+    if isinstance(exc, StorageError):
+        return "live_state"
+    if isinstance(exc, OSError | TimeoutError):
+        # A connection refused or reset before a driver wrapped it: name the one it came from.
+        module = _origin_module(exc)
+        if module.startswith("redis"):
+            return "live_state"
+        if module.startswith(("asyncpg", "sqlalchemy", "aiosqlite")):
+            return "database"
+    return None
 
 
 def is_unavailable_cause(exc: BaseException | None) -> bool:
-    """Like :func:`is_unavailable`, following ``__cause__`` chains of wrapped driver errors."""
+    """Whether ``exc``, or an exception it was raised from, is a failed dependency."""
     seen = 0
     while exc is not None and seen < 8:
-        if is_unavailable(exc):
+        if failed_dependency(exc) is not None:
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+def _origin_module(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    names = []
+    while tb is not None:
+        names.append(str(tb.tb_frame.f_globals.get("__name__", "")))
+        tb = tb.tb_next
+    for name in names:
+        if name.startswith(("redis", "asyncpg", "sqlalchemy", "aiosqlite")):
+            return name
+    return ""

@@ -7,6 +7,7 @@ token revoked on the server (sign-out, password change, account deletion) is ref
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,12 +27,21 @@ Authenticate = Callable[[str], Awaitable[Identity]]
 
 
 def token_authenticator(tokens: TokenIssuer, store: Store) -> Authenticate:
-    """Checks the token's signature and expiry, then that the account still exists."""
+    """Checks the token's signature and expiry, then that its sign-in still holds: signing out,
+    signing out everywhere, a password change and deleting the account all revoke (or delete)
+    sign-ins, and with them every access token issued for them, at once.  One primary-key read
+    per call; never a cached answer."""
 
     async def authenticate(token: str) -> Identity:
-        user_id = tokens.verify(token)
-        if await store.user_by_id(user_id) is None:
-            raise TokenError("that account no longer exists")
-        return Identity(user_id)
+        claims = tokens.verify(token)
+        if claims.sign_in is None:
+            # Issued before sign-ins existed: it could not be revoked, so it is not honoured.
+            raise TokenError("please sign in again")
+        sign_in = await store.sign_in(claims.sign_in)
+        if sign_in is None or sign_in.user_id != claims.user_id or sign_in.revoked_at is not None:
+            raise TokenError("you were signed out; sign in again")
+        if sign_in.expires_at <= time.time():
+            raise TokenError("your session has expired; sign in again")
+        return Identity(claims.user_id, claims.sign_in)
 
     return authenticate

@@ -100,5 +100,59 @@ class Metrics:
         for reason in ("header_timeout", "body_timeout", "per_address"):
             self.http_closed.labels(reason)
 
+        # --- accounts, passwords, limits and faults ----------------------------------------
+        self.password_jobs = Counter(
+            "mumu_password_jobs",
+            "argon2 hash/verify jobs, by kind and outcome (rejected: the queue was full; "
+            "timeout: waited too long for a worker)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.password_seconds = Histogram(
+            "mumu_password_work_seconds",
+            "Time one argon2 hash or verification took in its worker",
+            buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.password_inflight = Gauge(
+            "mumu_password_jobs_in_flight",
+            "argon2 jobs running or waiting for a worker",
+            registry=self.registry,
+        )
+        self.auth_events = Counter(
+            "mumu_auth_events",
+            "Account events: sign-ins, refreshes (rotated, grace, reused), sign-outs, ...",
+            ["event"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "mumu_rate_limited",
+            "Requests refused by a rate limit, by limit",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.http_refusals = Counter(
+            "mumu_http_refusals",
+            "HTTP requests answered with an error, by status and error code",
+            ["status", "code"],
+            registry=self.registry,
+        )
+        self.unavailable = Counter(
+            "mumu_dependency_unavailable",
+            "Requests answered 503 because a dependency failed, by dependency",
+            ["dependency"],
+            registry=self.registry,
+        )
+        self.devices_retired = Counter(
+            "mumu_devices_retired",
+            "Devices retired by a factory reset",
+            registry=self.registry,
+        )
+        for kind in ("hash", "verify"):
+            for outcome in ("done", "rejected", "timeout"):
+                self.password_jobs.labels(kind, outcome)
+        for dependency in ("database", "live_state"):
+            self.unavailable.labels(dependency)
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

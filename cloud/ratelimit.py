@@ -15,6 +15,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 class Verdict:
     allowed: bool
     retry_after_s: int = 0
+    #: The scopes of the limits that refused (for ``mumu_rate_limited_total``).
+    refused: tuple[str, ...] = ()
 
 
 class RateLimits:
@@ -38,9 +40,21 @@ class RateLimits:
     async def hit(self, *checks: tuple[str, str, str]) -> Verdict:
         """Count one attempt against each ``(rate, scope, key)``; refused if any is exhausted."""
         worst = 0
+        refused: list[str] = []
         for rate, scope, key in checks:
             item = self._item(rate)
             if not await self._limiter.hit(item, scope, key):
-                stats = await self._limiter.get_window_stats(item, scope, key)
-                worst = max(worst, math.ceil(stats.reset_time - time.time()), 1)
-        return Verdict(allowed=worst == 0, retry_after_s=worst)
+                refused.append(scope)
+                worst = max(worst, await self._retry_after(item, scope, key))
+        return Verdict(allowed=not refused, retry_after_s=worst, refused=tuple(refused))
+
+    async def available(self, rate: str, scope: str, key: str) -> Verdict:
+        """Whether one more attempt would be allowed, without counting one."""
+        item = self._item(rate)
+        if await self._limiter.test(item, scope, key):
+            return Verdict(allowed=True)
+        return Verdict(False, await self._retry_after(item, scope, key), (scope,))
+
+    async def _retry_after(self, item: RateLimitItem, scope: str, key: str) -> int:
+        stats = await self._limiter.get_window_stats(item, scope, key)
+        return max(math.ceil(stats.reset_time - time.time()), 1)

@@ -32,6 +32,8 @@ devices = Table(
     Column("paired_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("last_seen", Float, nullable=True),
+    #: Set when a factory reset retired the device: it has no owner and its token is refused.
+    Column("retired_at", Float, nullable=True),
 )
 
 pairing_codes = Table(
@@ -55,4 +57,24 @@ watch_sessions = Table(
     Column("end_reason", String(32), nullable=True),
     Index("ix_watch_sessions_device_started", "device_id", "started_at"),
     Index("ix_watch_sessions_active", "ended_at"),
+)
+
+#: One row per browser (or other client) signed in to an account: its refresh token, kept as a
+#: SHA-256 hash of the current token and of the one it replaced (for the grace of two tabs
+#: refreshing at once).  Access tokens name their sign-in (``sid``); revoking the row refuses
+#: them all.
+sign_ins = Table(
+    "sign_ins",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(64), ForeignKey("users.id"), nullable=False, index=True),
+    Column("refresh_hash", String(64), nullable=False),
+    Column("previous_hash", String(64), nullable=True),
+    Column("rotated_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Column("revoke_reason", String(32), nullable=True),
+    Column("user_agent", String(256), nullable=True),
 )

@@ -6,10 +6,12 @@ import asyncio
 from dataclasses import dataclass, field
 
 from cloud import gc_policy
-from cloud.auth import PairingHasher, TokenIssuer
+from cloud.auth import PairingHasher, RefreshTokens, TokenIssuer
 from cloud.config import Settings
+from cloud.identity import token_authenticator
 from cloud.live import LiveState, MemoryLiveState
 from cloud.metrics import Metrics
+from cloud.passwords import PasswordWork
 from cloud.ratelimit import RateLimits
 from cloud.signaling import SignalingHub
 from cloud.store import SqlStore, Store
@@ -24,6 +26,8 @@ class Services:
     live: LiveState
     limits: RateLimits
     tokens: TokenIssuer
+    refresh: RefreshTokens
+    passwords: PasswordWork
     pairing: PairingHasher
     metrics: Metrics
     hub: SignalingHub
@@ -33,7 +37,12 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         metrics = Metrics()
-        store = SqlStore(settings.database_url, observe=metrics.db_latency.observe)
+        store = SqlStore(
+            settings.database_url,
+            observe=metrics.db_latency.observe,
+            pool_size=settings.db_pool_size,
+            pool_timeout_s=settings.db_pool_timeout_s,
+        )
         live: LiveState
         if settings.redis_url:
             from cloud.live_redis import RedisLiveState
@@ -44,7 +53,9 @@ class Services:
         else:
             live = MemoryLiveState()
         tokens = TokenIssuer(settings.jwt_secret, settings.jwt_ttl_s)
-        hub = SignalingHub(settings, store, live, tokens, metrics)
+        hub = SignalingHub(
+            settings, store, live, tokens, metrics, authenticate=token_authenticator(tokens, store)
+        )
 
         async def owner_of(device_id: str) -> str | None:
             device = await store.device(device_id)
@@ -60,6 +71,13 @@ class Services:
             live=live,
             limits=RateLimits(settings.redis_url),
             tokens=tokens,
+            refresh=RefreshTokens(settings.jwt_secret),
+            passwords=PasswordWork(
+                settings.password_workers,
+                settings.password_queue,
+                settings.password_timeout_s,
+                metrics,
+            ),
             pairing=PairingHasher(settings.jwt_secret),
             metrics=metrics,
             hub=hub,
@@ -81,3 +99,4 @@ class Services:
         await self.hub.stop()
         await self.live.close()
         await self.store.close()
+        self.passwords.close()

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cloud import migrate
-from cloud.schema import devices, pairing_codes, users, watch_sessions
+from cloud.schema import devices, pairing_codes, sign_ins, users, watch_sessions
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,43 @@ class Device:
     paired_at: float | None
     created_at: float
     last_seen: float | None
+    retired_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """One browser's sign-in: its refresh token (hashed) and whether it still holds."""
+
+    id: str
+    user_id: str
+    refresh_hash: str
+    previous_hash: str | None
+    rotated_at: float | None
+    created_at: float
+    last_used_at: float
+    expires_at: float
+    revoked_at: float | None
+    revoke_reason: str | None
+    user_agent: str | None
+
+    def active(self, now: float) -> bool:
+        return self.revoked_at is None and self.expires_at > now
+
+
+@dataclass(frozen=True)
+class PairingTarget:
+    """The device a live pairing code or claim token belongs to (read without claiming)."""
+
+    device: Device
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class RetireResult:
+    retired: bool
+    previous_owner: str | None = None
+    #: False when it had been retired already (retiring is idempotent).
+    newly: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +120,24 @@ class Store(Protocol):
     async def user_by_email(self, email: str) -> User | None: ...
     async def user_by_id(self, user_id: str) -> User | None: ...
     async def record_login(self, user_id: str, now: float) -> None: ...
+    async def change_password(
+        self, user_id: str, password_hash: str, now: float, revoke_reason: str
+    ) -> bool: ...
+    async def delete_user(self, user_id: str) -> list[str] | None: ...
+
+    async def create_sign_in(
+        self,
+        sign_in: SignIn,
+        max_active: int,
+    ) -> list[str]: ...
+    async def sign_in(self, sign_in_id: str) -> SignIn | None: ...
+    async def rotate_refresh(
+        self, sign_in_id: str, old_hash: str, new_hash: str, now: float, expires_at: float
+    ) -> bool: ...
+    async def touch_sign_in(self, sign_in_id: str, now: float) -> None: ...
+    async def revoke_sign_in(self, sign_in_id: str, reason: str, now: float) -> bool: ...
+    async def revoke_sign_ins(self, user_id: str, reason: str, now: float) -> list[str]: ...
+    async def active_sign_ins(self, user_id: str, now: float) -> list[SignIn]: ...
 
     async def create_device(
         self, device_id: str, name: str, model: str, token_hash: str, now: float
@@ -101,12 +156,17 @@ class Store(Protocol):
         """The owner of each of the owned ones of ``device_ids``."""
         ...
 
+    async def retire_device(self, device_id: str, token_hash: str, now: float) -> RetireResult: ...
+
     async def replace_pairing_code(
         self, device_id: str, code_hash: str, claim_hash: str, expires_at: float, now: float
     ) -> None: ...
     async def claim(
         self, *, code_hash: str | None, claim_hash: str | None, user_id: str, now: float
     ) -> ClaimResult: ...
+    async def pairing_target(
+        self, *, code_hash: str | None, claim_hash: str | None
+    ) -> PairingTarget | None: ...
 
     async def start_session(
         self, session_id: str, device_id: str, viewer_id: str, now: float
@@ -128,9 +188,17 @@ QueryObserver = Callable[[float], None]
 class SqlStore:
     """``Store`` on SQLite (aiosqlite) or PostgreSQL (asyncpg) through SQLAlchemy Core."""
 
-    def __init__(self, url: str, observe: QueryObserver | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        observe: QueryObserver | None = None,
+        *,
+        pool_size: int = 10,
+        pool_timeout_s: float = 5.0,
+    ) -> None:
         self.url = url
         self._observe = observe
+        self._pool = (pool_size, pool_timeout_s)
         self._engine: AsyncEngine | None = None
 
     @property
@@ -140,7 +208,7 @@ class SqlStore:
         return self._engine
 
     async def open(self) -> None:
-        url, kwargs = engine_args(self.url)
+        url, kwargs = engine_args(self.url, *self._pool)
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -181,11 +249,15 @@ class SqlStore:
         return User(user_id, email, password_hash, now, None)
 
     async def user_by_email(self, email: str) -> User | None:
+        if not storable(email):
+            return None
         async with self._tx() as conn:
             row = (await conn.execute(select(users).where(users.c.email == email))).first()
         return _user(row)
 
     async def user_by_id(self, user_id: str) -> User | None:
+        if not storable(user_id):
+            return None
         async with self._tx() as conn:
             row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
         return _user(row)
@@ -193,6 +265,155 @@ class SqlStore:
     async def record_login(self, user_id: str, now: float) -> None:
         async with self._tx() as conn:
             await conn.execute(update(users).where(users.c.id == user_id).values(last_login_at=now))
+
+    async def change_password(
+        self, user_id: str, password_hash: str, now: float, revoke_reason: str
+    ) -> bool:
+        """Set a new password hash and revoke every sign-in of the account, in one transaction."""
+        async with self._tx() as conn:
+            done = await conn.execute(
+                update(users).where(users.c.id == user_id).values(password_hash=password_hash)
+            )
+            if done.rowcount != 1:
+                return False
+            await conn.execute(_revoke(sign_ins.c.user_id == user_id, revoke_reason, now))
+        return True
+
+    async def delete_user(self, user_id: str) -> list[str] | None:
+        """Delete the account and everything of it; its cameras become unowned.  The ids of
+        those cameras (their live sessions must end), or None if there was no such account."""
+        async with self._tx() as conn:
+            owned = [
+                row.id
+                for row in await conn.execute(
+                    select(devices.c.id).where(devices.c.owner_id == user_id)
+                )
+            ]
+            await conn.execute(
+                update(devices)
+                .where(devices.c.owner_id == user_id)
+                .values(owner_id=None, paired_at=None)
+            )
+            await conn.execute(delete(watch_sessions).where(watch_sessions.c.viewer_id == user_id))
+            await conn.execute(delete(sign_ins).where(sign_ins.c.user_id == user_id))
+            done = await conn.execute(delete(users).where(users.c.id == user_id))
+            if done.rowcount != 1:
+                return None
+        return owned
+
+    # --- sign-ins ------------------------------------------------------------------------------
+
+    async def create_sign_in(self, sign_in: SignIn, max_active: int) -> list[str]:
+        """Record a new sign-in.  Beyond ``max_active`` active sign-ins of the account the least
+        recently used are revoked (their ids are returned); long-dead rows are deleted."""
+        now = sign_in.created_at
+        async with self._tx() as conn:
+            await conn.execute(
+                delete(sign_ins).where(
+                    sign_ins.c.user_id == sign_in.user_id,
+                    or_(
+                        sign_ins.c.expires_at < now - _KEEP_DEAD_SIGN_INS_S,
+                        sign_ins.c.revoked_at < now - _KEEP_DEAD_SIGN_INS_S,
+                    ),
+                )
+            )
+            await conn.execute(
+                insert(sign_ins).values(
+                    id=sign_in.id,
+                    user_id=sign_in.user_id,
+                    refresh_hash=sign_in.refresh_hash,
+                    previous_hash=None,
+                    rotated_at=None,
+                    created_at=now,
+                    last_used_at=now,
+                    expires_at=sign_in.expires_at,
+                    user_agent=sign_in.user_agent,
+                )
+            )
+            active = (
+                await conn.execute(
+                    select(sign_ins.c.id)
+                    .where(
+                        sign_ins.c.user_id == sign_in.user_id,
+                        sign_ins.c.revoked_at.is_(None),
+                        sign_ins.c.expires_at > now,
+                    )
+                    .order_by(sign_ins.c.last_used_at.desc(), sign_ins.c.created_at.desc())
+                )
+            ).all()
+            excess = [row.id for row in active[max_active:] if row.id != sign_in.id]
+            if excess:
+                await conn.execute(_revoke(sign_ins.c.id.in_(excess), "too_many", now))
+        return excess
+
+    async def sign_in(self, sign_in_id: str) -> SignIn | None:
+        if not storable(sign_in_id):
+            return None
+        async with self._tx() as conn:
+            row = (await conn.execute(select(sign_ins).where(sign_ins.c.id == sign_in_id))).first()
+        return _sign_in(row)
+
+    async def rotate_refresh(
+        self, sign_in_id: str, old_hash: str, new_hash: str, now: float, expires_at: float
+    ) -> bool:
+        """Replace the refresh token if ``old_hash`` is still the current one (compare and swap:
+        of two concurrent rotations with the same token exactly one wins)."""
+        async with self._tx() as conn:
+            done = await conn.execute(
+                update(sign_ins)
+                .where(
+                    sign_ins.c.id == sign_in_id,
+                    sign_ins.c.refresh_hash == old_hash,
+                    sign_ins.c.revoked_at.is_(None),
+                    sign_ins.c.expires_at > now,
+                )
+                .values(
+                    refresh_hash=new_hash,
+                    previous_hash=old_hash,
+                    rotated_at=now,
+                    last_used_at=now,
+                    expires_at=expires_at,
+                )
+            )
+            return bool(done.rowcount == 1)
+
+    async def touch_sign_in(self, sign_in_id: str, now: float) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                update(sign_ins).where(sign_ins.c.id == sign_in_id).values(last_used_at=now)
+            )
+
+    async def revoke_sign_in(self, sign_in_id: str, reason: str, now: float) -> bool:
+        async with self._tx() as conn:
+            done = await conn.execute(_revoke(sign_ins.c.id == sign_in_id, reason, now))
+            return bool(done.rowcount == 1)
+
+    async def revoke_sign_ins(self, user_id: str, reason: str, now: float) -> list[str]:
+        """Revoke every active sign-in of the account; their ids."""
+        async with self._tx() as conn:
+            ids = [
+                row.id
+                for row in await conn.execute(
+                    select(sign_ins.c.id).where(
+                        sign_ins.c.user_id == user_id, sign_ins.c.revoked_at.is_(None)
+                    )
+                )
+            ]
+            await conn.execute(_revoke(sign_ins.c.user_id == user_id, reason, now))
+        return ids
+
+    async def active_sign_ins(self, user_id: str, now: float) -> list[SignIn]:
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(sign_ins)
+                .where(
+                    sign_ins.c.user_id == user_id,
+                    sign_ins.c.revoked_at.is_(None),
+                    sign_ins.c.expires_at > now,
+                )
+                .order_by(sign_ins.c.last_used_at.desc())
+            )
+            return [s for s in map(_sign_in, rows) if s is not None]
 
     # --- devices -------------------------------------------------------------------------------
 
@@ -208,6 +429,8 @@ class SqlStore:
         return Device(device_id, name, model, token_hash, None, None, now, None)
 
     async def device(self, device_id: str) -> Device | None:
+        if not storable(device_id):
+            return None
         async with self._tx() as conn:
             row = (await conn.execute(select(devices).where(devices.c.id == device_id))).first()
         return _device(row)
@@ -225,6 +448,8 @@ class SqlStore:
             return [d for d in map(_device, rows) if d is not None]
 
     async def rename_device(self, device_id: str, owner_id: str, name: str) -> Device | None:
+        if not storable(device_id, owner_id, name):
+            return None
         async with self._tx() as conn:
             done = await conn.execute(
                 update(devices)
@@ -237,6 +462,8 @@ class SqlStore:
         return _device(row)
 
     async def unpair(self, device_id: str, owner_id: str) -> bool:
+        if not storable(device_id, owner_id):
+            return False
         async with self._tx() as conn:
             done = await conn.execute(
                 update(devices)
@@ -269,6 +496,28 @@ class SqlStore:
                 )
             )
             return {row.id: row.owner_id for row in rows}
+
+    async def retire_device(self, device_id: str, token_hash: str, now: float) -> RetireResult:
+        """A factory reset: the device loses its owner and its pairing codes, and its token is
+        refused from now on (the stored hash gets a prefix no token hashes to).  Idempotent:
+        retiring again with the same token succeeds."""
+        retired_hash = RETIRED_PREFIX + token_hash
+        async with self._tx() as conn:
+            row = (await conn.execute(select(devices).where(devices.c.id == device_id))).first()
+            if row is None or row.token_hash not in (token_hash, retired_hash):
+                return RetireResult(False)
+            await conn.execute(delete(pairing_codes).where(pairing_codes.c.device_id == device_id))
+            await conn.execute(
+                update(devices)
+                .where(devices.c.id == device_id)
+                .values(
+                    owner_id=None,
+                    paired_at=None,
+                    token_hash=retired_hash,
+                    retired_at=row.retired_at or now,
+                )
+            )
+        return RetireResult(True, row.owner_id, newly=row.retired_at is None)
 
     # --- pairing -------------------------------------------------------------------------------
 
@@ -329,6 +578,25 @@ class SqlStore:
             )
         return ClaimResult(ClaimOutcome.PAIRED, device)
 
+    async def pairing_target(
+        self, *, code_hash: str | None, claim_hash: str | None
+    ) -> PairingTarget | None:
+        column = pairing_codes.c.code_hash if code_hash is not None else pairing_codes.c.claim_hash
+        value = code_hash if code_hash is not None else claim_hash
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    select(pairing_codes.c.expires_at, devices)
+                    .join(devices, devices.c.id == pairing_codes.c.device_id)
+                    .where(column == value)
+                )
+            ).first()
+        if row is None:
+            return None
+        device = _device(row)
+        assert device is not None
+        return PairingTarget(device, float(row.expires_at))
+
     # --- watch sessions --------------------------------------------------------------------------
 
     async def start_session(
@@ -351,6 +619,8 @@ class SqlStore:
             return bool(done.rowcount == 1)
 
     async def session(self, session_id: str) -> WatchSession | None:
+        if not storable(session_id):
+            return None
         async with self._tx() as conn:
             row = (
                 await conn.execute(select(watch_sessions).where(watch_sessions.c.id == session_id))
@@ -360,6 +630,7 @@ class SqlStore:
     async def sessions_of_device(
         self, device_id: str, limit: int = 100, since: float | None = None
     ) -> list[WatchSession]:
+        """The device's sessions, newest first; ``since``: only those started then or later."""
         query = select(watch_sessions).where(watch_sessions.c.device_id == device_id)
         if since is not None:
             query = query.where(watch_sessions.c.started_at >= since)
@@ -382,19 +653,49 @@ class SqlStore:
             return [s for s in map(_session, rows) if s is not None]
 
 
-def engine_args(url: str) -> tuple[str, dict[str, Any]]:
+#: Revoked and expired sign-ins are kept this long (so a late refresh hears why), then deleted.
+_KEEP_DEAD_SIGN_INS_S = 7 * 86400.0
+#: A retired device's token hash gets this prefix: no SHA-256 hex digest starts with it.
+RETIRED_PREFIX = "retired:"
+
+
+def storable(*values: str) -> bool:
+    """Whether text can be stored or looked up on every backend: PostgreSQL refuses NUL.  The
+    API refuses such input with a 422 before it gets here; lookups answer "not found"."""
+    return not any("\x00" in v for v in values)
+
+
+def _revoke(where: Any, reason: str, now: float) -> Any:
+    return (
+        update(sign_ins)
+        .where(where, sign_ins.c.revoked_at.is_(None))
+        .values(revoked_at=now, revoke_reason=reason)
+    )
+
+
+def engine_args(
+    url: str, pool_size: int = 10, pool_timeout_s: float = 5.0
+) -> tuple[str, dict[str, Any]]:
+    """The SQLAlchemy URL and engine options.  A request that finds every pooled connection
+    busy waits ``pool_timeout_s`` at most (then ``sqlalchemy.exc.TimeoutError``: a 503)."""
     if url.startswith("sqlite:///"):
         from pathlib import Path
 
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{path}", {"connect_args": {"timeout": 30}}
+        return f"sqlite+aiosqlite:///{path}", {
+            "connect_args": {"timeout": 30},
+            "pool_timeout": pool_timeout_s,
+        }
     if url.startswith(("postgresql://", "postgres://")):
         rest = url.split("://", 1)[1]
         return f"postgresql+asyncpg://{rest}", {
-            "pool_size": 10,
-            "max_overflow": 20,
+            "pool_size": pool_size,
+            "max_overflow": pool_size * 2,
+            "pool_timeout": pool_timeout_s,
             "pool_pre_ping": True,
+            # An unreachable server fails a connection attempt in seconds, not asyncpg's 60.
+            "connect_args": {"timeout": pool_timeout_s},
         }
     raise ValueError(f"unsupported database URL {url!r}")
 
@@ -426,6 +727,25 @@ def _device(row: Row[Any] | None) -> Device | None:
         row.paired_at,
         row.created_at,
         row.last_seen,
+        row.retired_at,
+    )
+
+
+def _sign_in(row: Row[Any] | None) -> SignIn | None:
+    if row is None:
+        return None
+    return SignIn(
+        row.id,
+        row.user_id,
+        row.refresh_hash,
+        row.previous_hash,
+        row.rotated_at,
+        row.created_at,
+        row.last_used_at,
+        row.expires_at,
+        row.revoked_at,
+        row.revoke_reason,
+        row.user_agent,
     )
 
 

@@ -2,7 +2,8 @@
 
 ``Agent(config).run()`` runs until :meth:`Agent.stop` (SIGTERM/SIGINT in ``mumu-agent run``):
 
-1. A button held at boot (when one is configured) forgets the credentials: factory reset.
+1. A button held at boot (when one is configured) forgets the credentials: factory reset (the
+   cloud is told with the old ones, now or once it can be reached, so they stop working).
 2. Saved credentials are reused; with none, the agent registers (retrying with backoff).
 3. :class:`~device.signaling.SignalingClient` keeps the WebSocket up; ``hello_ack`` and
    ``pairing_status`` drive the :class:`~device.provisioning.PairingController` (a code on the
@@ -131,8 +132,8 @@ class Agent:
         if self._display is None:
             self._display = open_displays(config)
         if config.button is not None and await self._factory_reset_requested():
-            log.warning("button held at boot: factory reset, forgetting the device credentials")
-            creds.forget(config.state_path)
+            log.warning("button held at boot: factory reset, retiring the device credentials")
+            creds.begin_factory_reset(config.state_path)
         self._credentials = creds.load(config.state_path)
         if self._credentials is not None:
             log.info(
@@ -165,6 +166,15 @@ class Agent:
         self._hub.add_listener(self._camera_state)
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         signaling = asyncio.create_task(self._client.run(), name="signaling")
+        retiring = asyncio.create_task(
+            creds.retire_pending(
+                self._http,
+                config.cloud_url,
+                config.state_path,
+                Backoff(config.reconnect.base, config.reconnect.cap).next_delay,
+            ),
+            name="retire-old-identity",
+        )
         try:
             if config.keep_warm:
                 await self._hub.set_keep_warm(True)
@@ -176,6 +186,7 @@ class Agent:
                 raise failed
         finally:
             update_link.cancel()
+            retiring.cancel()
             await self._shutdown(signaling, watchdog)
 
     async def _shutdown(self, signaling: asyncio.Task[None], watchdog: asyncio.Task[None]) -> None:

@@ -17,6 +17,9 @@ import msgspec
 
 #: Largest WebSocket message the cloud accepts (bytes of UTF-8 text).
 MAX_MESSAGE_BYTES: Final = 64 * 1024
+#: Deepest nesting of JSON arrays and objects the cloud accepts in a message (the deepest real
+#: message nests 4 levels; the limit keeps a decoder's recursion far from Python's).
+MAX_JSON_DEPTH: Final = 32
 #: How often devices (and, while watching, viewers) send ``heartbeat``.
 HEARTBEAT_INTERVAL_S: Final = 30.0
 #: Presence expires this long after the last heartbeat: a camera that stops heartbeating is

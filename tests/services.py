@@ -85,76 +85,85 @@ def _as_postgres_user() -> list[str]:
     return [str(runuser), "-u", "postgres", "--"]
 
 
-@contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster; yields a ``postgresql://`` URL of an empty database."""
-    bindir = _pg_bindir()
-    require(bindir is not None and (bindir / "initdb").exists(), "PostgreSQL server (postgresql)")
-    assert bindir is not None
-    prefix = _as_postgres_user()
-    # Its own directory straight under /tmp: the postgres user must be able to reach it.
-    tmp = Path(tempfile.mkdtemp(prefix="mumu-pg-"))
-    data = tmp / "pgdata"
-    data.mkdir()
-    if prefix:
-        pw = pwd.getpwnam("postgres")
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        os.chown(data, pw.pw_uid, pw.pw_gid)
-    subprocess.run(
-        [
-            *prefix,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *prefix,
-            str(bindir / "postgres"),
-            "-D",
-            str(data),
-            "-p",
-            str(port),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            f"unix_socket_directories={tmp}",
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=300",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc=proc)
+class PostgresServer:
+    """A throwaway PostgreSQL cluster that a test may stop and start again (same port, same
+    data): ``start()``, ``stop()``, ``url`` (of its ``mumu`` database), ``close()``."""
+
+    def __init__(self) -> None:
+        bindir = _pg_bindir()
+        require(
+            bindir is not None and (bindir / "initdb").exists(), "PostgreSQL server (postgresql)"
+        )
+        assert bindir is not None
+        self.bindir = bindir
+        self.prefix = _as_postgres_user()
+        # Its own directory straight under /tmp: the postgres user must be able to reach it.
+        self.tmp = Path(tempfile.mkdtemp(prefix="mumu-pg-"))
+        self.data = self.tmp / "pgdata"
+        self.data.mkdir()
+        if self.prefix:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.tmp, pw.pw_uid, pw.pw_gid)
+            os.chown(self.data, pw.pw_uid, pw.pw_gid)
+        subprocess.run(
+            [
+                *self.prefix,
+                str(bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/mumu"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._created = False
+
+    def start(self) -> PostgresServer:
+        self.proc = subprocess.Popen(
+            [
+                *self.prefix,
+                str(self.bindir / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.tmp}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
         deadline = time.monotonic() + 20
-        while True:
+        while True:  # accepting connections (not still starting up), and the database exists
             done = subprocess.run(
                 [
-                    str(bindir / "createdb"),
+                    str(self.bindir / ("psql" if self._created else "createdb")),
                     "-h",
                     "127.0.0.1",
                     "-p",
-                    str(port),
+                    str(self.port),
                     "-U",
                     "postgres",
-                    "mumu",
+                    *(["-d", "mumu", "-c", "SELECT 1"] if self._created else ["mumu"]),
                 ],
                 capture_output=True,
             )
@@ -163,10 +172,35 @@ def postgres_server() -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(done.stderr.decode())
             time.sleep(0.1)
-        yield f"postgresql://postgres@127.0.0.1:{port}/mumu"
+        self._created = True
+        return self
+
+    def stop(self) -> None:
+        """Shut it down at once ("fast": open connections are cut, as in an outage)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            pg_ctl = str(self.bindir / "pg_ctl")
+            subprocess.run(
+                [*self.prefix, pg_ctl, "stop", "-D", str(self.data), "-m", "fast", "-w"],
+                capture_output=True,
+            )
+        stop(self.proc)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster; yields a ``postgresql://`` URL of an empty database."""
+    server = PostgresServer()
+    try:
+        yield server.start().url
     finally:
-        stop(proc)
-        shutil.rmtree(tmp, ignore_errors=True)
+        server.close()
 
 
 def create_database(server_url: str) -> str:
@@ -192,35 +226,55 @@ def create_database(server_url: str) -> str:
     return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
+class RedisServer:
+    """A throwaway Redis that keeps nothing on disk and that a test may stop and start again on
+    the same port: ``start()``, ``stop()``, ``url``."""
+
+    def __init__(self, tmp: Path) -> None:
+        binary = shutil.which("redis-server")
+        require(binary is not None, "Redis server (redis-server)")
+        assert binary is not None
+        self.binary = binary
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+                "--maxclients",
+                "20000",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
 @contextlib.contextmanager
 def redis_server(tmp: Path) -> Iterator[str]:
     """A throwaway Redis that keeps nothing on disk; yields a ``redis://`` URL."""
-    binary = shutil.which("redis-server")
-    require(binary is not None, "Redis server (redis-server)")
-    assert binary is not None
-    tmp.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-            "--maxclients",
-            "20000",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RedisServer(tmp)
     try:
-        wait_for_port(port, proc=proc)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.start().url
     finally:
-        stop(proc)
+        server.stop()

@@ -4,6 +4,7 @@ watchdog, SIGTERM, configuration errors, ``probe``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -12,7 +13,9 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from device import credentials as creds
@@ -221,32 +224,14 @@ def test_probe_prints_the_hal_report() -> None:
     assert "Would use:" in done.stdout
 
 
-async def test_button_held_at_boot_is_a_factory_reset(cloud: CloudProcess, tmp_path: Path) -> None:
-    """In-process agent, gpiozero's mock pins as the GPIO: the held button forgets the saved
-    credentials and the agent registers as a new device (nobody's camera any more)."""
+@contextlib.contextmanager
+def button_held() -> Iterator[None]:
+    """gpiozero's mock pins as the GPIO, with the reset button (pin 27) held down."""
     from gpiozero import Device
     from gpiozero.pins.mock import MockFactory
 
     from tests.test_provisioning_gpio import ButtonPin
 
-    state = tmp_path / "state"
-    api = ApiClient(cloud.url)
-    try:
-        camera = await api.camera()  # valid credentials: without a reset they would be reused
-    finally:
-        await api.aclose()
-    old = creds.Credentials(device_id=camera.device_id, device_token=camera.device_token)
-    creds.save(state, old)
-    config = load(
-        None,
-        {
-            "cloud": cloud.url,
-            "state_dir": str(state),
-            "camera.backend": "synthetic",
-            "button": {"pin": 27, "hold_seconds": 0.2},
-        },
-        env={},
-    )
     factory = MockFactory(pin_class=ButtonPin)
     previous = Device.pin_factory
     Device.pin_factory = factory
@@ -254,16 +239,100 @@ async def test_button_held_at_boot_is_a_factory_reset(cloud: CloudProcess, tmp_p
         pin = factory.pin(27)
         assert isinstance(pin, ButtonPin)
         pin.press()
-        agent = Agent(config, display=DisplayGroup([]))
+        yield
+    finally:
+        Device.pin_factory = previous
+        factory.close()
+
+
+def reset_config(cloud: CloudProcess, state: Path) -> Any:
+    return load(
+        None,
+        {
+            "cloud": cloud.url,
+            "state_dir": str(state),
+            "camera.backend": "synthetic",
+            "button": {"pin": 27, "hold_seconds": 0.2},
+            "reconnect": {"base": 0.1, "cap": 1.0},
+        },
+        env={},
+    )
+
+
+async def paired_camera(cloud: CloudProcess) -> tuple[creds.Credentials, dict[str, str]]:
+    """A camera's credentials, paired to a new account; that account's auth header."""
+    api = ApiClient(cloud.url)
+    try:
+        owner = await api.account()
+        camera = await api.owned_camera(owner)  # valid: without a reset they would be reused
+    finally:
+        await api.aclose()
+    return creds.Credentials(camera.device_id, camera.device_token), owner.auth
+
+
+async def assert_retired(
+    cloud: CloudProcess, old: creds.Credentials, owner: dict[str, str]
+) -> None:
+    """The previous owner has lost the camera, and its old token works nowhere."""
+    async with httpx.AsyncClient(base_url=cloud.url) as h:
+        assert (await h.get("/api/devices", headers=owner)).json()["devices"] == []
+        r = await h.post(
+            "/api/pairing/generate",
+            params={"device_id": old.device_id},
+            headers={"authorization": f"Bearer {old.device_token}"},
+        )
+        assert r.status_code == 403
+
+
+async def test_button_held_at_boot_is_a_factory_reset(cloud: CloudProcess, tmp_path: Path) -> None:
+    """In-process agent, gpiozero's mock pins as the GPIO: the held button retires the saved
+    credentials with the cloud (the previous owner loses the camera) and the agent registers as
+    a new device (nobody's camera any more)."""
+    state = tmp_path / "state"
+    old, owner = await paired_camera(cloud)
+    creds.save(state, old)
+    with button_held():
+        agent = Agent(reset_config(cloud, state), display=DisplayGroup([]))
         running = asyncio.create_task(agent.run())
         async with asyncio.timeout(20):
             while agent.client is None or not agent.client.is_connected:
                 await asyncio.sleep(0.05)
+            while creds.pending_retirements(state):
+                await asyncio.sleep(0.05)
         assert agent.client.failures == 0, "registered anew at start, not after a refusal"
         agent.stop()
         await asyncio.wait_for(running, 10)
-    finally:
-        Device.pin_factory = previous
-        factory.close()
     new = creds.load(state)
     assert new is not None and new.device_id != old.device_id
+    assert not (state / creds.PENDING_FILE_NAME).exists()
+    await assert_retired(cloud, old, owner)
+
+
+async def test_a_factory_reset_while_the_cloud_is_away_retires_the_camera_later(
+    tmp_path: Path,
+) -> None:
+    cloud = CloudProcess(tmp_path / "cloud", env=CLOUD_ENV).start()
+    try:
+        state = tmp_path / "state"
+        old, owner = await paired_camera(cloud)
+        creds.save(state, old)
+        cloud.stop()
+        with button_held():
+            agent = Agent(reset_config(cloud, state), display=DisplayGroup([]))
+            running = asyncio.create_task(agent.run())
+            async with asyncio.timeout(20):
+                while creds.load(state) is not None or not creds.pending_retirements(state):
+                    await asyncio.sleep(0.05)
+            # Forgotten for the agent, remembered for the cloud (and kept private).
+            pending = state / creds.PENDING_FILE_NAME
+            assert stat.S_IMODE(pending.stat().st_mode) == 0o600
+            assert creds.pending_retirements(state) == [old]
+            await asyncio.to_thread(cloud.start)
+            async with asyncio.timeout(30):
+                while creds.pending_retirements(state) or creds.load(state) is None:
+                    await asyncio.sleep(0.05)
+            agent.stop()
+            await asyncio.wait_for(running, 10)
+        await assert_retired(cloud, old, owner)
+    finally:
+        cloud.stop()

@@ -37,6 +37,7 @@ CLOUD_ENV = {
     "MUMU_LOGIN_RATE_PER_ADDRESS": "100000/minute",
     "MUMU_PAIR_RATE": "100000/minute",
     "MUMU_PAIR_RATE_PER_ADDRESS": "100000/minute",
+    "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS": "100000/minute",
 }
 AGENT = {
     # Keyframes only on request (every 60 s otherwise): the PLI test sees its own keyframe.

@@ -89,9 +89,9 @@ async def test_register_and_login(api: ApiClient) -> None:
     r = await h.post("/api/auth/login", json={"email": email, "password": "long enough 1"})
     assert r.status_code == 200
     body = r.json()
-    assert body["token_type"] == "bearer" and body["expires_in"] == 3600
+    assert body["token_type"] == "bearer" and body["expires_in"] == 900
     claims = jwt.decode(body["access_token"], JWT_SECRET, algorithms=["HS256"])
-    assert claims["exp"] - claims["iat"] == 3600
+    assert claims["exp"] - claims["iat"] == 900
     assert_error(
         await h.post("/api/auth/login", json={"email": email, "password": "wrong password"}),
         401,
@@ -109,7 +109,16 @@ async def test_user_tokens_are_checked(api: ApiClient) -> None:
     h = api.http
     assert (await h.get("/api/devices", headers=account.auth)).status_code == 200
     now = int(time.time())
+    sign_in = jwt.decode(account.token, JWT_SECRET, algorithms=["HS256"])["sid"]
+    claims = {"sub": account.user_id, "iat": now, "exp": now + 60, "typ": "access"}
     bad_tokens = {
+        # Signed with the right key but naming no sign-in, or one of another account: these
+        # could not be revoked, so they are not honoured.
+        "no sign-in": jwt.encode(claims, JWT_SECRET, algorithm="HS256"),
+        "made-up sign-in": jwt.encode({**claims, "sid": "made-up"}, JWT_SECRET, algorithm="HS256"),
+        "another's sign-in": jwt.encode(
+            {**claims, "sub": "someone-else", "sid": sign_in}, JWT_SECRET, algorithm="HS256"
+        ),
         "missing": None,
         "garbage": "not-a-jwt",
         "expired": jwt.encode(
@@ -292,7 +301,15 @@ async def test_health_metrics_and_openapi(api: ApiClient) -> None:
         "/api/devices/{device_id}",
         "/api/devices/{device_id}/sessions",
         "/api/devices/pair",
+        "/api/devices/retire",
         "/api/pairing/generate",
+        "/api/pairing/preview",
+        "/api/auth/refresh",
+        "/api/auth/logout",
+        "/api/auth/logout-all",
+        "/api/account",
+        "/api/account/password",
+        "/api/account/delete",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -390,6 +407,10 @@ async def test_readyz_says_503_when_redis_is_gone(
         ({"MUMU_TURN_URLS": "http://x", "MUMU_TURN_SECRET": "s"}, "MUMU_TURN_URLS"),
         ({"MUMU_REDIS_URL": "http://x"}, "MUMU_REDIS_URL"),
         ({"MUMU_LOGIN_RATE": "lots"}, "MUMU_LOGIN_RATE"),
+        ({"MUMU_PAIR_CODE_BUDGET": "lots"}, "MUMU_PAIR_CODE_BUDGET"),
+        ({"MUMU_PASSWORD_WORKERS": "0"}, "MUMU_PASSWORD_WORKERS"),
+        ({"MUMU_MAX_JSON_DEPTH": "100000"}, "MUMU_MAX_JSON_DEPTH"),
+        ({"MUMU_JWT_TTL": "5"}, "MUMU_JWT_TTL"),
         ({"MUMU_PUBLIC_URL": "cams.example.org"}, "MUMU_PUBLIC_URL"),
     ],
 )

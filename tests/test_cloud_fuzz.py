@@ -150,6 +150,10 @@ def test_any_first_frame_is_refused_cleanly(world: World, role: str) -> None:
 ENDPOINTS = [
     ("POST", "/api/auth/register"),
     ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/refresh"),
+    ("POST", "/api/account/password"),
+    ("POST", "/api/pairing/preview"),
+    ("POST", "/api/devices/retire?device_id={device_id}"),
     ("POST", "/api/devices/pair"),
     ("PATCH", "/api/devices/{device_id}"),
     ("PATCH", "/api/devices/not-a-device"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import pytest
 
 from protocol import ProtocolError, decode, encode
 from protocol.close_codes import CloseCode
+from protocol.codec import nesting_exceeds
 from protocol.messages import (
     DIRECTIONS,
     END_REASONS,
     ERROR_CODES,
+    MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     UPDATE_STATES,
     CloudToViewer,
@@ -95,6 +98,37 @@ def test_round_trip_and_clear_errors() -> None:
     with pytest.raises(ProtocolError) as big:
         decode(" " * (MAX_MESSAGE_BYTES + 1), CloudToViewer)
     assert big.value.code == "too_large"
+
+
+def test_nesting_is_bounded_before_decoding() -> None:
+    # 100,000 levels would exhaust the decoder's recursion (a RecursionError, not an error frame).
+    for deep in ("[" * 30_000 + "]" * 30_000, '{"a":' * 10_000 + "1" + "}" * 10_000):
+        with pytest.raises(ProtocolError) as refused:
+            decode(deep, ViewerToCloud)
+        assert refused.value.code == "too_large" and "nests deeper" in refused.value.message
+    inner = MAX_JSON_DEPTH - 2  # the message object and its payload are two levels
+    at_limit = "[" * inner + "]" * inner
+    with pytest.raises(ProtocolError) as ordinary:
+        decode(f'{{"type":"heartbeat","payload":{{"x":{at_limit}}}}}', ViewerToCloud)
+    assert ordinary.value.code == "invalid_message", "at the limit it is decoded (and refused)"
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("1", 0),
+        ("[]", 1),
+        ('{"a":[{"b":[]}]}', 4),
+        (json.dumps(["[[[[", "\\", '\\"[[[[', "{"]), 1),  # brackets, escapes, quotes in strings
+        ('[{"k[": {"}": [1, 2, {"x": "]]]"}]}}]', 5),
+        ("[" * 40 + "]" * 40, 40),
+        ("[[]," * 50 + "1" + "]" * 50, 51),
+    ],
+)
+def test_nesting_depth_is_measured_outside_strings(text: str, depth: int) -> None:
+    for data in (text, text.encode()):
+        assert not nesting_exceeds(data, depth)
+        assert depth == 0 or nesting_exceeds(data, depth - 1)
 
 
 def test_every_message_type_is_a_tagged_struct() -> None:

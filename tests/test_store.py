@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from cloud import migrate
 from cloud.schema import devices, users
-from cloud.store import ClaimOutcome, DuplicateError, SqlStore, engine_args
+from cloud.store import ClaimOutcome, DuplicateError, SignIn, SqlStore, engine_args
+
+HEAD = "0003"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -127,6 +129,125 @@ async def test_watch_session_history(store: SqlStore) -> None:
     assert [s.id for s in await store.open_sessions(started_before=25.0)] == ["s2"]
     one = await store.session("s2")
     assert one is not None and one.ended_at is None
+
+
+def _sign_in(sid: str, user: str, now: float, refresh: str = "r1") -> SignIn:
+    return SignIn(sid, user, refresh, None, None, now, now, now + 100, None, None, "agent")
+
+
+async def test_sign_ins_rotate_once_and_revoke(store: SqlStore) -> None:
+    await store.create_user("u1", "a@example.com", "h", 1.0)
+    await store.create_user("u2", "b@example.com", "h", 1.0)
+    assert await store.create_sign_in(_sign_in("s1", "u1", 10.0), max_active=5) == []
+    await store.create_sign_in(_sign_in("s2", "u1", 11.0), max_active=5)
+    await store.create_sign_in(_sign_in("s3", "u2", 11.0), max_active=5)
+    # Compare and swap: the same old token rotates once.
+    assert await store.rotate_refresh("s1", "r1", "r2", 12.0, 200.0)
+    assert not await store.rotate_refresh("s1", "r1", "r3", 12.0, 200.0)
+    row = await store.sign_in("s1")
+    assert row is not None and (row.refresh_hash, row.previous_hash) == ("r2", "r1")
+    assert row.rotated_at == 12.0 and row.expires_at == 200.0 and row.active(13.0)
+    assert not await store.rotate_refresh("s1", "r2", "r3", 250.0, 300.0), "expired"
+    assert await store.revoke_sign_in("s1", "signed_out", 13.0)
+    assert not await store.revoke_sign_in("s1", "signed_out", 14.0), "revoked once"
+    assert not await store.rotate_refresh("s1", "r2", "r3", 14.0, 200.0), "revoked"
+    revoked = await store.sign_in("s1")
+    assert revoked is not None and revoked.revoke_reason == "signed_out"
+    assert not revoked.active(14.0)
+    assert [s.id for s in await store.active_sign_ins("u1", 14.0)] == ["s2"]
+    assert await store.revoke_sign_ins("u1", "signed_out_everywhere", 15.0) == ["s2"]
+    assert await store.active_sign_ins("u1", 15.0) == []
+    assert [s.id for s in await store.active_sign_ins("u2", 15.0)] == ["s3"]
+    assert await store.sign_in("nul\x00id") is None
+
+
+async def test_sign_ins_beyond_the_cap_end_least_recently_used_first(store: SqlStore) -> None:
+    await store.create_user("u1", "a@example.com", "h", 1.0)
+    await store.create_sign_in(_sign_in("s1", "u1", 10.0), max_active=2)
+    await store.create_sign_in(_sign_in("s2", "u1", 11.0), max_active=2)
+    await store.touch_sign_in("s1", 12.0)  # s1 was used more recently than s2
+    assert await store.create_sign_in(_sign_in("s3", "u1", 13.0), max_active=2) == ["s2"]
+    assert {s.id for s in await store.active_sign_ins("u1", 14.0)} == {"s1", "s3"}
+    # Long-dead rows go when the account signs in again.
+    await store.create_sign_in(_sign_in("s4", "u1", 13.0 + 8 * 86400), max_active=10)
+    assert await store.sign_in("s2") is None
+
+
+async def test_password_change_and_account_deletion(store: SqlStore) -> None:
+    await store.create_user("u1", "a@example.com", "h1", 1.0)
+    await store.create_user("u2", "b@example.com", "h", 1.0)
+    await store.create_sign_in(_sign_in("s1", "u1", 10.0), max_active=5)
+    await store.create_sign_in(_sign_in("s2", "u2", 10.0), max_active=5)
+    assert await store.change_password("u1", "h2", 11.0, "password_changed")
+    user = await store.user_by_id("u1")
+    assert user is not None and user.password_hash == "h2"
+    assert await store.active_sign_ins("u1", 12.0) == []
+    assert not await store.change_password("ghost", "h", 11.0, "password_changed")
+
+    for device, owner in (("d1", "u1"), ("d2", "u1"), ("d3", "u2")):
+        await store.create_device(device, "cam", "pi", "tok", 1.0)
+        await store.replace_pairing_code(device, f"c-{device}", f"k-{device}", 100.0, 1.0)
+        await store.claim(code_hash=f"c-{device}", claim_hash=None, user_id=owner, now=2.0)
+    await store.start_session("w1", "d1", "u1", 3.0)
+    assert sorted(await store.delete_user("u1") or []) == ["d1", "d2"]
+    assert await store.user_by_id("u1") is None and await store.sign_in("s1") is None
+    assert await store.session("w1") is None
+    d1 = await store.device("d1")
+    assert d1 is not None and d1.owner_id is None
+    assert [d.id for d in await store.devices_of("u2")] == ["d3"]
+    assert await store.sign_in("s2") is not None
+    assert await store.delete_user("u1") is None
+
+
+async def test_a_retired_device_loses_owner_codes_and_token(store: SqlStore) -> None:
+    await store.create_user("u1", "a@example.com", "h", 1.0)
+    await store.create_device("d1", "Porch", "pi4", "tokhash", 1.0)
+    await store.replace_pairing_code("d1", "c", "k", 100.0, 1.0)
+    await store.claim(code_hash="c", claim_hash=None, user_id="u1", now=2.0)
+    await store.replace_pairing_code("d1", "c2", "k2", 100.0, 3.0)
+    assert not (await store.retire_device("d1", "wrong", 4.0)).retired
+    done = await store.retire_device("d1", "tokhash", 4.0)
+    assert done.retired and done.newly and done.previous_owner == "u1"
+    device = await store.device("d1")
+    assert device is not None and device.owner_id is None and device.retired_at == 4.0
+    assert device.token_hash != "tokhash", "the old token no longer matches"
+    assert await store.pairing_target(code_hash="c2", claim_hash=None) is None
+    again = await store.retire_device("d1", "tokhash", 5.0)
+    assert again.retired and not again.newly and again.previous_owner is None, "idempotent"
+    device = await store.device("d1")
+    assert device is not None and device.retired_at == 4.0
+    assert not (await store.retire_device("ghost", "tokhash", 5.0)).retired
+
+
+async def test_pairing_target_reads_without_claiming(store: SqlStore) -> None:
+    await store.create_device("d1", "Garage", "pi5", "tok", 1.0)
+    await store.replace_pairing_code("d1", "c", "k", 100.0, 1.0)
+    target = await store.pairing_target(code_hash=None, claim_hash="k")
+    assert target is not None and target.device.name == "Garage" and target.expires_at == 100.0
+    assert (await store.pairing_target(code_hash="c", claim_hash=None)) is not None
+    assert await store.pairing_target(code_hash="nope", claim_hash=None) is None
+    device = await store.device("d1")
+    assert device is not None and device.owner_id is None
+
+
+async def test_session_history_can_start_at_the_current_pairing(store: SqlStore) -> None:
+    await store.create_user("u1", "a@example.com", "h", 1.0)
+    await store.create_device("d1", "Porch", "pi4", "tok", 1.0)
+    await store.start_session("old", "d1", "u1", 10.0)
+    await store.start_session("new", "d1", "u1", 30.0)
+    assert [s.id for s in await store.sessions_of_device("d1", since=20.0)] == ["new"]
+    assert len(await store.sessions_of_device("d1")) == 2
+
+
+async def test_text_with_nul_is_never_sent_to_the_database(store: SqlStore) -> None:
+    # PostgreSQL cannot hold NUL: lookups by such text are "not found", not a driver error.
+    assert await store.user_by_email("a\x00@example.com") is None
+    assert await store.user_by_id("u\x00") is None
+    assert await store.device("d\x00") is None
+    assert await store.session("s\x00") is None
+    assert await store.rename_device("d\x00", "u1", "x") is None
+    assert not await store.unpair("d\x00", "u1")
+    await store.ping()
 
 
 async def test_migrating_an_older_database_keeps_its_rows(db_url: str) -> None:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from tests.browser import (
@@ -129,10 +130,14 @@ async def test_sign_up_sign_out_sign_in(nginx: Nginx, browser: Browser) -> None:
     await screenshot(page, "app-devices-empty")
 
     # The same address again: the cloud's 409 in words.
+    token = await page.evaluate("localStorage.getItem('mumu.token')")
     await page.click("[data-testid=signout]")
     await page.wait_for_selector("[data-testid=auth-form]")
     assert "signed out" in await text(page, "banner")
     assert await page.evaluate("localStorage.getItem('mumu.token')") is None
+    async with httpx.AsyncClient(base_url=nginx.url) as h:  # revoked on the server too
+        r = await h.get("/api/devices", headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 401
     assert await page.is_hidden("[data-testid=signaling-state]")
     await page.click("[data-testid=to-signup]")
     await page.fill("[data-testid=email]", email)
@@ -141,8 +146,11 @@ async def test_sign_up_sign_out_sign_in(nginx: Nginx, browser: Browser) -> None:
     await page.wait_for_selector("[data-testid=form-error]:visible")
     assert await text(page, "form-error")
 
-    # A wrong password, then the right one.
+    # A wrong password, then the right one.  Wait for the sign-in page first: filling the
+    # sign-up form just before it is replaced left the new form's e-mail empty, and the browser
+    # then refused to submit it (this test timed out waiting for an error that never came).
     await page.click("[data-testid=to-signin]")
+    await page.wait_for_selector("[data-testid=page-title]:has-text('Sign in')")
     await page.fill("[data-testid=email]", email)
     await page.fill("[data-testid=password]", "not the password")
     await page.click("[data-testid=submit]")
@@ -177,6 +185,111 @@ async def test_a_token_the_cloud_refuses_returns_to_sign_in(
     assert "expired" in await text(page, "banner")
     assert await page.evaluate("localStorage.getItem('mumu.token')") is None
     await context.close()
+
+
+async def sign_in_in_page(
+    browser: Browser, nginx: Nginx, account: Account, **options: Any
+) -> tuple[BrowserContext, Page, PageProblems]:
+    """A fresh browser context signed in through the sign-in form (so it holds the cloud's
+    refresh cookie, as a person's browser does)."""
+    context, page, problems = await open_app(browser, nginx, **options)
+    await page.goto(nginx.url + "/#/signin")
+    await page.fill("[data-testid=email]", account.email)
+    await page.fill("[data-testid=password]", account.password)
+    await page.click("[data-testid=submit]")
+    await page.wait_for_selector("[data-testid=page-title]:has-text('Your cameras')")
+    await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    return context, page, problems
+
+
+async def test_account_page_password_change_and_sign_out_everywhere(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+    here, page, problems = await sign_in_in_page(browser, nginx, account)
+    there, other, _ = await sign_in_in_page(browser, nginx, account)
+
+    await page.click("[data-testid=nav-account]")
+    await page.wait_for_selector("[data-testid=sign-in] >> nth=2")  # api.account()'s, and two
+    assert await text(page, "account-email") == account.email
+    assert await page.locator("[data-testid=this-browser]").count() == 1
+    await screenshot(page, "app-account")
+
+    # A wrong current password is said so; nothing changes.
+    await page.fill("[data-testid=current-password]", "not my password")
+    await page.fill("[data-testid=new-password]", "a new good password")
+    await page.fill("[data-testid=new-password-again]", "a new good password")
+    await page.click("[data-testid=password-submit]")
+    await page.wait_for_selector("[data-testid=password-error]:visible")
+    # The right one: this browser stays signed in (its socket comes back with the new sign-in),
+    # the other one is sent to sign in again, with a sentence saying why.
+    await page.fill("[data-testid=current-password]", account.password)
+    await page.click("[data-testid=password-submit]")
+    await page.wait_for_selector("[data-testid=banner]:has-text('password was changed')")
+    await other.wait_for_selector("[data-testid=auth-form]", timeout=15_000)
+    assert "password" in await text(other, "banner")
+    await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    await page.click("[data-testid=nav-devices]")
+    await page.wait_for_selector("[data-testid=devices-empty]")
+    r = await api.http.post(
+        "/api/auth/login", json={"email": account.email, "password": "a new good password"}
+    )
+    assert r.status_code == 200
+
+    # Sign out everywhere: this browser too, and the sign-in just made through the API.
+    token = r.json()["access_token"]
+    await page.click("[data-testid=nav-account]")
+    await page.click("[data-testid=signout-everywhere]")
+    await page.click("[data-testid=signout-everywhere-confirm]")
+    await page.wait_for_selector("[data-testid=auth-form]")
+    assert "every browser" in await text(page, "banner")
+    r = await api.http.get("/api/devices", headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    for context in (here, there):
+        await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+async def test_deleting_the_account_from_the_account_page(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+    camera = await api.owned_camera(account, "Attic")
+    cam_ws = await device(nginx.ws_url, camera.hello())
+    context, page, problems = await sign_in_in_page(browser, nginx, account)
+    await page.click("[data-testid=nav-account]")
+    await page.fill("[data-testid=delete-password]", "not it")
+    await page.click("[data-testid=delete-account]")
+    await page.click("[data-testid=delete-confirm]")
+    await page.wait_for_selector("[data-testid=delete-error]:visible")
+    await page.fill("[data-testid=delete-password]", account.password)
+    await page.click("[data-testid=delete-account]")
+    await page.click("[data-testid=delete-confirm]")
+    await page.wait_for_selector("[data-testid=auth-form]")
+    assert "deleted" in await text(page, "banner")
+    assert (await cam_ws.recv("pairing_status"))["payload"] == {"paired": False}
+    r = await api.http.post(
+        "/api/auth/login", json={"email": account.email, "password": account.password}
+    )
+    assert r.status_code == 401
+    await cam_ws.close()
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+async def test_a_claim_link_can_be_declined(nginx: Nginx, browser: Browser, api: ApiClient) -> None:
+    account = await api.account()
+    camera = await api.camera("Somebody's camera")
+    claim_url: str = (await api.code(camera))["claim_url"]
+    context, page, problems = await open_app(browser, nginx, account)
+    await page.goto(nginx.url + "/" + claim_url[claim_url.index("#/claim/") :])
+    await page.wait_for_selector("[data-testid=claim-confirmation]")
+    assert await text(page, "claim-name") == "Somebody's camera"
+    await page.click("[data-testid=claim-cancel]")
+    await page.wait_for_selector("[data-testid=devices-empty]")
+    assert (await api.http.get("/api/devices", headers=account.auth)).json()["devices"] == []
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
 
 
 # --- pairing, the list --------------------------------------------------------------------------
@@ -258,6 +371,13 @@ async def test_claim_link_signs_in_first_then_pairs(
     await page.fill("[data-testid=email]", account.email)
     await page.fill("[data-testid=password]", account.password)
     await page.click("[data-testid=submit]")
+    # Nothing is added until the person has seen which camera it is and said yes.
+    await page.wait_for_selector("[data-testid=claim-confirmation]")
+    assert await text(page, "claim-name") == "Garage"
+    assert "test" in await text(page, "claim-model")
+    assert (await api.http.get("/api/devices", headers=account.auth)).json()["devices"] == []
+    await screenshot(page, "app-claim-confirm-phone")
+    await page.click("[data-testid=claim-confirm]")
     await page.wait_for_selector("[data-testid=pair-success]")
     assert await text(page, "paired-name") == "Garage"
     await screenshot(page, "app-claim-paired-phone")
@@ -498,6 +618,76 @@ async def test_watch_through_the_turn_relay_and_camera_going_offline(
     finally:
         if not closed:
             await cam.close()
+
+
+@pytest.mark.slow
+async def test_a_live_view_outlives_its_access_tokens(
+    tmp_path: Path, coturn: Coturn, browser: Browser
+) -> None:
+    """Access tokens last 12 s here: the page refreshes them in the background (the refresh
+    cookie rotating each time) while the video plays on, untouched, and a signaling socket that
+    drops long after the first token expired comes back and resumes the session."""
+    env = {
+        **RELAXED,
+        "MUMU_TURN_SECRET": TURN_SECRET,
+        "MUMU_TURN_URLS": ",".join(coturn.urls),
+        "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
+        "MUMU_TRUSTED_PROXIES": "127.0.0.1",
+        "MUMU_JWT_TTL": "12",
+    }
+    with (
+        CloudProcess(tmp_path / "cloud", env=env) as short_lived,
+        nginx_server([short_lived.port]) as front,
+    ):
+        api = ApiClient(front.url)
+        account = await api.account()
+        camera = await api.owned_camera(account, "Porch")
+        cam = await TestCamera.connect(front.ws_url, camera)
+        try:
+            context, page, problems = await sign_in_in_page(browser, front, account)
+            first_token = await page.evaluate("localStorage.getItem('mumu.token')")
+            await page.click("[data-testid=watch]")
+            await watch_until_live(page)
+            await page.evaluate(
+                """() => {
+                  const seen = window.__seen = { states: [], tokens: new Set(), signaling: [] };
+                  const state = document.querySelector("[data-testid=watch-state]");
+                  new MutationObserver(() => seen.states.push(state.dataset.state))
+                    .observe(state, { attributes: true, attributeFilter: ["data-state"] });
+                  window.__mumu.signaling.addEventListener(
+                    "state", (e) => seen.signaling.push(e.detail.state));
+                  setInterval(() => seen.tokens.add(localStorage.getItem("mumu.token")), 200);
+                }"""
+            )
+            played = await page.evaluate(
+                "document.querySelector('[data-testid=video]').currentTime"
+            )
+            # Three new tokens: well past the first one's expiry, and past the second's.
+            await page.wait_for_function("() => window.__seen.tokens.size >= 4", timeout=60_000)
+            seen = await page.evaluate(
+                "({states: window.__seen.states, signaling: window.__seen.signaling})"
+            )
+            assert seen == {"states": [], "signaling": []}, "nothing was interrupted"
+            assert await page.evaluate("location.hash") == f"#/watch/{camera.device_id}"
+            now_playing = await page.evaluate(
+                "document.querySelector('[data-testid=video]').currentTime"
+            )
+            assert now_playing > played + 15, (played, now_playing)
+            r = await api.http.get(
+                "/api/devices", headers={"authorization": f"Bearer {first_token}"}
+            )
+            assert r.status_code == 401, "the first token has expired by now"
+
+            # The signaling socket drops: it reconnects with a fresh token and resumes.
+            await page.evaluate("window.__mumu.signaling.ws.close()")
+            await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+            await watch_until_live(page)
+            assert await page.evaluate("location.hash") == f"#/watch/{camera.device_id}"
+            await context.close()
+            assert unexpected(problems) == [], problems.errors
+        finally:
+            await cam.close()
+            await api.aclose()
 
 
 @pytest.mark.slow

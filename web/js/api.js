@@ -13,8 +13,15 @@ export class ApiError extends Error {
   }
 }
 
-/** Fired on `window` when the cloud rejects our token (expired or revoked). */
+/**
+ * Fired on `window` when the sign-in is over (expired, signed out elsewhere, password changed);
+ * `event.detail.message` says why in a sentence for the person.
+ */
 export const UNAUTHORIZED_EVENT = "mumu:unauthorized";
+
+function signedOut(message) {
+  window.dispatchEvent(new CustomEvent(UNAUTHORIZED_EVENT, { detail: { message } }));
+}
 
 const FALLBACK_MESSAGES = {
   400: "The request was not accepted.",
@@ -31,15 +38,27 @@ const FALLBACK_MESSAGES = {
   504: "The MuMu cloud took too long to answer. Please try again.",
 };
 
-async function request(method, path, body = undefined, { auth = true } = {}) {
+/** The bearer token for a request; signs out (and throws) when the sign-in is over. */
+async function bearerToken(force) {
+  try {
+    const value = force ? await session.refresh({ force: true }) : await session.freshToken();
+    if (value) return value;
+  } catch (error) {
+    if (!(error instanceof session.RefreshRefused)) {
+      throw new ApiError(0, "network", "Cannot reach the MuMu cloud. Check your connection and try again.");
+    }
+    signedOut(error.message);
+    throw new ApiError(401, error.code || "signed_out", error.message);
+  }
+  signedOut(FALLBACK_MESSAGES[401]);
+  throw new ApiError(401, "not_authenticated", FALLBACK_MESSAGES[401]);
+}
+
+async function request(method, path, body = undefined, { auth = true, retried = false, bearer = null } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const bearer = auth ? session.token() : null;
-  if (auth && !bearer) {
-    window.dispatchEvent(new Event(UNAUTHORIZED_EVENT));
-    throw new ApiError(401, "not_authenticated", FALLBACK_MESSAGES[401]);
-  }
-  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  if (auth) headers.Authorization = `Bearer ${await bearerToken(retried)}`;
+  else if (bearer) headers.Authorization = `Bearer ${bearer}`;
 
   let response;
   try {
@@ -56,12 +75,16 @@ async function request(method, path, body = undefined, { auth = true } = {}) {
   if (response.status === 204) return null;
   const data = await response.json().catch(() => null);
   if (response.ok) return data;
+  if (response.status === 401 && auth && !retried && session.canRefresh()) {
+    // The token was refused (revoked, or expired in flight): once more with a new one.
+    return request(method, path, body, { auth, retried: true });
+  }
 
   const retryAfter = Number.parseInt(response.headers.get("Retry-After") || "", 10);
   const error = data?.error;
   let message = error?.message || data?.detail || FALLBACK_MESSAGES[response.status] ||
     `The request failed (HTTP ${response.status}).`;
-  if (response.status === 429 && Number.isFinite(retryAfter)) {
+  if ((response.status === 429 || response.status === 503) && Number.isFinite(retryAfter)) {
     message = `${message.replace(/\.?$/, ".")} Try again in ${waitWords(retryAfter)}.`;
   }
   const apiError = new ApiError(
@@ -71,7 +94,8 @@ async function request(method, path, body = undefined, { auth = true } = {}) {
     Number.isFinite(retryAfter) ? retryAfter : null,
   );
   if (response.status === 401 && auth) {
-    window.dispatchEvent(new Event(UNAUTHORIZED_EVENT));
+    // The token was refused and no new one could be had (a refused refresh says why itself).
+    signedOut(FALLBACK_MESSAGES[401]);
   }
   throw apiError;
 }
@@ -86,8 +110,41 @@ export function register(email, password) {
   return request("POST", "/api/auth/register", { email, password }, { auth: false });
 }
 
+/** Signs in: the access token in the answer, the refresh token in an HttpOnly cookie. */
 export function login(email, password) {
   return request("POST", "/api/auth/login", { email, password }, { auth: false });
+}
+
+/** Ends this browser's sign-in on the cloud (the refresh cookie, or else the access token). */
+export function logout() {
+  return request("POST", "/api/auth/logout", undefined, { auth: false, bearer: session.token() });
+}
+
+/** Ends every sign-in of the account, this one included. */
+export function logoutEverywhere() {
+  return request("POST", "/api/auth/logout-all");
+}
+
+/** The account: {user_id, email, created_at, sign_ins: [{created_at, last_used_at, user_agent, current}]} */
+export function account() {
+  return request("GET", "/api/account");
+}
+
+/** Resolves to new tokens ({access_token, ...}): every other sign-in ends. */
+export function changePassword(currentPassword, newPassword) {
+  return request("POST", "/api/account/password", {
+    current_password: currentPassword,
+    new_password: newPassword,
+  });
+}
+
+export function deleteAccount(password) {
+  return request("POST", "/api/account/delete", { password });
+}
+
+/** The camera a claim link would add ({name, model, expires_at}), without adding it. */
+export function previewClaim(claimToken) {
+  return request("POST", "/api/pairing/preview", { claim_token: claimToken });
 }
 
 export async function listDevices() {

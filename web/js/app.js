@@ -1,12 +1,14 @@
 // The app shell: hash routes, the signed-in session, the signaling connection, the banner.
 //
-// Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/rollouts
+// Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/account
+//         #/rollouts (operators)
 // Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
 
 import * as api from "./api.js";
 import { h, replace } from "./dom.js";
 import * as session from "./session.js";
 import { Signaling } from "./signaling.js";
+import * as accountPage from "./pages/account.js";
 import * as devicesPage from "./pages/devices.js";
 import * as pairPage from "./pages/pair.js";
 import * as rolloutsPage from "./pages/rollouts.js";
@@ -24,8 +26,9 @@ const connection = document.getElementById("connection");
 let signaling = null;
 let cleanup = null;
 let pendingFlash = null;
-let expiryTimer = null;
 let currentWatch = null;
+let lastSocketRefresh = 0;
+let quietReconnect = false; // reconnecting with a new token, not because the network failed
 let currentRoute = null;
 
 window.__mumu = {
@@ -68,13 +71,51 @@ function go(hash, text = null, kind = "info") {
 
 // --- session ----------------------------------------------------------------------------------
 
+/** A valid access token for the signaling socket; signs out when the sign-in is over. */
+async function socketToken() {
+  try {
+    return await session.freshToken();
+  } catch (error) {
+    expired(error.message);
+    return null;
+  }
+}
+
 function startSignaling() {
   if (signaling) return;
-  signaling = new Signaling({ getToken: session.token });
+  signaling = new Signaling({ getToken: socketToken });
   signaling.addEventListener("state", (event) => showConnection(event.detail));
-  signaling.addEventListener("unauthorized", () => expired());
-  signaling.addEventListener("signedout", () => signedOutByTheCloud());
+  // A refused or revoked token: with a fresh one the same socket reconnects (a live view keeps
+  // its session); if the sign-in itself is over, back to sign-in, saying why.
+  signaling.addEventListener("unauthorized", () => socketRefused());
+  signaling.addEventListener("signedout", () => socketRefused());
   signaling.start();
+}
+
+/**
+ * The cloud refused the socket's token or closed it as signed out.  A token may simply have
+ * expired on the way, or the password was just changed in this tab: with a new token the same
+ * socket object reconnects (a live view keeps its session).  If that cannot help, sign in again.
+ */
+async function socketRefused() {
+  const current = signaling;
+  if (!current || !session.canRefresh() || Date.now() - lastSocketRefresh < 10_000) {
+    expired();
+    return;
+  }
+  lastSocketRefresh = Date.now();
+  try {
+    await session.refresh({ force: true });
+  } catch (error) {
+    if (error instanceof session.RefreshRefused) {
+      expired(error.message);
+      return;
+    }
+  }
+  if (signaling === current) {
+    quietReconnect = true;
+    current.start();
+  }
 }
 
 function stopSignaling() {
@@ -94,8 +135,10 @@ function showConnection({ state, retryInMs }) {
   }[state];
   connection.textContent = words || "";
   connection.title = state === "open" ? "Connected to the MuMu cloud" : "Not connected to the MuMu cloud";
-  if (state === "reconnecting" && currentWatch?.playing) {
-    // Video flows peer to peer: nothing alarming to say; the connection pill says the rest.
+  if (state === "open") quietReconnect = false;
+  if (state === "reconnecting" && (currentWatch?.playing || quietReconnect)) {
+    // Video flows peer to peer, or a new token is on its way: nothing alarming to say; the
+    // connection pill says the rest.
   } else if (state === "reconnecting") {
     flash("Connection to the MuMu cloud lost. Reconnecting…", "warning");
     banner.dataset.signaling = "lost";
@@ -105,53 +148,55 @@ function showConnection({ state, retryInMs }) {
   }
 }
 
-function armExpiry() {
-  clearTimeout(expiryTimer);
-  const ms = session.msUntilExpiry();
-  if (Number.isFinite(ms)) expiryTimer = setTimeout(expired, Math.min(Math.max(ms, 0), 2 ** 31 - 1));
+function keepSignedIn() {
+  session.keepFresh((refused) => expired(refused.message));
 }
 
 function signedIn(accessToken, email) {
   session.signIn(accessToken, email);
-  armExpiry();
+  keepSignedIn();
   startSignaling();
   const claim = session.takeClaim();
   go(claim ? `#/claim/${claim}` : "#/devices");
 }
 
-function expired() {
+/** The sign-in is over (expired, revoked, signed out elsewhere): back to sign-in, saying why. */
+function expired(message = EXPIRED) {
   const wasSignedIn = Boolean(localStorage.getItem("mumu.token"));
   session.signOut();
   stopSignaling();
-  if (wasSignedIn || currentRoute?.auth) go("#/signin", EXPIRED, "error");
+  if (wasSignedIn || currentRoute?.auth) go("#/signin", message, "error");
 }
 
-/** The cloud closed the socket because this sign-in was revoked (signed out elsewhere,
- * password changed, account deleted). */
-function signedOutByTheCloud() {
-  session.signOut();
-  clearTimeout(expiryTimer);
+/**
+ * Signs this browser out, on the cloud too (its sign-in ends there: `remote`), then shows the
+ * sign-in page with `text`.
+ */
+async function signOut(text = "You are signed out.", { remote = true } = {}) {
   stopSignaling();
-  go("#/signin", "You were signed out.", "info");
-}
-
-function signOut() {
+  if (remote) {
+    try {
+      await api.logout();
+    } catch {
+      // Unreachable: the local sign-out still happens; the cookie ends with its sign-in.
+    }
+  }
   session.signOut();
-  clearTimeout(expiryTimer);
-  stopSignaling();
-  go("#/signin", "You are signed out.", "info");
+  go("#/signin", text, "info");
 }
 
-window.addEventListener(api.UNAUTHORIZED_EVENT, () => expired());
-// Another tab signed in or out: follow it.
+window.addEventListener(api.UNAUTHORIZED_EVENT, (event) => expired(event.detail?.message || EXPIRED));
+// Another tab signed in or out, or refreshed the shared token.
 window.addEventListener("storage", (event) => {
   if (event.key !== "mumu.token") return;
   if (!event.newValue) {
     stopSignaling();
-    go("#/signin", "You signed out in another window.", "info");
-  } else {
-    armExpiry();
+    go("#/signin", "You were signed out in another window.", "info");
+  } else if (!event.oldValue) {
+    keepSignedIn();
     route();
+  } else {
+    keepSignedIn(); // a refresh by another tab: only the timer moves
   }
 });
 
@@ -165,12 +210,34 @@ const ROUTES = [
   { pattern: /^\/rollouts$/, auth: true, show: (ctx) => rolloutsPage.render(ctx) },
   { pattern: /^\/claim\/([A-Za-z0-9_.~-]+)$/, auth: "claim", show: (ctx, [claimToken]) => pairPage.renderClaim(ctx, { claimToken }) },
   { pattern: /^\/watch\/([^/]+)$/, auth: true, show: (ctx, [id]) => watchPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
+  { pattern: /^\/account$/, auth: true, show: (ctx) => accountPage.render(ctx) },
 ];
 
 function route() {
   const path = window.location.hash.replace(/^#/, "") || "/";
   const signed = Boolean(session.token());
   const match = ROUTES.map((r) => ({ r, m: r.pattern.exec(path) })).find(({ m }) => m);
+
+  if (!signed && session.canRefresh() && match && match.r.auth !== false) {
+    // The access token expired while the page was closed or asleep: get a new one first.
+    session.refresh().then(
+      () => {
+        keepSignedIn();
+        route();
+      },
+      (error) => {
+        if (match.r.auth === "claim") session.rememberClaim(match.m[1]);
+        if (error instanceof session.RefreshRefused) {
+          session.signOut();
+          go("#/signin", error.message, "error");
+        } else {
+          // The cloud cannot be asked now: the sign-in may well hold; a reload will tell.
+          go("#/signin", "Cannot reach the MuMu cloud right now. Check your connection and try again.", "error");
+        }
+      },
+    );
+    return;
+  }
 
   if (!match) {
     go(signed ? "#/devices" : "#/signin");
@@ -217,6 +284,7 @@ function route() {
     flash,
     go,
     signedIn,
+    signOut,
     setWatch: (watch) => (currentWatch = watch),
   };
   cleanup = r.show(ctx, m.slice(1)) || null;
@@ -238,7 +306,7 @@ async function showOperatorLink() {
   }
 }
 
-document.getElementById("signout").addEventListener("click", signOut);
+document.getElementById("signout").addEventListener("click", () => signOut());
 window.addEventListener("hashchange", route);
-if (session.token()) armExpiry();
+if (session.token()) keepSignedIn();
 route();

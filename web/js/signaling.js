@@ -30,7 +30,7 @@ export function backoffDelay(attempt, { baseMs = 500, maxMs = 30_000, random = M
 export class Signaling extends EventTarget {
   /**
    * @param {object} options
-   * @param {() => string|null} options.getToken the current access token
+   * @param {() => string|null|Promise<string|null>} options.getToken a valid access token
    * @param {string} [options.url]
    */
   constructor({ getToken, url = viewerSocketUrl(), baseMs = 500, maxMs = 30_000 }) {
@@ -95,8 +95,16 @@ export class Signaling extends EventTarget {
 
   // --- internals ------------------------------------------------------------------------------
 
-  connect() {
-    const token = this.getToken();
+  async connect() {
+    // The token may need a refresh first (getToken may return a promise).
+    const attempt = (this.connectSeq = (this.connectSeq || 0) + 1);
+    let token = null;
+    try {
+      token = await this.getToken();
+    } catch {
+      token = null;
+    }
+    if (this.closedByUs || attempt !== this.connectSeq) return;
     if (!token) {
       this.closedByUs = true;
       this.setState("closed");

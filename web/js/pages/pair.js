@@ -18,8 +18,8 @@ function pairingWords(failure, how) {
         : "This camera link has expired. Scan the new QR code on the camera.";
     case 409:
       return "This camera belongs to another account. Its owner must unpair it first (or reset the camera).";
-    case 429:
-      return failure.message; // includes "Try again in N seconds."
+    case 429: // includes "Try again in N seconds." (or: scan the QR code instead)
+      return failure.message.charAt(0).toUpperCase() + failure.message.slice(1);
     default:
       return failure.message;
   }
@@ -93,32 +93,67 @@ export function render(ctx) {
   code.focus();
 }
 
-/** #/claim/<token> while signed in: pair straight away. */
+/**
+ * #/claim/<token> while signed in: show which camera the link adds and ask first.  A link can
+ * come from anyone: adding somebody else's camera would let its owner see where you watch from.
+ */
 export function renderClaim(ctx, { claimToken }) {
   const holder = h("section", { class: "narrow" },
     h("div", { class: "card center stack", "data-testid": "claim-progress" },
       h("div", { class: "spinner", "aria-hidden": "true" }),
-      h("h1", { "data-testid": "page-title" }, "Adding your camera…"),
+      h("h1", { "data-testid": "page-title" }, "Checking the camera…"),
     ),
   );
   ctx.show(holder);
   let live = true;
-  api.pairWithClaim(claimToken).then(
-    (device) => {
-      if (live) replace(holder, paired(ctx, device));
-    },
-    (failure) => {
-      if (!live || failure.status === 401) return;
-      replace(holder, h("div", { class: "card center stack", "data-testid": "claim-failed" },
-        h("h1", { "data-testid": "page-title" }, "Could not add the camera"),
-        h("p", { class: "form-error", role: "alert", "data-testid": "pair-error" }, pairingWords(failure, "claim")),
-        h("div", { class: "row center" },
-          h("a", { class: "button primary", href: "#/pair" }, "Enter the code instead"),
-          h("a", { class: "button", href: "#/devices" }, "All cameras"),
-        ),
-      ));
-    },
-  );
+
+  function failed(failure) {
+    if (!live || failure.status === 401) return;
+    replace(holder, h("div", { class: "card center stack", "data-testid": "claim-failed" },
+      h("h1", { "data-testid": "page-title" }, "Could not add the camera"),
+      h("p", { class: "form-error", role: "alert", "data-testid": "pair-error" }, pairingWords(failure, "claim")),
+      h("div", { class: "row center" },
+        h("a", { class: "button primary", href: "#/pair" }, "Enter the code instead"),
+        h("a", { class: "button", href: "#/devices" }, "All cameras"),
+      ),
+    ));
+  }
+
+  function ask(camera) {
+    const error = h("p", { class: "form-error", role: "alert", "data-testid": "pair-error", hidden: true });
+    const add = h("button", { class: "button primary", type: "button", "data-testid": "claim-confirm", onclick: async () => {
+      add.disabled = true;
+      add.textContent = "Adding…";
+      try {
+        const device = await api.pairWithClaim(claimToken);
+        if (live) replace(holder, paired(ctx, device));
+      } catch (failure) {
+        if (!live || failure.status === 401) return;
+        error.textContent = pairingWords(failure, "claim");
+        error.hidden = false;
+        add.disabled = false;
+        add.textContent = "Add camera";
+      }
+    } }, "Add camera");
+    replace(holder, h("div", { class: "card stack", "data-testid": "claim-confirmation" },
+      h("h1", { "data-testid": "page-title" }, "Add this camera?"),
+      h("p", { class: "claim-camera" },
+        h("strong", { "data-testid": "claim-name" }, camera.name),
+        h("span", { class: "muted", "data-testid": "claim-model" }, ` · ${camera.model}`),
+      ),
+      h("p", {}, "Add it only if it is your own camera and you set it up yourself: whoever owns a camera learns your network address when you watch it."),
+      error,
+      h("div", { class: "row" },
+        add,
+        h("a", { class: "button", href: "#/devices", "data-testid": "claim-cancel" }, "Cancel"),
+      ),
+    ));
+    add.focus();
+  }
+
+  api.previewClaim(claimToken).then((camera) => {
+    if (live) ask(camera);
+  }, failed);
   return () => {
     live = false;
   };

@@ -33,6 +33,21 @@ export function render(ctx, { mode }) {
     submit,
   );
 
+  /** Passwords are checked by a bounded pool: when it is busy (503), wait as told and retry. */
+  async function patiently(call) {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await call();
+      } catch (failure) {
+        const wait = failure.retryAfter;
+        if (failure.status !== 503 || attempt >= 3 || !(wait > 0 && wait <= 15)) throw failure;
+        submit.textContent = `The MuMu cloud is busy; trying again in ${wait} s…`;
+        await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+        submit.textContent = signup ? "Creating account…" : "Signing in…";
+      }
+    }
+  }
+
   async function onSubmit(event) {
     event.preventDefault();
     error.hidden = true;
@@ -40,8 +55,8 @@ export function render(ctx, { mode }) {
     submit.textContent = signup ? "Creating account…" : "Signing in…";
     const address = email.value.trim();
     try {
-      if (signup) await api.register(address, password.value);
-      const { access_token: accessToken } = await api.login(address, password.value);
+      if (signup) await patiently(() => api.register(address, password.value));
+      const { access_token: accessToken } = await patiently(() => api.login(address, password.value));
       ctx.signedIn(accessToken, address);
     } catch (failure) {
       error.textContent = failure.message;

@@ -1,0 +1,434 @@
+"""The HTTP API of accounts: sign-up, sign-in, token refresh, sign-out, the account itself.
+
+A sign-in gives a short-lived access token (JWT, ``MUMU_JWT_TTL``, naming its sign-in) in the
+body and a refresh token in an ``HttpOnly; SameSite=Strict`` cookie scoped to ``/api/auth``
+(page scripts cannot read it, other sites cannot send it).  ``POST /api/auth/refresh`` rotates
+the refresh token and returns a new access token, so a browser stays signed in for
+``MUMU_REFRESH_TTL`` after its last use.  Rotation rules (``cloud.store.SqlStore.rotate_refresh``
+is a compare-and-swap):
+
+- the current token: rotated, a new access token;
+- the token it replaced, within ``MUMU_REFRESH_GRACE`` of the rotation (two tabs refreshing at
+  once): a new access token, the cookie left alone (the other tab's rotation set it);
+- any other genuine token of the sign-in (a copy replayed after it was rotated): the sign-in is
+  revoked and its sockets closed; whoever holds the newer token must sign in again too.
+
+Sign-out, sign-out everywhere, a password change and deleting the account revoke sign-ins;
+``cloud.identity`` refuses their access tokens from that moment, and their viewer sockets close.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import Cookie, State
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from cloud import auth
+from cloud.api import BEARER, _bearer, _client, _iso, _limit, checked_text, current_identity
+from cloud.api import services as services_of
+from cloud.errors import ApiError
+from cloud.identity import Identity
+from cloud.services import Services
+from cloud.store import DuplicateError, SignIn, User
+
+REFRESH_COOKIE = "mumu_refresh"
+COOKIE_PATH = "/api/auth"
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
+AnyPassword = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+#: Why a sign-in ended, in words for the person whose browser it was.
+REVOKED_WORDS = {
+    "signed_out": "you signed out",
+    "signed_out_everywhere": "you signed out everywhere",
+    "password_changed": "the password of this account was changed, which signs out every browser",
+    "refresh_reused": "this sign-in was used from two places, so it was ended to keep the "
+    "account safe",
+    "too_many": "this account signed in on too many browsers, so the oldest sign-in ended",
+}
+
+
+class Credentials(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+
+
+class UserOut(msgspec.Struct):
+    user_id: str
+    email: str
+
+
+class TokenOut(msgspec.Struct):
+    access_token: str
+    token_type: str
+    #: Seconds the access token is valid.
+    expires_in: int
+    #: Seconds the sign-in lasts without being used (the refresh cookie's lifetime).
+    refresh_expires_in: int
+
+
+class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
+    current_password: AnyPassword
+    new_password: Password
+
+
+class PasswordConfirmation(msgspec.Struct, forbid_unknown_fields=True):
+    password: AnyPassword
+
+
+class SignInOut(msgspec.Struct):
+    created_at: str
+    last_used_at: str
+    user_agent: str | None
+    #: The sign-in of the access token that asked.
+    current: bool
+
+
+class AccountOut(msgspec.Struct):
+    user_id: str
+    email: str
+    created_at: str
+    sign_ins: list[SignInOut]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _email(value: str) -> str:
+    email = checked_text("email", value).lower()
+    if not _EMAIL.match(email):
+        raise ApiError(422, "invalid_input", "email: not an e-mail address")
+    return email
+
+
+def _new_password(value: str) -> str:
+    if "\x00" in value:
+        raise ApiError(422, "invalid_input", "password: must not contain NUL characters")
+    if len(set(value)) < 4:
+        raise ApiError(422, "invalid_input", "password: too weak (use more different characters)")
+    return value
+
+
+def _secure(svc: Services, request: Request[Any, Any, Any]) -> bool:
+    return request.url.scheme == "https" or (svc.settings.public_url or "").startswith("https:")
+
+
+def _refresh_cookie(svc: Services, request: Request[Any, Any, Any], token: str | None) -> Cookie:
+    """The refresh cookie carrying ``token``, or one that deletes it."""
+    return Cookie(
+        key=REFRESH_COOKIE,
+        value=token or "",
+        path=COOKIE_PATH,
+        max_age=svc.settings.refresh_ttl_s if token else 0,
+        httponly=True,
+        secure=_secure(svc, request),
+        samesite="strict",
+    )
+
+
+def _tokens(
+    svc: Services,
+    request: Request[Any, Any, Any],
+    user_id: str,
+    sign_in: str,
+    refresh_token: str | None,
+    status_code: int = 200,
+) -> Response[TokenOut]:
+    """An access token in the body; the refresh token (when there is a new one) in the cookie."""
+    s = svc.settings
+    body = TokenOut(
+        access_token=svc.tokens.issue(user_id, sign_in),
+        token_type="bearer",
+        expires_in=s.jwt_ttl_s,
+        refresh_expires_in=s.refresh_ttl_s,
+    )
+    cookies = [] if refresh_token is None else [_refresh_cookie(svc, request, refresh_token)]
+    return Response(
+        body, status_code=status_code, cookies=cookies, headers={"Cache-Control": "no-store"}
+    )
+
+
+def _signed_out(
+    svc: Services,
+    request: Request[Any, Any, Any],
+    code: str,
+    message: str,
+    event: str,
+) -> ApiError:
+    svc.metrics.auth_events.labels(event).inc()
+    cookie = _refresh_cookie(svc, request, None).to_header(header="")
+    return ApiError(401, code, message, headers={"Set-Cookie": cookie.strip()})
+
+
+async def _start_sign_in(
+    svc: Services, request: Request[Any, Any, Any], user_id: str
+) -> tuple[str, str]:
+    """A new sign-in for this browser; its id and refresh token.  Sign-ins beyond the account's
+    cap are revoked (least recently used first) and their sockets closed."""
+    now = time.time()
+    sign_in_id = auth.new_sign_in_id()
+    refresh = svc.refresh.mint(sign_in_id)
+    agent = re.sub(r"[^\x20-\x7e]", "", request.headers.get("user-agent", ""))[:256] or None
+    dropped = await svc.store.create_sign_in(
+        SignIn(
+            id=sign_in_id,
+            user_id=user_id,
+            refresh_hash=svc.refresh.hash(refresh),
+            previous_hash=None,
+            rotated_at=None,
+            created_at=now,
+            last_used_at=now,
+            expires_at=now + svc.settings.refresh_ttl_s,
+            revoked_at=None,
+            revoke_reason=None,
+            user_agent=agent,
+        ),
+        svc.settings.max_sign_ins,
+    )
+    for old in dropped:
+        await svc.hub.close_viewer_sockets(user_id, sign_in=old)
+    return sign_in_id, refresh
+
+
+async def _confirm_password(
+    svc: Services, request: Request[Any, Any, Any], identity: Identity, password: str
+) -> User:
+    """The account, if ``password`` is its password (rate-limited like sign-in: it is a guess)."""
+    s = svc.settings
+    user = await svc.store.user_by_id(identity.user_id)
+    if user is None:
+        raise ApiError(401, "unauthorized", "that account no longer exists")
+    await _limit(
+        svc,
+        (s.login_rate, "login-account", user.email),
+        (s.login_rate_per_address, "login-addr", _client(request)),
+    )
+    if not await svc.passwords.verify(user.password_hash, password):
+        raise ApiError(403, "wrong_password", "that is not the password of this account")
+    return user
+
+
+# --- sign-up and sign-in -----------------------------------------------------------------------
+
+
+@post("/api/auth/register", status_code=HTTP_201_CREATED, tags=["auth"])
+async def register(request: Request[Any, Any, Any], state: State, data: Credentials) -> UserOut:
+    """Create an account. Passwords are kept as argon2id hashes."""
+    svc = services_of(state)
+    email = _email(data.email)
+    password = _new_password(data.password)
+    await _limit(svc, (svc.settings.register_rate_per_address, "register-addr", _client(request)))
+    user_id = uuid.uuid4().hex
+    password_hash = await svc.passwords.hash(password)
+    try:
+        await svc.store.create_user(user_id, email, password_hash, time.time())
+    except DuplicateError:
+        raise ApiError(409, "email_taken", "an account with that e-mail exists already") from None
+    return UserOut(user_id=user_id, email=email)
+
+
+@post("/api/auth/login", status_code=200, tags=["auth"])
+async def login(
+    request: Request[Any, Any, Any], state: State, data: Credentials
+) -> Response[TokenOut]:
+    """E-mail and password for an access token and a refresh cookie (a new sign-in)."""
+    svc = services_of(state)
+    email = _email(data.email)
+    s = svc.settings
+    await _limit(
+        svc,
+        (s.login_rate, "login-account", email),
+        (s.login_rate_per_address, "login-addr", _client(request)),
+    )
+    user = await svc.store.user_by_email(email)
+    if not await svc.passwords.verify(user.password_hash if user else None, data.password):
+        svc.metrics.auth_events.labels("login_failed").inc()
+        raise ApiError(401, "bad_credentials", "wrong e-mail or password")
+    assert user is not None
+    sign_in, refresh = await _start_sign_in(svc, request, user.id)
+    await svc.store.record_login(user.id, time.time())
+    svc.metrics.auth_events.labels("login").inc()
+    return _tokens(svc, request, user.id, sign_in, refresh)
+
+
+@post("/api/auth/refresh", status_code=200, tags=["auth"])
+async def refresh(request: Request[Any, Any, Any], state: State) -> Response[TokenOut]:
+    """A new access token for the refresh cookie (which is rotated); see the module docs."""
+    svc = services_of(state)
+    await _limit(svc, (svc.settings.refresh_rate_per_address, "refresh-addr", _client(request)))
+    token = request.cookies.get(REFRESH_COOKIE, "")
+    if not token:
+        raise _signed_out(
+            svc, request, "refresh_missing", "not signed in on this browser", "refresh_refused"
+        )
+    sign_in_id = svc.refresh.sign_in_of(token)
+    if sign_in_id is None:
+        raise _signed_out(
+            svc, request, "refresh_invalid", "that sign-in is not valid", "refresh_refused"
+        )
+    now = time.time()
+    presented = svc.refresh.hash(token)
+    row = await svc.store.sign_in(sign_in_id)
+    if row is not None and row.active(now) and presented == row.refresh_hash:
+        rotated = svc.refresh.mint(sign_in_id)
+        if await svc.store.rotate_refresh(
+            sign_in_id, presented, svc.refresh.hash(rotated), now, now + svc.settings.refresh_ttl_s
+        ):
+            svc.metrics.auth_events.labels("refresh").inc()
+            return _tokens(svc, request, row.user_id, sign_in_id, rotated)
+        row = await svc.store.sign_in(sign_in_id)  # another request rotated it first
+    if row is None:
+        raise _signed_out(
+            svc, request, "signed_out", "you were signed out; sign in again", "refresh_refused"
+        )
+    if row.revoked_at is not None:
+        why = REVOKED_WORDS.get(row.revoke_reason or "", "you were signed out")
+        raise _signed_out(svc, request, "signed_out", f"{why}; sign in again", "refresh_refused")
+    if not row.active(now):
+        raise _signed_out(
+            svc,
+            request,
+            "sign_in_expired",
+            "this sign-in expired after a long time unused; sign in again",
+            "refresh_refused",
+        )
+    grace = svc.settings.refresh_grace_s
+    if (
+        presented == row.previous_hash
+        and row.rotated_at is not None
+        and now - row.rotated_at <= grace
+    ):
+        # Two tabs (or a retry) with the token that was current a moment ago.
+        svc.metrics.auth_events.labels("refresh_grace").inc()
+        await svc.store.touch_sign_in(sign_in_id, now)
+        return _tokens(svc, request, row.user_id, sign_in_id, None)
+    # A genuine token that was replaced a while ago: a copy of it is being replayed.
+    await svc.store.revoke_sign_in(sign_in_id, "refresh_reused", now)
+    await svc.hub.close_viewer_sockets(row.user_id, sign_in=sign_in_id)
+    raise _signed_out(
+        svc,
+        request,
+        "signed_out",
+        f"{REVOKED_WORDS['refresh_reused']}; sign in again",
+        "refresh_reused",
+    )
+
+
+@post("/api/auth/logout", status_code=HTTP_204_NO_CONTENT, tags=["auth"])
+async def logout(request: Request[Any, Any, Any], state: State) -> Response[None]:
+    """Sign this browser out: its sign-in is revoked on the server (every access token issued
+    for it stops working, its viewer sockets close) and the cookie is deleted.  Works with the
+    refresh cookie alone, so an expired access token does not stop anyone signing out."""
+    svc = services_of(state)
+    sign_in_id = svc.refresh.sign_in_of(request.cookies.get(REFRESH_COOKIE, ""))
+    if sign_in_id is None and request.headers.get("authorization"):
+        try:
+            sign_in_id = (await svc.hub.authenticate(_bearer(request))).sign_in
+        except auth.TokenError:
+            sign_in_id = None
+    if sign_in_id is not None:
+        row = await svc.store.sign_in(sign_in_id)
+        if row is not None and await svc.store.revoke_sign_in(
+            sign_in_id, "signed_out", time.time()
+        ):
+            svc.metrics.auth_events.labels("sign_out").inc()
+            await svc.hub.close_viewer_sockets(row.user_id, sign_in=sign_in_id)
+    return Response(None, status_code=204, cookies=[_refresh_cookie(svc, request, None)])
+
+
+@post("/api/auth/logout-all", status_code=HTTP_204_NO_CONTENT, tags=["auth"], security=BEARER)
+async def logout_all(request: Request[Any, Any, Any], state: State) -> Response[None]:
+    """Sign out every browser of the account, this one included."""
+    svc = services_of(state)
+    identity = await current_identity(request, svc)
+    await svc.store.revoke_sign_ins(identity.user_id, "signed_out_everywhere", time.time())
+    await svc.hub.close_viewer_sockets(identity.user_id)
+    svc.metrics.auth_events.labels("sign_out_everywhere").inc()
+    return Response(None, status_code=204, cookies=[_refresh_cookie(svc, request, None)])
+
+
+# --- the account -------------------------------------------------------------------------------
+
+
+@get("/api/account", tags=["account"], security=BEARER)
+async def account(request: Request[Any, Any, Any], state: State) -> AccountOut:
+    """The caller's account and the browsers signed in to it."""
+    svc = services_of(state)
+    identity = await current_identity(request, svc)
+    user = await svc.store.user_by_id(identity.user_id)
+    if user is None:
+        raise ApiError(401, "unauthorized", "that account no longer exists")
+    return AccountOut(
+        user_id=user.id,
+        email=user.email,
+        created_at=_iso(user.created_at) or "",
+        sign_ins=[
+            SignInOut(
+                created_at=_iso(s.created_at) or "",
+                last_used_at=_iso(s.last_used_at) or "",
+                user_agent=s.user_agent,
+                current=s.id == identity.sign_in,
+            )
+            for s in await svc.store.active_sign_ins(user.id, time.time())
+        ],
+    )
+
+
+@post("/api/account/password", status_code=200, tags=["account"], security=BEARER)
+async def change_password(
+    request: Request[Any, Any, Any], state: State, data: PasswordChange
+) -> Response[TokenOut]:
+    """Change the password: every sign-in of the account is revoked and every viewer socket
+    of it closed; the caller gets a new sign-in (new tokens) and stays signed in."""
+    svc = services_of(state)
+    identity = await current_identity(request, svc)
+    new_password = _new_password(data.new_password)
+    user = await _confirm_password(svc, request, identity, data.current_password)
+    if new_password == data.current_password:
+        raise ApiError(422, "invalid_input", "new_password: choose a different password")
+    password_hash = await svc.passwords.hash(new_password)
+    if not await svc.store.change_password(user.id, password_hash, time.time(), "password_changed"):
+        raise ApiError(401, "unauthorized", "that account no longer exists")
+    sign_in, refresh_token = await _start_sign_in(svc, request, user.id)
+    await svc.hub.close_viewer_sockets(user.id, keep=sign_in)
+    svc.metrics.auth_events.labels("password_changed").inc()
+    return _tokens(svc, request, user.id, sign_in, refresh_token)
+
+
+@post("/api/account/delete", status_code=HTTP_204_NO_CONTENT, tags=["account"], security=BEARER)
+async def delete_account(
+    request: Request[Any, Any, Any], state: State, data: PasswordConfirmation
+) -> Response[None]:
+    """Delete the account (its password confirms it): its cameras are unpaired and their
+    sessions end, every sign-in and socket of it is closed, its data is deleted."""
+    svc = services_of(state)
+    identity = await current_identity(request, svc)
+    user = await _confirm_password(svc, request, identity, data.password)
+    cameras = await svc.store.delete_user(user.id)
+    if cameras is None:
+        raise ApiError(401, "unauthorized", "that account no longer exists")
+    for device_id in cameras:
+        await svc.hub.device_unpaired(device_id)
+    await svc.hub.close_viewer_sockets(user.id)
+    svc.metrics.auth_events.labels("account_deleted").inc()
+    return Response(None, status_code=204, cookies=[_refresh_cookie(svc, request, None)])
+
+
+ACCOUNT_ROUTES = [
+    register,
+    login,
+    refresh,
+    logout,
+    logout_all,
+    account,
+    change_password,
+    delete_account,
+]
