@@ -183,7 +183,10 @@ async def test_signed_out_and_unauthenticated_close_codes_are_told_apart(page: P
               const s = new Signaling({ getToken: () => "t", url: "ws://x/ws/viewer" });
               s.addEventListener("signedout", () => events.push(["signedout", code]));
               s.addEventListener("unauthorized", () => events.push(["unauthorized", code]));
+              FakeSocket.last = undefined;
               s.start();
+              // connect() awaits getToken() before it opens the socket.
+              for (let i = 0; i < 100 && !FakeSocket.last; i++) await Promise.resolve();
               FakeSocket.last.onclose({ code });
               events.push(["state", s.state]);
             }
