@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from cloud.batch import Batcher
+from cloud.faults import is_unavailable_cause
 from cloud.live import Deliver, LiveSession, LocalSubscribers, Online, Presence
 
 log = logging.getLogger(__name__)
@@ -425,8 +426,13 @@ class RedisLiveState:
                 self._subscribers.deliver(address, str(message["data"]))
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("redis pub/sub reader failed; retrying in 1 s")
+            except Exception as exc:
+                if is_unavailable_cause(exc):
+                    # Redis is down or restarting: expected, said in one line; the
+                    # connection resubscribes when it is back.
+                    log.warning("redis pub/sub unavailable (%s); retrying in 1 s", exc)
+                else:
+                    log.exception("redis pub/sub reader failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
 
 

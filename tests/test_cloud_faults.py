@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, RELAXED, start_cloud
 from tests.cloud_process import ApiClient, CloudProcess
 from tests.services import PostgresServer, RedisServer, create_database
@@ -232,6 +233,71 @@ async def test_postgres_and_redis_outages_answer_503_and_recover_without_a_resta
             line = f'mumu_dependency_unavailable_total{{dependency="{dependency}"}}'
             assert line in metrics and f"{line} 0.0" not in metrics
         assert "Traceback" not in cloud.log()
+    finally:
+        await api.aclose()
+        cloud.stop()
+        redis.stop()
+        pg.close()
+
+
+async def test_signaling_through_an_outage_says_unavailable_and_recovers(tmp_path: Path) -> None:
+    """Sockets that are open when PostgreSQL or Redis goes away stay open: what needs the
+    missing server is answered with an ``error`` ``unavailable`` (never a silent drop), a new
+    ``hello`` is closed with 1013 (try again), and all of it works again when the server is
+    back, without a restart."""
+    pg = PostgresServer().start()
+    redis = RedisServer(tmp_path / "redis").start()
+    env = {
+        **RELAXED,
+        "MUMU_DATABASE_URL": create_database(pg.url),
+        "MUMU_REDIS_URL": redis.url,
+        "MUMU_DB_POOL_TIMEOUT": "2",
+    }
+    cloud = CloudProcess(tmp_path / "cloud", env=env).start()
+    api = ApiClient(cloud.url)
+    try:
+        owner = await api.account()
+        camera = await api.owned_camera(owner)
+        device = await sig.device(cloud.ws_url, camera.hello())
+        viewer = await sig.viewer(cloud.ws_url, owner.token)
+        for server in (redis, pg):
+            server.stop()
+            # the open viewer asks to watch: the answer says the cloud is in trouble
+            await viewer.send("watch_request", {"device_id": camera.device_id})
+            error = await viewer.error(timeout=30)
+            assert error["code"] == "unavailable", error
+            if server is redis:
+                await device.send("heartbeat")
+                assert (await device.error(timeout=30))["code"] == "unavailable"
+            # a new socket cannot be checked: told to try again
+            late = await sig.Client.connect(cloud.ws_url, "viewer")
+            await late.send("hello", {"token": owner.token})
+            assert (await late.error(timeout=30))["code"] == "unavailable"
+            assert await late.closed(timeout=30) == 1013
+            server.start()
+
+            async def device_heard() -> bool:
+                # its next heartbeat (every 30 s) puts back the presence a restarted Redis lost
+                await device.send("heartbeat")
+                reply = await device.recv(timeout=30)
+                while reply["type"] not in ("heartbeat_ack", "error"):
+                    reply = await device.recv(timeout=30)
+                return reply["type"] == "heartbeat_ack"
+
+            await until(device_heard)
+
+            async def watch_works() -> bool:
+                await viewer.send("watch_request", {"device_id": camera.device_id})
+                reply = await viewer.recv(timeout=30)
+                while reply["type"] not in ("watch_ready", "error"):
+                    reply = await viewer.recv(timeout=30)
+                return reply["type"] == "watch_ready"
+
+            await until(watch_works)
+            await device.recv("watch_request")
+        assert "Traceback" not in cloud.log()
+        for s in (device, viewer):
+            await s.close()
     finally:
         await api.aclose()
         cloud.stop()
