@@ -31,6 +31,7 @@ from cloud.connection import (
     CLOSE_BAD_HELLO,
     CLOSE_IDLE,
     CLOSE_RESTART,
+    CLOSE_SIGNED_OUT,
     CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHENTICATED,
     Connection,
@@ -419,6 +420,13 @@ class SignalingHub:
         conn.sign_in = identity.sign_in
         await self.live.subscribe(f"viewer:{conn.conn_id}", conn.deliver)
         await self.live.subscribe(f"user:{identity.user_id}", conn.deliver)
+        # A sign-out commits, then publishes on ``user:<id>``. If it ran between the check above
+        # and the subscription, the frame was missed: check again now that none can be.
+        try:
+            await self.authenticate(hello.payload.token)
+        except TokenError:
+            conn.close(CLOSE_SIGNED_OUT, "signed out")
+            return False
         conn.send(encode(HelloAck(payload=HelloAckPayload(role="viewer", id=identity.user_id))))
         return True
 
