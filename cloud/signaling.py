@@ -47,6 +47,7 @@ from cloud.metrics import Metrics
 from cloud.store import Device, Store
 from cloud.watch import Party, WatchService
 from protocol import ProtocolError, decode, encode
+from protocol.close_codes import restart_reason
 from protocol.messages import (
     HEARTBEAT_INTERVAL_S,
     DeviceHello,
@@ -191,7 +192,7 @@ class SignalingHub:
         heard = [(device_id, at) for device_id, at in heard if device_id]
         window = max(1, min(60, -(-len(connections) // self.settings.reconnect_rate)))
         for conn in connections:
-            conn.close(CLOSE_RESTART, f"restarting; reconnect_within={window}")
+            conn.close(CLOSE_RESTART, restart_reason(window))
         try:
             await self.store.touch_devices(heard)
         except Exception as exc:
@@ -232,7 +233,7 @@ class SignalingHub:
         self.metrics.connections.labels(role).inc()
         try:
             if self.draining:
-                conn.close(CLOSE_RESTART, "restarting; reconnect_within=5")
+                conn.close(CLOSE_RESTART, restart_reason(5))
                 return
             try:
                 authenticated = await self._authenticate(conn)

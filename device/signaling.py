@@ -39,7 +39,7 @@ import msgspec
 
 from device.credentials import Credentials
 from protocol import ProtocolError, decode, encode
-from protocol.close_codes import CloseCode
+from protocol.close_codes import CloseCode, restart_window
 from protocol.messages import (
     MAX_CLAIMED_SESSIONS,
     MAX_MESSAGE_BYTES,
@@ -252,8 +252,10 @@ class SignalingClient:
         self.failures = 0
         #: Why the last connection ended (``""`` while the first is up or being made).
         self.last_disconnect = ""
-        #: Close code of the last connection's close frame (``None``: none, or still up).
+        #: Close code and reason of the last connection's close frame (``None``: none, or
+        #: still up).
         self.last_close_code: int | None = None
+        self.last_close_reason = ""
         #: Messages sent, messages dropped (outbox full, or stale), ``error``s from the cloud.
         self.sent = 0
         self.dropped = 0
@@ -284,10 +286,21 @@ class SignalingClient:
             self.failures += 1
             self.last_disconnect = reason
             self._handler.disconnected(reason)
-            delay = self._backoff.next_delay()
+            delay = self._reconnect_delay()
             log.warning("signaling: %s; reconnecting in %.2f s", reason, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _reconnect_delay(self) -> float:
+        """After a cloud restart (close ``RESTART``), a moment within the window it gave, so
+        that its thousands of devices do not return at once, with the backoff started over (a
+        deploy is not a failure); after anything else, the next backoff step."""
+        if self.last_close_code == CloseCode.RESTART:
+            window = restart_window(self.last_close_reason)
+            if window is not None:
+                self._backoff.reset()
+                return self._backoff.rng.uniform(0.0, window)
+        return self._backoff.next_delay()
 
     async def close(self) -> None:
         """Stop reconnecting and close the socket (a normal closure)."""
@@ -315,7 +328,7 @@ class SignalingClient:
             return f"no credentials: {exc}"
         if self._stopping.is_set():
             return "stopping"
-        self.last_close_code = None
+        self.last_close_code, self.last_close_reason = None, ""
         try:
             async with self._connect(self.url) as ws:
                 self._ws = ws
@@ -330,7 +343,7 @@ class SignalingClient:
                     return "hello refused (unknown device)"
                 return await self._serve(ws, ack)
         except SocketClosed as exc:
-            self.last_close_code = exc.code
+            self.last_close_code, self.last_close_reason = exc.code, exc.reason
             return f"connection closed ({exc.describe()})"
         except (OSError, TimeoutError) as exc:
             return f"cannot reach {self.url}: {exc or type(exc).__name__}"
@@ -397,7 +410,7 @@ class SignalingClient:
             return "cancelled"
         exc = finished.exception()
         if isinstance(exc, SocketClosed):
-            self.last_close_code = exc.code
+            self.last_close_code, self.last_close_reason = exc.code, exc.reason
             return f"connection closed ({exc.describe()})"
         if exc is not None:
             raise exc
@@ -408,7 +421,7 @@ class SignalingClient:
             try:
                 text = await ws.recv()
             except SocketClosed as exc:
-                self.last_close_code = exc.code
+                self.last_close_code, self.last_close_reason = exc.code, exc.reason
                 return f"connection closed ({exc.describe()})"
             try:
                 message = decode(text, CloudToDevice)

@@ -8,6 +8,7 @@ that it lists every code here; ``web/js/protocol.js`` gets them as ``CLOSE``.
 from __future__ import annotations
 
 import enum
+import re
 
 
 class CloseCode(enum.IntEnum):
@@ -40,3 +41,23 @@ class CloseCode(enum.IntEnum):
 CREDENTIALS_REFUSED: frozenset[CloseCode] = frozenset(
     {CloseCode.UNAUTHENTICATED, CloseCode.SIGNED_OUT}
 )
+
+
+#: What a ``RESTART`` close's reason carries before its window in whole seconds.
+RESTART_WINDOW_KEY = "reconnect_within="
+#: The longest window a client accepts from a reason (a longer one is cut to this).
+RESTART_WINDOW_MAX_S = 120
+
+
+def restart_reason(window_s: int) -> str:
+    """The reason of a ``RESTART`` close: ``restarting; reconnect_within=<seconds>``."""
+    return f"restarting; {RESTART_WINDOW_KEY}{window_s}"
+
+
+def restart_window(reason: str) -> float | None:
+    """Seconds over which to spread a reconnection after a ``RESTART`` close with ``reason``
+    (``None``: the reason gives none; the client then backs off as after any drop)."""
+    found = re.search(re.escape(RESTART_WINDOW_KEY) + r"(\d{1,6})", reason)
+    if found is None:
+        return None
+    return float(min(int(found.group(1)), RESTART_WINDOW_MAX_S))

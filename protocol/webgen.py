@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from protocol.close_codes import CloseCode
+from protocol.close_codes import RESTART_WINDOW_KEY, RESTART_WINDOW_MAX_S, CloseCode
 from protocol.messages import (
     DEVICE_END_REASONS,
     DIRECTIONS,
@@ -44,6 +44,8 @@ def render() -> str:
         "export const CLOSE = Object.freeze({",
         *[f"  {c.name}: {int(c)}," for c in CloseCode],
         "});",
+        f"export const RESTART_WINDOW_KEY = {json.dumps(RESTART_WINDOW_KEY)};",
+        f"export const RESTART_WINDOW_MAX_S = {RESTART_WINDOW_MAX_S};",
         "",
         f"export const ERROR_CODES = Object.freeze({json.dumps(list(ERROR_CODES))});",
         f"export const END_REASONS = Object.freeze({json.dumps(list(END_REASONS))});",

@@ -17,7 +17,7 @@ import pytest
 
 from device.credentials import Credentials
 from device.signaling import Backoff, SignalingClient, SocketClosed
-from protocol.close_codes import CloseCode
+from protocol.close_codes import RESTART_WINDOW_MAX_S, CloseCode, restart_reason
 from protocol.messages import (
     HelloAck,
     SessionDescription,
@@ -190,6 +190,51 @@ async def test_a_replaced_socket_reconnects_and_says_why(
     await cloud.welcome()
     await handler.until(lambda: len(handler.acks) == 2)
     assert client.connections == 2
+
+
+class LowestRandom(random.Random):
+    """Always the lower end of ``uniform`` (no wait), remembering each upper end asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.windows: list[float] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.windows.append(b)
+        return a
+
+
+async def test_a_restarting_cloud_is_rejoined_within_its_window_with_the_backoff_started_over() -> (
+    None
+):
+    cloud, handler, rng = MemoryCloud(), Handler(), LowestRandom()
+    backoff = Backoff(base=0.5, cap=30.0, rng=rng)
+    client = SignalingClient(
+        "https://cam.example.com", handler, backoff, heartbeat_interval=3600, connect=cloud
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        socket, _ = await cloud.welcome()
+        await handler.until(lambda: len(handler.acks) == 1)
+        backoff.attempt = 5  # as if earlier failures had grown it
+        await socket.close(CloseCode.RESTART, restart_reason(7))
+        socket, _ = await cloud.welcome()
+        await handler.until(lambda: len(handler.acks) == 2)
+        assert rng.windows == [7.0] and backoff.attempt == 0, "spread over the hinted window"
+        # A window out of reason is cut; a restart without one backs off as after any drop.
+        await socket.close(CloseCode.RESTART, restart_reason(100_000))
+        socket, _ = await cloud.welcome()
+        await handler.until(lambda: len(handler.acks) == 3)
+        await socket.close(CloseCode.RESTART, "restarting")
+        socket, _ = await cloud.welcome()
+        await handler.until(lambda: len(handler.acks) == 4)
+        socket.drop()
+        await cloud.welcome()
+        await handler.until(lambda: len(handler.acks) == 5)
+        assert rng.windows == [7.0, float(RESTART_WINDOW_MAX_S), 0.5, 0.5]
+    finally:
+        await client.close()
+        await asyncio.wait_for(task, 5)
 
 
 async def test_heartbeats_and_invalid_frames() -> None:

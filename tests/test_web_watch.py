@@ -203,3 +203,52 @@ async def test_signed_out_and_unauthenticated_close_codes_are_told_apart(page: P
         ["unauthorized", 4401],
         ["state", "closed"],
     ]
+
+
+async def test_a_restarting_cloud_is_rejoined_within_its_window(page: Page) -> None:
+    got = await page.evaluate(
+        """async () => {
+          const { Signaling, restartDelay } = await import("/js/signaling.js");
+          const { CLOSE } = await import("/js/protocol.js");
+          class FakeSocket extends EventTarget {
+            static OPEN = 1;
+            constructor() { super(); FakeSocket.last = this; this.readyState = 1; }
+            send() {}
+            close() {}
+          }
+          const real = window.WebSocket;
+          window.WebSocket = FakeSocket;
+          const retries = [];
+          try {
+            const s = new Signaling({ getToken: () => "t", url: "ws://x/ws/viewer",
+                                      random: () => 0.5 });
+            s.addEventListener("state", (e) => {
+              if (e.detail.state === "reconnecting") retries.push(e.detail.retryInMs);
+            });
+            const opened = async () => {
+              FakeSocket.last = undefined;
+              for (let i = 0; i < 100 && !FakeSocket.last; i++) await Promise.resolve();
+              return FakeSocket.last;
+            };
+            s.start();
+            let ws = await opened();
+            s.attempt = 6; // as if earlier drops had grown the backoff
+            ws.onclose({ code: CLOSE.RESTART, reason: "restarting; reconnect_within=8" });
+            const attemptAfterRestart = s.attempt;
+            s.reconnectNow();
+            ws = await opened();
+            ws.onclose({ code: CLOSE.RESTART, reason: "restarting" });
+            s.close();
+            return { retries, attemptAfterRestart,
+                     parsed: [restartDelay("restarting; reconnect_within=3", () => 1),
+                              restartDelay("restarting; reconnect_within=99999", () => 1),
+                              restartDelay("going away", () => 1)] };
+          } finally {
+            window.WebSocket = real;
+          }
+        }"""
+    )
+    # Half of the hinted 8 s with the backoff started over; without a window, its first step.
+    assert got["retries"] == [4000, 375]
+    assert got["attemptAfterRestart"] == 0
+    assert got["parsed"] == [3000, 120_000, None]

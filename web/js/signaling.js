@@ -12,7 +12,7 @@
 //                  password changed, account deleted): show the sign-in page
 // Neither reconnects: the same token cannot help.
 
-import { CLOSE, MSG } from "./protocol.js";
+import { CLOSE, MSG, RESTART_WINDOW_KEY, RESTART_WINDOW_MAX_S } from "./protocol.js";
 const HELLO_TIMEOUT_MS = 10_000;
 
 export function viewerSocketUrl(loc = window.location) {
@@ -27,14 +27,35 @@ export function backoffDelay(attempt, { baseMs = 500, maxMs = 30_000, random = M
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }
 
+/**
+ * After a RESTART close (a deploy), the delay before coming back: a random moment within the
+ * window the reason gives ("restarting; reconnect_within=<seconds>"), so that every viewer of the
+ * restarted process does not return in the same instant; null when the reason gives none.
+ */
+export function restartDelay(reason, random = Math.random) {
+  const at = String(reason ?? "").indexOf(RESTART_WINDOW_KEY);
+  if (at < 0) return null;
+  const seconds = Number.parseInt(String(reason).slice(at + RESTART_WINDOW_KEY.length), 10);
+  if (!Number.isFinite(seconds) || seconds < 0) return null;
+  return Math.round(random() * Math.min(seconds, RESTART_WINDOW_MAX_S) * 1000);
+}
+
 export class Signaling extends EventTarget {
   /**
    * @param {object} options
    * @param {() => string|null|Promise<string|null>} options.getToken a valid access token
    * @param {string} [options.url]
+   * @param {() => number} [options.random] jitter source (tests pass their own)
    */
-  constructor({ getToken, url = viewerSocketUrl(), baseMs = 500, maxMs = 30_000 }) {
+  constructor({
+    getToken,
+    url = viewerSocketUrl(),
+    baseMs = 500,
+    maxMs = 30_000,
+    random = Math.random,
+  }) {
     super();
+    this.random = random;
     this.url = url;
     this.getToken = getToken;
     this.baseMs = baseMs;
@@ -167,6 +188,14 @@ export class Signaling extends EventTarget {
       this.dispatchEvent(new Event(event.code === CLOSE.SIGNED_OUT ? "signedout" : "unauthorized"));
       return;
     }
+    if (event.code === CLOSE.RESTART) {
+      const delay = restartDelay(event.reason, this.random);
+      if (delay !== null) {
+        this.attempt = 0; // a deploy is not a failure: the backoff starts over
+        this.scheduleReconnect(delay);
+        return;
+      }
+    }
     this.scheduleReconnect();
   }
 
@@ -187,9 +216,16 @@ export class Signaling extends EventTarget {
     if (!this.closedByUs) this.scheduleReconnect();
   }
 
-  scheduleReconnect() {
-    const delay = backoffDelay(this.attempt, { baseMs: this.baseMs, maxMs: this.maxMs });
-    this.attempt += 1;
+  /** Reconnects after `delay` ms, or else after the next backoff step. */
+  scheduleReconnect(delay = null) {
+    if (delay === null) {
+      delay = backoffDelay(this.attempt, {
+        baseMs: this.baseMs,
+        maxMs: this.maxMs,
+        random: this.random,
+      });
+      this.attempt += 1;
+    }
     this.setState("reconnecting", delay);
     clearTimeout(this.timers.reconnect);
     this.timers.reconnect = setTimeout(() => this.connect(), delay);
