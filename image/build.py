@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -226,10 +227,20 @@ def base_rootfs(cache: Path, progress: Progress, log: Path, rebuild: bool = Fals
         progress.note(f"cached: {final}")
         os.utime(final)  # recently used: kept by the clean-up below
         return final
+    cache.mkdir(parents=True, exist_ok=True)
+    # Several checkouts (or test runs) may share the cache: one builds, the others wait for it.
+    with open(cache / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir() and not rebuild:
+            progress.note(f"built meanwhile by another run: {final}")
+            return final
+        return _build_base(cache, final, packages, log)
+
+
+def _build_base(cache: Path, final: Path, packages: list[str], log: Path) -> Path:
     tmp = final.with_name(final.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    cache.mkdir(parents=True, exist_ok=True)
     # dpkg's fsyncs cost a lot on a VM's disk and buy nothing for a rootfs that is thrown away
     # if the build fails: eatmydata (mmdebstrap's own hook) while building, gone afterwards.
     eatmydata = Path("/usr/share/mmdebstrap/hooks/eatmydata")

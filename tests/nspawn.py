@@ -12,6 +12,7 @@ The container shares the host's network, so an agent inside reaches a cloud on 1
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -41,6 +42,15 @@ def base_rootfs(arch: str = "amd64") -> Path:
     if (path / ".complete").exists():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
+    # Several checkouts (or test runs) may share the cache: one builds, the others wait for it.
+    with open(CACHE / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / ".complete").exists():
+            return path
+        return _build_base(path, arch)
+
+
+def _build_base(path: Path, arch: str) -> Path:
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     done = subprocess.run(
