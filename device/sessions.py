@@ -5,10 +5,13 @@ The cloud's messages drive a :class:`SessionManager`::
     watch_request {session_id, ice_servers}  -> a peer connection with those ICE servers
                                                 (refused with watch_end {device_busy} at the
                                                 cap, {device_unpaired} while unpaired)
-    signal_offer  {session_id, sdp}          -> answer with the hub's H.264 track and the host
-                                                and server-reflexive candidates (and the relay
-                                                one if TURN allocated it meanwhile: that starts
-                                                at watch_request); else the relay candidate as
+    signal_offer  {session_id, sdp}          -> refused with watch_end {codec_unsupported} when
+                                                the offer has no H.264 the camera sends (before
+                                                the camera starts for it); else answer with the
+                                                hub's H.264 track and the host and server-
+                                                reflexive candidates (and the relay one if TURN
+                                                allocated it meanwhile: that starts at
+                                                watch_request); else the relay candidate as
                                                 signal_ice once allocated; then signal_ice {null}
     signal_ice    {session_id, candidate}    -> add the viewer's candidate (null: ignored)
     watch_ended   {session_id, reason}       -> close that peer
@@ -43,8 +46,10 @@ from device.media import (
     LateRelay,
     MediaHub,
     answer,
+    can_play,
     candidate_line,
     defer_relays,
+    offered_video_codecs,
     prepare_sender,
 )
 from device.memory import give_back
@@ -119,6 +124,8 @@ class Counters:
     accepted: int = 0
     refused_busy: int = 0
     refused_unpaired: int = 0
+    #: Offers refused because the viewer cannot play H.264 (``codec_unsupported``).
+    refused_codec: int = 0
     #: Sessions whose peer connected.
     connected: int = 0
     #: Peer connections closed (each accepted session's is closed exactly once).
@@ -499,6 +506,18 @@ class SessionManager:
         from aiortc import RTCSessionDescription
 
         offer = RTCSessionDescription(sdp=payload.sdp.sdp, type="offer")
+        if not can_play(offer.sdp):
+            # Before the camera is started for it: a browser that cannot decode H.264 (Firefox
+            # without its H.264 decoder offers VP8, VP9, AV1) is told so, and does not retry.
+            offered = sorted({name for name, _ in offered_video_codecs(offer.sdp)})
+            log.warning(
+                "session %s: the viewer cannot play H.264 (it offers %s); refused",
+                session.short,
+                ", ".join(offered) or "no video",
+            )
+            self.counters.refused_codec += 1
+            self.end(session, notify=True, reason="codec_unsupported")
+            return
         try:
             session.track = self.hub.subscribe()
             local = await answer(session.pc, offer, session.track, transceiver=session.transceiver)
