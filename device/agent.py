@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from device.media import HubState, MediaHub
     from device.provisioning import Display, PairingController
     from device.sessions import SessionManager
+    from device.snapshots import Snapshots
     from device.update.link import UpdateLink
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Agent:
         self._controller_task: asyncio.Task[None] | None = None
         self._hub: MediaHub | None = None
         self._sessions: SessionManager | None = None
+        self._snapshots: Snapshots | None = None
         self._client: SignalingClient | None = None
         self._update: UpdateLink | None = None  # over-the-air updates (device/update/link.py)
         self._ready_sent = False
@@ -151,6 +153,18 @@ class Agent:
             heartbeat_interval=config.heartbeat_interval,
             connect=self._connect,
         )
+        if config.snapshots.enabled:
+            from device.snapshots import Snapshots
+
+            shots = config.snapshots
+            self._snapshots = Snapshots(
+                self._hub,
+                interval_s=shots.interval,
+                workers=shots.workers,
+                queue=shots.queue,
+                max_width=shots.max_width,
+                timeout_s=shots.timeout,
+            )
         self._sessions = SessionManager(
             self._hub,
             self._client.send,
@@ -158,6 +172,7 @@ class Agent:
             offer_timeout=config.offer_timeout,
             frame_timeout=config.frame_timeout,
             on_viewers=self._viewers_changed,
+            snapshots=self._snapshots,
         )
         from device.update.link import UpdateLink
 
@@ -201,6 +216,8 @@ class Agent:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._snapshots is not None:
+            await self._snapshots.close()
         if self._hub is not None:
             await self._hub.close()
         if self._controller is not None:
@@ -406,6 +423,10 @@ class Agent:
     @property
     def hub(self) -> MediaHub | None:
         return self._hub
+
+    @property
+    def snapshots(self) -> Snapshots | None:
+        return self._snapshots
 
     @property
     def controller(self) -> PairingController | None:

@@ -158,9 +158,8 @@ class HubTrack(MediaStreamTrack):
         self.stats.max_queued = max(self.stats.max_queued, len(self._queue))
         self._wakeup.set()
 
-    async def recv(self) -> av.Packet[Any]:
-        import av
-
+    async def recv_unit(self) -> AccessUnit:
+        """The next access unit (the first one a track gets is a keyframe)."""
         while not self._queue:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -174,6 +173,19 @@ class HubTrack(MediaStreamTrack):
         self.stats.delivered += 1
         self.stats.keyframes += unit.keyframe
         self.last_delivered_at = self._hub.clock()
+        return unit
+
+    def take_queued(self) -> list[AccessUnit]:
+        """Every access unit queued now, without waiting."""
+        units = list(self._queue)
+        self._queue.clear()
+        self.stats.delivered += len(units)
+        return units
+
+    async def recv(self) -> av.Packet[Any]:
+        import av
+
+        unit = await self.recv_unit()
         packet = av.Packet(unit.data)
         packet.pts = unit.pts
         packet.dts = unit.pts
