@@ -36,6 +36,10 @@ Every key, with its default::
       max_width: 1920                # pixels; larger pictures are scaled down
       timeout: 5.0                   # seconds the camera may take to give a picture
 
+The camera's size, frame rate and flips changed from the app (``device_settings_request``) are
+kept in ``<state_dir>/camera-settings.json`` and win over the ``camera`` section at every start;
+delete that file to go back to this file's values.
+
 Unknown keys and invalid values raise :class:`ConfigError`, whose text is one line naming the
 key (the CLI prints it and exits with status 2).
 """
