@@ -40,6 +40,7 @@ from cloud.connection import (
     Role,
     TokenBucket,
 )
+from cloud.device_settings import DeviceSettingsRelay
 from cloud.faults import is_unavailable_cause
 from cloud.identity import Authenticate, token_authenticator
 from cloud.live import KICK, LiveState, SignOutFrame
@@ -51,6 +52,8 @@ from protocol.close_codes import restart_reason
 from protocol.messages import (
     HEARTBEAT_INTERVAL_S,
     DeviceHello,
+    DeviceSettings,
+    DeviceSettingsRequest,
     DeviceStatus,
     DeviceStatusPayload,
     DeviceToCloud,
@@ -125,6 +128,8 @@ class SignalingHub:
         self.draining = False
         #: Over-the-air updates (cloud/updates/), set by ``Services``; None: not offered.
         self.updates: UpdateService | None = None
+        #: Camera settings between an owner and the camera (cloud/device_settings.py).
+        self.device_settings = DeviceSettingsRelay(store, live)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -519,6 +524,10 @@ class SignalingHub:
         elif isinstance(message, UpdateStatus):
             if self.updates is not None:
                 await self.updates.status(conn.principal, message.payload)
+        elif isinstance(message, DeviceSettingsRequest):  # viewers only (ViewerToCloud)
+            await self.device_settings.from_viewer(conn.principal, message.payload)
+        elif isinstance(message, DeviceSettings):  # devices only (DeviceToCloud)
+            await self.device_settings.from_device(conn.principal, message.payload)
         else:  # pragma: no cover - the direction unions hold nothing else
             raise ProtocolError("unknown_type", f"{type(message).__name__} is not handled here")
 

@@ -32,6 +32,8 @@ from device.credentials import Credentials, RegistrationError
 from device.signaling import Backoff, Connect, SignalingClient
 from device.systemd import Notifier
 from protocol.messages import (
+    AgentUpdate,
+    DeviceSettingsRequest,
     DeviceWatchRequest,
     HeartbeatAck,
     HelloAck,
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from device.media import HubState, MediaHub
     from device.provisioning import Display, PairingController
     from device.sessions import SessionManager
+    from device.settings import DeviceSettingsService
+    from device.snapshots import Snapshots
     from device.update.link import UpdateLink
 
 log = logging.getLogger(__name__)
@@ -112,8 +116,12 @@ class Agent:
         self._controller_task: asyncio.Task[None] | None = None
         self._hub: MediaHub | None = None
         self._sessions: SessionManager | None = None
+        self._snapshots: Snapshots | None = None
         self._client: SignalingClient | None = None
         self._update: UpdateLink | None = None  # over-the-air updates (device/update/link.py)
+        self._settings: DeviceSettingsService | None = None
+        #: The owner asked for a restart (``device_settings_request {action: restart}``).
+        self.restart_requested = False
         self._ready_sent = False
         #: Registrations that failed (and were retried with backoff).
         self.registration_failures = 0
@@ -142,8 +150,13 @@ class Agent:
                 creds.path_in(config.state_path),
             )
 
+        from device.settings import DeviceSettingsService, load_saved, with_saved
+
         self._http = httpx.AsyncClient(timeout=10.0)
-        self._hub = MediaHub(self._camera_factory(), camera_config(config), keep_warm=False)
+        saved = load_saved(config.state_path)  # the owner's settings win over agent.yaml's
+        self._hub = MediaHub(
+            self._camera_factory(), with_saved(camera_config(config), saved), keep_warm=False
+        )
         self._client = SignalingClient(
             config.cloud_url,
             self,
@@ -151,6 +164,18 @@ class Agent:
             heartbeat_interval=config.heartbeat_interval,
             connect=self._connect,
         )
+        if config.snapshots.enabled:
+            from device.snapshots import Snapshots
+
+            shots = config.snapshots
+            self._snapshots = Snapshots(
+                self._hub,
+                interval_s=shots.interval,
+                workers=shots.workers,
+                queue=shots.queue,
+                max_width=shots.max_width,
+                timeout_s=shots.timeout,
+            )
         self._sessions = SessionManager(
             self._hub,
             self._client.send,
@@ -158,10 +183,19 @@ class Agent:
             offer_timeout=config.offer_timeout,
             frame_timeout=config.frame_timeout,
             on_viewers=self._viewers_changed,
+            snapshots=self._snapshots,
         )
-        from device.update.link import UpdateLink
+        from device.update.link import UpdateLink, agent_release
 
         self._update = UpdateLink(config.state_path, self._client.send)
+        self._settings = DeviceSettingsService(
+            self._hub,
+            self._client.send,
+            config.state_path,
+            release=agent_release(),
+            update=self._update_state,
+            restart=self._restart,
+        )
         update_link = asyncio.create_task(self._update.run(), name="update-link")
         self._hub.add_listener(self._camera_state)
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
@@ -201,6 +235,10 @@ class Agent:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._snapshots is not None:
+            await self._snapshots.close()
+        if self._settings is not None:
+            await self._settings.close()
         if self._hub is not None:
             await self._hub.close()
         if self._controller is not None:
@@ -332,6 +370,9 @@ class Agent:
         elif isinstance(message, UpdateOffer):
             if self._update is not None:
                 self._update.offer(message.payload)
+        elif isinstance(message, DeviceSettingsRequest):
+            if self._settings is not None:
+                self._settings.request(message.payload)
         elif isinstance(message, HeartbeatAck):
             pass
         else:
@@ -344,6 +385,22 @@ class Agent:
         if isinstance(message, SignalOffer | SignalAnswer | SignalIce):
             return self._sessions is not None and self._sessions.alive(message.payload.session_id)
         return True  # watch_end always goes: the cloud may still hold the session
+
+    def _restart(self) -> None:
+        self.restart_requested = True
+        self.stop()
+
+    async def _update_state(self) -> AgentUpdate | None:
+        """Where the agent's update stands, from the updater's status file."""
+        from device.update import files
+        from device.update.files import Status
+
+        if self._update is None:
+            return None
+        status = await asyncio.to_thread(files.read_struct, self._update.status_path, Status)
+        if status is None:
+            return None
+        return AgentUpdate(state=status.state, version=status.version, reason=status.reason)
 
     # --- the display -----------------------------------------------------------------------------
 
@@ -406,6 +463,14 @@ class Agent:
     @property
     def hub(self) -> MediaHub | None:
         return self._hub
+
+    @property
+    def snapshots(self) -> Snapshots | None:
+        return self._snapshots
+
+    @property
+    def settings(self) -> DeviceSettingsService | None:
+        return self._settings
 
     @property
     def controller(self) -> PairingController | None:

@@ -145,6 +145,15 @@ def run(args: argparse.Namespace) -> None:
         asyncio.run(main())
     except ConfigError as exc:
         _fail(f"invalid configuration: {exc}")
+        return
+    if agent.restart_requested:
+        # The owner asked for a restart: under systemd (Restart=always) exiting is enough;
+        # started by hand (the demo), start again in place.
+        if os.environ.get("INVOCATION_ID"):
+            log.info("restarting: systemd starts the agent again")
+            return
+        log.info("restarting")
+        os.execv(sys.executable, [sys.executable, "-m", "device.cli", *sys.argv[1:]])
 
 
 def probe() -> None:

@@ -28,6 +28,17 @@ Every key, with its default::
                                      # refused with watch_end {reason: device_busy}
     frame_timeout: 10.0              # a viewer none of whose pictures left for this long, while
                                      # the camera delivers, is frozen: its session ends
+    snapshots:                       # JPEGs of the current picture, over a viewer's data channel
+      enabled: true
+      interval: 1.0                  # at most one per session this often, seconds
+      workers: 1                     # pictures decoded at once (worker threads)
+      queue: 2                       # more waiting; beyond that: "busy"
+      max_width: 1920                # pixels; larger pictures are scaled down
+      timeout: 5.0                   # seconds the camera may take to give a picture
+
+The camera's size, frame rate and flips changed from the app (``device_settings_request``) are
+kept in ``<state_dir>/camera-settings.json`` and win over the ``camera`` section at every start;
+delete that file to go back to this file's values.
 
 Unknown keys and invalid values raise :class:`ConfigError`, whose text is one line naming the
 key (the CLI prints it and exits with status 2).
@@ -67,6 +78,15 @@ class CameraSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     keyframe_interval: Annotated[float, msgspec.Meta(gt=0, le=600)] = 2.0
 
 
+class SnapshotsSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True
+    interval: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
+    workers: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
+    queue: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
+    max_width: Annotated[int, msgspec.Meta(ge=64, le=8192)] = 1920
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+
+
 class ReconnectSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     base: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     cap: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
@@ -87,6 +107,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     update_repo_url: str | None = None
     max_sessions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
     frame_timeout: Seconds = 10.0
+    snapshots: SnapshotsSection = msgspec.field(default_factory=SnapshotsSection)
 
     @property
     def cloud_url(self) -> str:

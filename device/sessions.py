@@ -5,10 +5,13 @@ The cloud's messages drive a :class:`SessionManager`::
     watch_request {session_id, ice_servers}  -> a peer connection with those ICE servers
                                                 (refused with watch_end {device_busy} at the
                                                 cap, {device_unpaired} while unpaired)
-    signal_offer  {session_id, sdp}          -> answer with the hub's H.264 track and the host
-                                                and server-reflexive candidates (and the relay
-                                                one if TURN allocated it meanwhile: that starts
-                                                at watch_request); else the relay candidate as
+    signal_offer  {session_id, sdp}          -> refused with watch_end {codec_unsupported} when
+                                                the offer has no H.264 the camera sends (before
+                                                the camera starts for it); else answer with the
+                                                hub's H.264 track and the host and server-
+                                                reflexive candidates (and the relay one if TURN
+                                                allocated it meanwhile: that starts at
+                                                watch_request); else the relay candidate as
                                                 signal_ice once allocated; then signal_ice {null}
     signal_ice    {session_id, candidate}    -> add the viewer's candidate (null: ignored)
     watch_ended   {session_id, reason}       -> close that peer
@@ -43,8 +46,10 @@ from device.media import (
     LateRelay,
     MediaHub,
     answer,
+    can_play,
     candidate_line,
     defer_relays,
+    offered_video_codecs,
     prepare_sender,
 )
 from device.memory import give_back
@@ -62,16 +67,21 @@ from protocol.messages import (
     WatchEnd,
     WatchEndPayload,
 )
+from protocol.snapshot import SNAPSHOT_CHANNEL
 
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
 
     from device.media import HubTrack
+    from device.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[SignalAnswer | SignalIce | WatchEnd], None]
 Clock = Callable[[], float]
+
+#: Data channels a session may open (a browser opens one, ``snapshot``); more are closed.
+MAX_CHANNELS_PER_SESSION = 4
 
 #: A Raspberry Pi Zero 2 W (512 MB, four A53 cores) serves this many viewers of a 720p stream
 #: comfortably; ``max_sessions`` in ``agent.yaml`` changes it.
@@ -105,6 +115,8 @@ class Session:
     #: Set once the viewer's offer is applied: candidates wait for it.
     remote_ready: asyncio.Event = field(default_factory=asyncio.Event)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Data channels the viewer opened (``snapshot``).
+    channels: int = 0
 
     @property
     def short(self) -> str:
@@ -119,6 +131,8 @@ class Counters:
     accepted: int = 0
     refused_busy: int = 0
     refused_unpaired: int = 0
+    #: Offers refused because the viewer cannot play H.264 (``codec_unsupported``).
+    refused_codec: int = 0
     #: Sessions whose peer connected.
     connected: int = 0
     #: Peer connections closed (each accepted session's is closed exactly once).
@@ -132,6 +146,8 @@ class Counters:
     relays_failed: int = 0
     #: Times the memory of a crowd that had gone was returned to the system.
     memory_returned: int = 0
+    #: Data channels closed at once (an unknown label, or past the per-session bound).
+    channels_refused: int = 0
 
 
 def ice_configuration(servers: list[Any]) -> Any:
@@ -180,11 +196,14 @@ class SessionManager:
         frame_timeout: float = 10.0,
         relay_timeout: float = 10.0,
         on_viewers: Callable[[int], None] | None = None,
+        snapshots: Snapshots | None = None,
     ) -> None:
         """``frame_timeout``: a connected session none of whose pictures left for this long,
         while the camera delivers, is frozen and ends (``stream_stalled``).
-        ``relay_timeout``: how long a deferred TURN allocation may take."""
+        ``relay_timeout``: how long a deferred TURN allocation may take.  ``snapshots``: answers
+        the ``snapshot`` data channels of sessions (none: such channels are closed)."""
         self.hub = hub
+        self.snapshots = snapshots
         self._send = send
         self.max_sessions = max_sessions
         self.offer_timeout = offer_timeout
@@ -291,6 +310,10 @@ class SessionManager:
         def on_state() -> None:
             self._connection_state(session)
 
+        @pc.on("datachannel")
+        def on_channel(channel: Any) -> None:
+            self._data_channel(session, channel)
+
         self._spawn(self._supervise(session), f"session-{session.short}")
 
     def offer(self, message: SignalOffer) -> None:
@@ -373,6 +396,8 @@ class SessionManager:
             self._send(WatchEnd(payload=WatchEndPayload(session_id=session.id, reason=said)))
         if session.track is not None:
             session.track.stop()
+        if self.snapshots is not None:
+            self.snapshots.forget(session.id)
         if session.relay_task is not None:
             session.relay_task.cancel()  # nobody needs the allocation any more
         session.remote_ready.set()  # release waiting candidates and the supervisor
@@ -428,6 +453,19 @@ class SessionManager:
             log.error("the camera failed: ending %d session(s)", len(watching))
         for session in watching:
             self.end(session, notify=True, reason="camera_failed")
+
+    def _data_channel(self, session: Session, channel: Any) -> None:
+        session.channels += 1
+        if (
+            channel.label != SNAPSHOT_CHANNEL
+            or self.snapshots is None
+            or session.channels > MAX_CHANNELS_PER_SESSION
+            or session.phase is Phase.CLOSED
+        ):
+            self.counters.channels_refused += 1
+            channel.close()
+            return
+        self.snapshots.attach(channel, session.id)
 
     def _connection_state(self, session: Session) -> None:
         state = session.pc.connectionState
@@ -499,6 +537,18 @@ class SessionManager:
         from aiortc import RTCSessionDescription
 
         offer = RTCSessionDescription(sdp=payload.sdp.sdp, type="offer")
+        if not can_play(offer.sdp):
+            # Before the camera is started for it: a browser that cannot decode H.264 (Firefox
+            # without its H.264 decoder offers VP8, VP9, AV1) is told so, and does not retry.
+            offered = sorted({name for name, _ in offered_video_codecs(offer.sdp)})
+            log.warning(
+                "session %s: the viewer cannot play H.264 (it offers %s); refused",
+                session.short,
+                ", ".join(offered) or "no video",
+            )
+            self.counters.refused_codec += 1
+            self.end(session, notify=True, reason="codec_unsupported")
+            return
         try:
             session.track = self.hub.subscribe()
             local = await answer(session.pc, offer, session.track, transceiver=session.transceiver)

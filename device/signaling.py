@@ -46,6 +46,7 @@ from protocol.messages import (
     CloudToDevice,
     DeviceHello,
     DeviceHelloPayload,
+    DeviceSettings,
     Error,
     Heartbeat,
     HelloAck,
@@ -221,7 +222,7 @@ class SignalingHandler(Protocol):
         ...
 
 
-Outgoing = SignalOffer | SignalAnswer | SignalIce | WatchEnd | UpdateStatus
+Outgoing = SignalOffer | SignalAnswer | SignalIce | WatchEnd | UpdateStatus | DeviceSettings
 
 
 class SignalingClient:

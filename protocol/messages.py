@@ -164,6 +164,7 @@ DeviceEndReason = Literal[
     "camera_failed",
     "device_busy",
     "stream_stalled",
+    "codec_unsupported",
 ]
 
 EndReason = Literal[
@@ -177,6 +178,7 @@ EndReason = Literal[
     "camera_failed",
     "device_busy",
     "stream_stalled",
+    "codec_unsupported",
 ]
 
 
@@ -260,6 +262,79 @@ class DeviceUpdatePayload(_Payload, omit_defaults=True):
     target: Version | None = None
     reason: Text | None = None
     progress: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
+# --- camera settings (docs/protocol.md, "Camera settings") ---------------------------------------
+
+Rotation = Literal[0, 90, 180, 270]
+Pixels = Annotated[int, msgspec.Meta(ge=16, le=8192)]
+Fps = Annotated[int, msgspec.Meta(ge=1, le=240)]
+SettingsAction = Literal["get", "set", "restart"]
+#: Why a device refused a settings request.
+SettingsRefusal = Literal["not_supported", "invalid", "camera_failed", "in_progress"]
+
+
+class CameraSettings(_Payload, omit_defaults=True):
+    """How the camera is set up.  In a ``set`` request every field is optional (what is left
+    out stays as it is); in a device's answer every field is present."""
+
+    rotation: Rotation | None = None
+    hflip: bool | None = None
+    vflip: bool | None = None
+    width: Pixels | None = None
+    height: Pixels | None = None
+    fps: Fps | None = None
+
+
+class CameraMode(_Payload):
+    """A picture size the camera offers, and the highest frame rate it has at that size."""
+
+    width: Pixels
+    height: Pixels
+    max_fps: Fps
+
+
+class DeviceSettingsRequestPayload(_Payload):
+    """Owner -> cloud -> device: read the settings, change them, or restart the agent."""
+
+    device_id: Id
+    request_id: RequestId
+    action: SettingsAction
+    #: ``set`` only: what to change.
+    settings: CameraSettings | None = None
+
+
+class AgentUpdate(_Payload, omit_defaults=True):
+    """Where the agent's over-the-air update stands (as in ``update_status``)."""
+
+    state: UpdateState
+    version: Version
+    reason: Text | None = None
+
+
+class DeviceSettingsPayload(_Payload, omit_defaults=True):
+    """Device -> cloud -> the owner: the answer to a ``device_settings_request`` (or, without
+    ``request_id``, news of a change).  The cloud fills ``device_id`` in from the device's
+    socket, whatever the device wrote there."""
+
+    ok: bool
+    settings: CameraSettings
+    request_id: RequestId | None = None
+    device_id: Id | None = None
+    #: The sizes the camera offers (empty: not known yet).
+    modes: Annotated[list[CameraMode], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    #: Whether the camera can flip (and so rotate by 180 degrees) its picture.
+    flips: bool = False
+    version: Version | None = None
+    arch: Arch | None = None
+    update: AgentUpdate | None = None
+    #: ``restart``: the agent is restarting now (back within seconds).
+    restarting: bool = False
+    #: A refused request: why, and one sentence a person can act on.
+    refusal: SettingsRefusal | None = None
+    message: Text | None = None
 
 
 ErrorCode = Literal[
@@ -385,13 +460,28 @@ class DeviceUpdate(_Message, tag="device_update"):
     payload: DeviceUpdatePayload
 
 
+class DeviceSettingsRequest(_Message, tag="device_settings_request"):
+    payload: DeviceSettingsRequestPayload
+
+
+class DeviceSettings(_Message, tag="device_settings"):
+    payload: DeviceSettingsPayload
+
+
 class Error(_Message, tag="error"):
     payload: ErrorPayload
 
 
 #: What a device may send to the cloud (``/ws/device``).
 DeviceToCloud = (
-    DeviceHello | Heartbeat | SignalOffer | SignalAnswer | SignalIce | WatchEnd | UpdateStatus
+    DeviceHello
+    | Heartbeat
+    | SignalOffer
+    | SignalAnswer
+    | SignalIce
+    | WatchEnd
+    | UpdateStatus
+    | DeviceSettings
 )
 #: What a viewer may send to the cloud (``/ws/viewer``).
 ViewerToCloud = (
@@ -403,6 +493,7 @@ ViewerToCloud = (
     | SignalAnswer
     | SignalIce
     | WatchEnd
+    | DeviceSettingsRequest
 )
 #: What the cloud sends to a device.
 CloudToDevice = (
@@ -416,6 +507,7 @@ CloudToDevice = (
     | PeerStatus
     | PairingStatus
     | UpdateOffer
+    | DeviceSettingsRequest
     | Error
 )
 #: What the cloud sends to a viewer.
@@ -431,6 +523,7 @@ CloudToViewer = (
     | PeerStatus
     | DeviceStatus
     | DeviceUpdate
+    | DeviceSettings
     | Error
 )
 
@@ -462,3 +555,4 @@ ERROR_CODES: Final[tuple[str, ...]] = ErrorCode.__args__  # type: ignore[attr-de
 END_REASONS: Final[tuple[str, ...]] = EndReason.__args__  # type: ignore[attr-defined]
 UPDATE_STATES: Final[tuple[str, ...]] = UpdateState.__args__  # type: ignore[attr-defined]
 DEVICE_END_REASONS: Final[tuple[str, ...]] = DeviceEndReason.__args__  # type: ignore[attr-defined]
+SETTINGS_REFUSALS: Final[tuple[str, ...]] = SettingsRefusal.__args__  # type: ignore[attr-defined]

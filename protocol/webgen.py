@@ -16,8 +16,15 @@ from protocol.messages import (
     ERROR_CODES,
     HEARTBEAT_INTERVAL_S,
     MAX_MESSAGE_BYTES,
+    SETTINGS_REFUSALS,
     UPDATE_STATES,
     message_types,
+)
+from protocol.snapshot import (
+    MAX_SNAPSHOT_BYTES,
+    SNAPSHOT_CHANNEL,
+    SNAPSHOT_CHUNK_BYTES,
+    SNAPSHOT_ERROR_CODES,
 )
 
 
@@ -51,6 +58,15 @@ def render() -> str:
         f"export const END_REASONS = Object.freeze({json.dumps(list(END_REASONS))});",
         f"export const UPDATE_STATES = Object.freeze({json.dumps(list(UPDATE_STATES))});",
         f"export const DEVICE_END_REASONS = Object.freeze({json.dumps(list(DEVICE_END_REASONS))});",
+        f"export const SETTINGS_REFUSALS = Object.freeze({json.dumps(list(SETTINGS_REFUSALS))});",
+        "",
+        "/** The snapshot data channel (protocol/snapshot.py): pictures peer to peer. */",
+        "export const SNAPSHOT = Object.freeze({",
+        f"  CHANNEL: {json.dumps(SNAPSHOT_CHANNEL)},",
+        f"  CHUNK_BYTES: {SNAPSHOT_CHUNK_BYTES},",
+        f"  MAX_BYTES: {MAX_SNAPSHOT_BYTES},",
+        f"  ERROR_CODES: Object.freeze({json.dumps(list(SNAPSHOT_ERROR_CODES))}),",
+        "});",
         "",
     ]
     return "\n".join(lines)

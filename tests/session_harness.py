@@ -52,6 +52,7 @@ from protocol.messages import (
     WatchEnded,
     WatchEndedPayload,
 )
+from protocol.snapshot import SNAPSHOT_CHANNEL
 from tests.media_peers import Viewer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,8 @@ class Watch:
     _pump: asyncio.Task[None] | None = None
     _relays: asyncio.Task[None] | None = None
     trickled: list[IceCandidate] = field(default_factory=list)
+    #: The viewer's ``snapshot`` data channel (``watch(..., snapshot_channel=True)``).
+    channel: Any = None
 
     async def pump(self) -> None:
         """Apply the device's trickled candidates to the viewer, as a browser does."""
@@ -155,6 +158,7 @@ async def watch(
     viewer_relay_only: bool = False,
     withhold_device_host_candidates: bool = False,
     read_timecodes: bool = False,
+    snapshot_channel: bool = False,
 ) -> Watch:
     """One viewer's watch through ``manager`` (see the module doc); frames arrive later."""
     sid = session_id()
@@ -173,6 +177,8 @@ async def watch(
     # A browser never waits for TURN before offering; an aiortc viewer can do the same, except
     # relay-only (aiortc starts ICE only if it had a local candidate when the answer came).
     relays = [] if viewer_relay_only else defer_relays(viewer.pc)
+    # As the web app does: the video transceiver first, then the data channel.
+    channel = viewer.pc.createDataChannel(SNAPSHOT_CHANNEL) if snapshot_channel else None
     offer = await viewer.offer()
     # A browser trickles: its offer never says end-of-candidates (that comes as signal_ice).
     sdp = "".join(f"{line}\r\n" for line in offer.sdp.splitlines() if line != "a=end-of-candidates")
@@ -181,7 +187,7 @@ async def watch(
             payload=SignalSdpPayload(session_id=sid, sdp=SessionDescription(type="offer", sdp=sdp))
         )
     )
-    result = Watch(sid, viewer, wire)
+    result = Watch(sid, viewer, wire, channel=channel)
 
     async def trickle_relays() -> None:  # the viewer's relay candidate, when it has one
         for relay in relays:

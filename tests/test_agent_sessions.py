@@ -287,3 +287,64 @@ async def test_a_working_turn_server_gives_a_relay_candidate_that_carries_video(
     assert in_answer + len(trickled) == 1, (in_answer, trickled)
     assert manager.counters.relays_allocated == 1
     assert manager.counters.relays_trickled == len(trickled)
+
+
+async def test_a_viewer_without_h264_is_told_codec_unsupported_and_the_camera_never_starts(
+    manager: SessionManager, hub: MediaHub, wire: Wire
+) -> None:
+    """Firefox without H.264 offers VP8 (and VP9, AV1): the agent refuses its offer in words
+    the page turns into "this browser cannot play this camera" instead of "camera offline"."""
+    from aiortc import RTCPeerConnection, RTCRtpSender
+
+    from protocol.messages import SessionDescription, SignalOffer, SignalSdpPayload
+
+    pc = RTCPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
+        transceiver.setCodecPreferences(vp8)
+        await pc.setLocalDescription(await pc.createOffer())
+        assert pc.localDescription is not None
+        offer = pc.localDescription.sdp
+        assert "VP8/90000" in offer and "H264" not in offer
+        sid = session_id()
+        manager.watch_request(DeviceWatchRequestPayload(session_id=sid, ice_servers=[]))
+        manager.offer(
+            SignalOffer(
+                payload=SignalSdpPayload(
+                    session_id=sid, sdp=SessionDescription(type="offer", sdp=offer)
+                )
+            )
+        )
+        end = await wire.until(lambda: wire.ends(sid))
+        assert end[0].payload.reason == "codec_unsupported"
+        assert wire.of(sid, SignalAnswer) == []
+        await manager.idle()
+        assert manager.counters.refused_codec == 1 and not manager.alive(sid)
+        assert hub.starts == 0 and not hub.running, "nobody could watch: the camera stays off"
+    finally:
+        await pc.close()
+
+
+def test_which_offers_can_play_the_camera() -> None:
+    from device.media import can_play
+
+    def offer(*fmtp: str) -> str:
+        lines = ["v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=rtpmap:111 opus/48000/2"]
+        lines.append("m=video 9 UDP/TLS/RTP/SAVPF " + " ".join(str(96 + i) for i in range(3)))
+        lines += ["a=rtpmap:96 VP8/90000", "a=rtpmap:97 VP9/90000"]
+        for i, params in enumerate(fmtp):
+            lines += [f"a=rtpmap:{98 + i} H264/90000", f"a=fmtp:{98 + i} {params}"]
+        return "\r\n".join(lines) + "\r\n"
+
+    assert not can_play(offer())
+    assert can_play(offer("profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1"))
+    assert can_play(offer("packetization-mode=1"))  # no profile: constrained baseline
+    assert not can_play(offer("profile-level-id=42e01f;packetization-mode=0"))
+    assert not can_play(offer("profile-level-id=640c1f;packetization-mode=1"))  # High only
+    assert can_play(
+        offer(
+            "profile-level-id=640c1f;packetization-mode=1",
+            "profile-level-id=42e034;packetization-mode=1",
+        )
+    )

@@ -338,3 +338,77 @@ async def test_killing_the_cloud_of_the_page_keeps_the_video_playing(
         assert (await selected_pair(page) or {}).get("state") == "succeeded"
     finally:
         await context.close()
+
+
+# --- pictures peer to peer, and browsers that cannot play H.264 -------------------------------
+
+
+async def test_a_snapshot_is_saved_from_the_camera_and_the_list_keeps_its_picture(
+    stack: Stack, browser: Browser, owner: tuple[Account, str]
+) -> None:
+    account, device_id = owner
+    context, page = await open_app(browser, stack.url, account, accept_downloads=True)
+    try:
+        await watch(page, stack.url, device_id)
+        await wait_playing(page)
+        # The JPEG comes from the camera over the session's data channel, not from the screen.
+        channel_open = "window.__mumu.watch.snapshots && window.__mumu.watch.snapshots.open"
+        await page.wait_for_function(channel_open, timeout=10_000)
+        async with page.expect_download() as info:
+            await page.click("[data-testid=snapshot]")
+        download = await info.value
+        assert download.suggested_filename.startswith("MuMu ")
+        assert download.suggested_filename.endswith(".jpg")
+        path = await download.path()
+        data = path.read_bytes()
+        assert data[:3] == b"\xff\xd8\xff", "a JPEG"
+        # The list shows the camera's latest picture, kept in this browser.
+        await page.goto(stack.url + "/#/devices")
+        thumb = page.locator(f"[data-device-id='{device_id}'] [data-testid=device-thumbnail]")
+        await page.wait_for_function(
+            "(id) => document.querySelector(`[data-device-id='${id}'] "
+            "[data-testid=device-thumbnail]`)?.src.startsWith('blob:')",
+            arg=device_id,
+            timeout=10_000,
+        )
+        assert await thumb.get_attribute("alt")
+    finally:
+        await context.close()
+
+
+#: A browser without H.264 (Debian's Firefox without its decoder offers VP8, VP9 and AV1 only).
+NO_H264 = """
+const capabilities = RTCRtpReceiver.getCapabilities.bind(RTCRtpReceiver);
+RTCRtpReceiver.getCapabilities = (kind) => {
+  const found = capabilities(kind);
+  if (kind !== "video" || !found) return found;
+  const codecs = found.codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264");
+  return { ...found, codecs };
+};
+const prefer = RTCRtpTransceiver.prototype.setCodecPreferences;
+RTCRtpTransceiver.prototype.setCodecPreferences = function (codecs) {
+  return prefer.call(this, codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264"));
+};
+"""
+
+
+async def test_a_browser_without_h264_is_told_so_and_does_not_retry(
+    stack: Stack, browser: Browser, owner: tuple[Account, str]
+) -> None:
+    account, device_id = owner
+    context, page = await open_app(browser, stack.url, account)
+    try:
+        await context.add_init_script(NO_H264)
+        await watch(page, stack.url, device_id)
+        await page.reload()
+        await page.wait_for_selector("[data-testid=watch-state][data-state=failed]", timeout=20_000)
+        words = await text_of(page, "watch-message")
+        assert "cannot play this camera" in words, words
+        # Failed for good: no request waiting for an answer, no session, no retry scheduled.
+        watch_now = await page.evaluate(
+            "(() => { const w = window.__mumu.watch;"
+            " return { state: w.state, awaiting: w.awaiting, session: w.sessionId }; })()"
+        )
+        assert watch_now == {"state": "failed", "awaiting": None, "session": None}
+    finally:
+        await context.close()

@@ -15,6 +15,7 @@ from device.hal.camera import (
     Camera,
     CameraConfig,
     CameraError,
+    CameraMode,
     Capabilities,
 )
 from device.hal.registry import BACKENDS, Backend, open_camera, pick_backend, probe_report
@@ -29,6 +30,7 @@ __all__ = [
     "Camera",
     "CameraConfig",
     "CameraError",
+    "CameraMode",
     "Capabilities",
     "open_camera",
     "pick_backend",

@@ -38,6 +38,9 @@ class CameraConfig:
     device: str | None = None
     #: Software encoder threads (0 = let the encoder decide).
     encoder_threads: int = 0
+    #: Mirror the picture left-right, and upside down (both: rotated by 180 degrees).
+    hflip: bool = False
+    vflip: bool = False
 
     @property
     def gop_frames(self) -> int:
@@ -63,6 +66,15 @@ AccessUnitSink = Callable[[AccessUnit], None]
 
 
 @dataclass(frozen=True, slots=True)
+class CameraMode:
+    """A picture size a camera offers, with its highest frame rate."""
+
+    width: int
+    height: int
+    max_fps: int
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a camera is and does, for ``probe`` and for logs."""
 
@@ -81,6 +93,10 @@ class Capabilities:
     keyframe_on_request: bool = True
     #: Other resolutions the camera offers, when it says.
     resolutions: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    #: The sizes (and frame rates) the agent may ask this camera for; empty: only the current.
+    modes: tuple[CameraMode, ...] = field(default_factory=tuple)
+    #: Whether ``CameraConfig.hflip``/``vflip`` are honoured.
+    flips: bool = False
 
 
 class Camera(Protocol):

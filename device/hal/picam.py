@@ -33,6 +33,7 @@ from device.hal.camera import (
     AccessUnitSink,
     CameraConfig,
     CameraError,
+    CameraMode,
     Capabilities,
 )
 from device.hal.h264 import StreamNormalizer
@@ -113,6 +114,8 @@ class PicameraCamera:
                     keyframe_interval_s=config.keyframe_interval_s,
                     device=config.device,
                     encoder_threads=config.encoder_threads,
+                    hflip=config.hflip,
+                    vflip=config.vflip,
                 )
         self.config = config
         self.index = index
@@ -136,7 +139,17 @@ class PicameraCamera:
             width=self.config.width,
             height=self.config.height,
             fps=float(self.config.fps),
+            modes=self.modes(),
+            flips=True,
         )
+
+    def modes(self) -> tuple[CameraMode, ...]:
+        """The usual video sizes, within what the board's encoder takes (30 fps)."""
+        sizes = [(640, 360), (1280, 720), (1920, 1080)]
+        if not self.hardware:
+            w, h, fps = SOFTWARE_MAX
+            return tuple(CameraMode(x, y, fps) for x, y in sizes if x * y <= w * h)
+        return tuple(CameraMode(x, y, 30) for x, y in sizes)
 
     @property
     def error(self) -> BaseException | None:
@@ -153,9 +166,15 @@ class PicameraCamera:
             picam = Picamera2(self.index)
             self._picam = picam
             self._camera_name = str(picam.camera_properties.get("Model", self._camera_name))
+            extra: dict[str, Any] = {}
+            if cfg.hflip or cfg.vflip:  # libcamera flips on the sensor: no cost
+                from libcamera import Transform
+
+                extra["transform"] = Transform(hflip=int(cfg.hflip), vflip=int(cfg.vflip))
             video = picam.create_video_configuration(
                 main={"size": (cfg.width, cfg.height), "format": "YUV420"},
                 controls={"FrameRate": float(cfg.fps)},
+                **extra,
             )
             picam.configure(video)
             kwargs: dict[str, Any] = {

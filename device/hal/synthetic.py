@@ -19,6 +19,7 @@ from device.hal.camera import (
     AccessUnitSink,
     CameraConfig,
     CameraError,
+    CameraMode,
     Capabilities,
 )
 from device.hal.encoder import H264SoftwareEncoder
@@ -30,6 +31,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME = "synthetic"
+
+#: The sizes the test pattern offers (any even size works; these are the usual ones).
+MODES = (CameraMode(640, 360, 30), CameraMode(1280, 720, 30), CameraMode(1920, 1080, 30))
+
+
+def flip_plane(plane: bytes, stride: int, width: int, hflip: bool, vflip: bool) -> bytes:
+    """A picture plane (``stride`` bytes a row, ``width`` of them the picture's) mirrored."""
+    rows = [plane[i : i + stride] for i in range(0, len(plane), stride)]
+    if hflip:
+        rows = [row[:width][::-1] + row[width:] for row in rows]
+    if vflip:
+        rows.reverse()
+    return b"".join(rows)
 
 
 class PatternGenerator:
@@ -89,13 +103,25 @@ class PatternGenerator:
                 plane[y * ys : y * ys + timecode.WIDTH] = row
         return plane
 
-    def frame(self, n: int, capture_time: float) -> av.VideoFrame:
+    def frame(
+        self, n: int, capture_time: float, hflip: bool = False, vflip: bool = False
+    ) -> av.VideoFrame:
         import av
 
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        frame.planes[0].update(bytes(self.luma(n, timecode.timecode_ms(capture_time))))
-        frame.planes[1].update(self.chroma[0])
-        frame.planes[2].update(self.chroma[1])
+        planes = [
+            bytes(self.luma(n, timecode.timecode_ms(capture_time))),
+            self.chroma[0],
+            self.chroma[1],
+        ]
+        if hflip or vflip:
+            widths = (self.width, self.width // 2, self.width // 2)
+            planes = [
+                flip_plane(p, stride, w, hflip, vflip)
+                for p, stride, w in zip(planes, self.strides, widths, strict=True)
+            ]
+        for plane, data in zip(frame.planes, planes, strict=True):
+            plane.update(data)
         return frame
 
 
@@ -124,6 +150,8 @@ class SyntheticCamera(CameraThread):
             width=self.config.width,
             height=self.config.height,
             fps=float(self.config.fps),
+            modes=MODES,
+            flips=True,
         )
 
     def start(self, sink: AccessUnitSink) -> None:
@@ -148,7 +176,7 @@ class SyntheticCamera(CameraThread):
                 n += skipped
             capture = time.time()
             t0 = time.thread_time()
-            frame = self._pattern.frame(n, capture)
+            frame = self._pattern.frame(n, capture, self.config.hflip, self.config.vflip)
             t1 = time.thread_time()
             units = self._encoder.encode(frame, round(n * period * CLOCK_RATE), capture)
             self.encode_cpu_s += time.thread_time() - t1

@@ -16,7 +16,9 @@ from device.media.peer import (
     H264_PARAMETERS,
     answer,
     attach_to_peer,
+    can_play,
     h264_preferences,
+    offered_video_codecs,
     prepare_sender,
 )
 
@@ -30,8 +32,10 @@ __all__ = [
     "TrackStats",
     "answer",
     "attach_to_peer",
+    "can_play",
     "candidate_line",
     "defer_relays",
     "h264_preferences",
+    "offered_video_codecs",
     "prepare_sender",
 ]

@@ -158,9 +158,8 @@ class HubTrack(MediaStreamTrack):
         self.stats.max_queued = max(self.stats.max_queued, len(self._queue))
         self._wakeup.set()
 
-    async def recv(self) -> av.Packet[Any]:
-        import av
-
+    async def recv_unit(self) -> AccessUnit:
+        """The next access unit (the first one a track gets is a keyframe)."""
         while not self._queue:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -174,6 +173,19 @@ class HubTrack(MediaStreamTrack):
         self.stats.delivered += 1
         self.stats.keyframes += unit.keyframe
         self.last_delivered_at = self._hub.clock()
+        return unit
+
+    def take_queued(self) -> list[AccessUnit]:
+        """Every access unit queued now, without waiting."""
+        units = list(self._queue)
+        self._queue.clear()
+        self.stats.delivered += len(units)
+        return units
+
+    async def recv(self) -> av.Packet[Any]:
+        import av
+
+        unit = await self.recv_unit()
         packet = av.Packet(unit.data)
         packet.pts = unit.pts
         packet.dts = unit.pts
@@ -250,6 +262,7 @@ class MediaHub:
         self._last_pts: int | None = None
         self._last_unit_at: float | None = None
         self._keep_gop = False
+        self._reopen = False
         self._gop: list[AccessUnit] = []
         self._gop_bytes = 0
 
@@ -360,6 +373,35 @@ class MediaHub:
         if task is not None and not task.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
+
+    async def reconfigure(self, config: CameraConfig) -> BaseException | None:
+        """Use ``config`` from now on.  A running camera is closed and opened again with it
+        (tracks stay: pictures resume from a keyframe, at the new size); the outcome of that
+        first opening is returned (``None``: pictures flow, or the camera is not running).  On
+        a failure the caller decides: :meth:`reconfigure` back to what worked."""
+        self._loop = asyncio.get_running_loop()
+        self.config = config
+        self.stall_timeout_s = max(2.0, 4.0 / config.fps)
+        self.gop_cache_frames = max(1, round(10 * config.fps))
+        if self._camera is None or self._task is None or self._task.done():
+            return None
+        failures, starts = self.failures, self.starts
+        self._reopen = True
+        self._wake.set()
+        while True:
+            changed = self._changed
+            if self.failures > failures:
+                return self.last_error
+            if (
+                self.starts > starts
+                and self._state is HubState.RUNNING
+                and not self._reopen
+                and self._unit_generation == self._generation
+            ):
+                return None
+            if self._state in (HubState.IDLE, HubState.FAILED):
+                return self.last_error if self._state is HubState.FAILED else None
+            await changed.wait()
 
     # --- keyframes --------------------------------------------------------------------------
 
@@ -474,6 +516,9 @@ class MediaHub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.health_check_s)
             if not self._wanted():
+                return None
+            if self._reopen:  # reconfigure(): closed here, opened again with the new config
+                self._reopen = False
                 return None
             if camera.error is not None:
                 return camera.error

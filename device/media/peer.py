@@ -55,6 +55,46 @@ def h264_preferences() -> list[RTCRtpCodecCapability]:
     return h264 + rtx
 
 
+def offered_video_codecs(sdp: str) -> list[tuple[str, dict[str, str]]]:
+    """The video codecs of an offer, in its order: ``(name, fmtp parameters)``."""
+    codecs: dict[str, tuple[str, dict[str, str]]] = {}
+    in_video = False
+    for line in sdp.splitlines():
+        line = line.strip()
+        if line.startswith("m="):
+            in_video = line.startswith("m=video ")
+        elif in_video and line.startswith("a=rtpmap:"):
+            pt, _, rest = line[len("a=rtpmap:") :].partition(" ")
+            codecs[pt] = (rest.split("/", 1)[0], {})
+        elif in_video and line.startswith("a=fmtp:"):
+            pt, _, rest = line[len("a=fmtp:") :].partition(" ")
+            if pt in codecs:
+                for item in rest.split(";"):
+                    key, _, value = item.strip().partition("=")
+                    if key:
+                        codecs[pt][1][key.lower()] = value
+    return list(codecs.values())
+
+
+def can_play(sdp: str) -> bool:
+    """Whether an offer can receive what the camera sends: H.264 constrained baseline with
+    packetization mode 1, matched the way aiortc matches it (a missing ``profile-level-id``
+    means constrained baseline).  Firefox without H.264 offers only VP8, VP9 and AV1."""
+    from aiortc.sdp import parse_h264_profile_level_id
+
+    wanted = parse_h264_profile_level_id(H264_PARAMETERS["profile-level-id"])[0]
+    for name, params in offered_video_codecs(sdp):
+        if name.lower() != "h264" or params.get("packetization-mode", "0") != "1":
+            continue
+        try:
+            profile = parse_h264_profile_level_id(params.get("profile-level-id", "42E01F"))[0]
+        except ValueError:
+            continue
+        if profile == wanted:
+            return True
+    return False
+
+
 def _hook_keyframe_requests(sender: RTCRtpSender) -> None:
     original = sender._send_keyframe
 

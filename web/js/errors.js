@@ -24,6 +24,8 @@ const END_WORDS = {
   camera_failed: "The camera is online, but its image sensor is not working.",
   device_busy: "This camera already has as many viewers as it can serve.",
   stream_stalled: "The picture froze.",
+  codec_unsupported:
+    "This browser cannot play this camera's video (it has no H.264 decoder) — try Chrome, Edge or Safari.",
 };
 
 /** Words for an `error` payload {code, message, ref}. */

@@ -5,6 +5,8 @@ export const MAX_MESSAGE_BYTES = 65536;
 
 /** Message type names, e.g. MSG.WATCH_REQUEST === "watch_request". */
 export const MSG = Object.freeze({
+  DEVICE_SETTINGS: "device_settings",
+  DEVICE_SETTINGS_REQUEST: "device_settings_request",
   DEVICE_STATUS: "device_status",
   DEVICE_UPDATE: "device_update",
   ERROR: "error",
@@ -29,10 +31,10 @@ export const MSG = Object.freeze({
 
 /** Which types may travel which way. */
 export const DIRECTIONS = Object.freeze({
-  device_to_cloud: Object.freeze(["hello", "heartbeat", "signal_offer", "signal_answer", "signal_ice", "watch_end", "update_status"]),
-  viewer_to_cloud: Object.freeze(["hello", "heartbeat", "watch_request", "watch_resume", "signal_offer", "signal_answer", "signal_ice", "watch_end"]),
-  cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "pairing_status", "update_offer", "error"]),
-  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "device_update", "error"]),
+  device_to_cloud: Object.freeze(["hello", "heartbeat", "signal_offer", "signal_answer", "signal_ice", "watch_end", "update_status", "device_settings"]),
+  viewer_to_cloud: Object.freeze(["hello", "heartbeat", "watch_request", "watch_resume", "signal_offer", "signal_answer", "signal_ice", "watch_end", "device_settings_request"]),
+  cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "pairing_status", "update_offer", "device_settings_request", "error"]),
+  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "device_update", "device_settings", "error"]),
 });
 
 /** WebSocket close codes the cloud sends (docs/protocol.md says what each means). */
@@ -50,6 +52,15 @@ export const RESTART_WINDOW_KEY = "reconnect_within=";
 export const RESTART_WINDOW_MAX_S = 120;
 
 export const ERROR_CODES = Object.freeze(["invalid_json", "invalid_message", "unknown_type", "too_large", "binary_not_supported", "not_authenticated", "already_authenticated", "forbidden", "not_found", "device_offline", "session_not_found", "not_session_party", "rate_limited", "device_busy", "too_many_connections", "unavailable", "internal"]);
-export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "expired", "error", "camera_failed", "device_busy", "stream_stalled"]);
+export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "expired", "error", "camera_failed", "device_busy", "stream_stalled", "codec_unsupported"]);
 export const UPDATE_STATES = Object.freeze(["waiting", "downloading", "installed", "healthy", "committed", "rolled_back", "failed"]);
-export const DEVICE_END_REASONS = Object.freeze(["device_ended", "device_unpaired", "camera_failed", "device_busy", "stream_stalled"]);
+export const DEVICE_END_REASONS = Object.freeze(["device_ended", "device_unpaired", "camera_failed", "device_busy", "stream_stalled", "codec_unsupported"]);
+export const SETTINGS_REFUSALS = Object.freeze(["not_supported", "invalid", "camera_failed", "in_progress"]);
+
+/** The snapshot data channel (protocol/snapshot.py): pictures peer to peer. */
+export const SNAPSHOT = Object.freeze({
+  CHANNEL: "snapshot",
+  CHUNK_BYTES: 16384,
+  MAX_BYTES: 2097152,
+  ERROR_CODES: Object.freeze(["rate_limited", "busy", "no_picture", "invalid_request"]),
+});

@@ -26,6 +26,7 @@ import { MSG } from "./protocol.js";
 import { backoffDelay } from "./signaling.js";
 import { describeEnd, describeError } from "./errors.js";
 import { summarize } from "./stats.js";
+import { openSnapshotChannel } from "./snapshots.js";
 
 const READY_TIMEOUT_MS = 15_000; // watch_request -> watch_ready
 const CONNECT_TIMEOUT_MS = 30_000; // watch_ready -> peer connection "connected"
@@ -447,6 +448,7 @@ export class Watch extends EventTarget {
     });
     this.pc = pc;
     preferH264(pc.addTransceiver("video", { direction: "recvonly" }));
+    this.snapshots = openSnapshotChannel(pc); // JPEGs peer to peer (snapshots.js)
     pc.ontrack = (event) => {
       if (pc !== this.pc) return;
       this.stream = event.streams[0] || new MediaStream([event.track]);

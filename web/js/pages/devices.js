@@ -5,6 +5,7 @@ import { h, replace } from "../dom.js";
 import { MSG } from "../protocol.js";
 import { ago } from "../time.js";
 import { cardLine, windowForm } from "../updates.js";
+import { cameraThumbnail } from "../snapshots.js";
 
 const REFRESH_MS = 30_000;
 
@@ -95,9 +96,10 @@ export function render(ctx) {
       "data-testid": "watch",
     }, "Watch");
 
+    const thumb = cameraThumbnail(device); // its latest picture, kept in this browser only
     const card = h("article", { class: "card device-card", "data-testid": "device-card", "data-device-id": id },
       h("a", { class: "device-thumb", href: `#/watch/${encodeURIComponent(id)}`, "aria-label": `Watch ${device.name}`, tabindex: -1 },
-        h("img", { src: "img/camera.svg", alt: "", width: 48, height: 48 }),
+        thumb,
       ),
       h("div", { class: "device-body" },
         name,
@@ -188,6 +190,7 @@ export function render(ctx) {
       device.online = online;
       if (!online) device.last_seen = new Date().toISOString();
       status.className = `status ${online ? "online" : "offline"}`;
+      thumb.setOnline(online);
       status.textContent = statusText(device);
       watchLink.classList.toggle("disabled", !online);
     };

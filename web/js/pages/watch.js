@@ -4,6 +4,7 @@
 import * as api from "../api.js";
 import { h } from "../dom.js";
 import { Watch } from "../watch.js";
+import { snapshotButton } from "../snapshots.js";
 
 export function forceRelay() {
   return new URLSearchParams(window.location.search).get("relay") === "1";
@@ -71,6 +72,8 @@ export function render(ctx, { deviceId }) {
 
   const watch = new Watch({ signaling: ctx.signaling, deviceId, forceRelay: forceRelay() });
   ctx.setWatch(watch);
+  const shotButton = snapshotButton({ watch, video, cameraName: () => title.textContent });
+  fullButton.before(shotButton);
 
   function play() {
     video.play().then(
@@ -131,6 +134,7 @@ export function render(ctx, { deviceId }) {
   watch.start();
 
   return () => {
+    shotButton.dispose();
     watch.dispose();
     ctx.setWatch(null);
     video.srcObject = null;
