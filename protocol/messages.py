@@ -172,6 +172,7 @@ EndReason = Literal[
     "viewer_disconnected",
     "device_disconnected",
     "device_unpaired",
+    "access_revoked",
     "expired",
     "error",
     "camera_failed",

@@ -11,6 +11,7 @@ import pytest
 
 from protocol import about
 
+
 def _parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
     from cloud import cli as cloud_cli
     from device import cli as agent_cli

@@ -48,6 +48,6 @@ export const CLOSE = Object.freeze({
 });
 
 export const ERROR_CODES = Object.freeze(["invalid_json", "invalid_message", "unknown_type", "too_large", "binary_not_supported", "not_authenticated", "already_authenticated", "forbidden", "not_found", "device_offline", "session_not_found", "not_session_party", "rate_limited", "device_busy", "too_many_connections", "unavailable", "internal"]);
-export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "expired", "error", "camera_failed", "device_busy", "stream_stalled"]);
+export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "access_revoked", "expired", "error", "camera_failed", "device_busy", "stream_stalled"]);
 export const UPDATE_STATES = Object.freeze(["waiting", "downloading", "installed", "healthy", "committed", "rolled_back", "failed"]);
 export const DEVICE_END_REASONS = Object.freeze(["device_ended", "device_unpaired", "camera_failed", "device_busy", "stream_stalled"]);
