@@ -20,7 +20,7 @@ from cloud.errors import ApiError
 from cloud.identity import Identity
 from cloud.live import KICK
 from cloud.services import Services
-from cloud.store import ClaimOutcome, Device, DuplicateError
+from cloud.store import ClaimOutcome, Device, DuplicateError, HistoryScope, WatchSession
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -65,6 +65,12 @@ class DeviceOut(msgspec.Struct):
     online: bool
     last_seen: str | None
     paired_at: str | None
+    #: "owner", or "viewer" for a camera shared with the caller (watch only).
+    role: str = "owner"
+    #: A shared camera's owner (their e-mail address, the account's only name); None when owned.
+    shared_by: str | None = None
+    #: An owned camera: how many accounts it is shared with.  None for a viewer.
+    viewers: int | None = None
 
 
 class PairedOut(msgspec.Struct):
@@ -94,6 +100,11 @@ class Rename(msgspec.Struct, forbid_unknown_fields=True):
 class SessionOut(msgspec.Struct):
     session_id: str
     viewer_id: str
+    #: The viewer's e-mail address (None once that account was deleted).
+    viewer_email: str | None
+    device_id: str
+    #: "owner" or "viewer": the viewer's role on the camera now (None: no longer allowed).
+    viewer_role: str | None
     started_at: str
     ended_at: str | None
     end_reason: str | None
@@ -174,13 +185,21 @@ async def _limit(svc: Services, *checks: tuple[str, str, str]) -> None:
         )
 
 
-async def _device_out(svc: Services, devices: list[Device]) -> list[DeviceOut]:
+async def _device_out(
+    svc: Services,
+    devices: list[Device],
+    shared: dict[str, str] | None = None,
+    viewer_counts: dict[str, int] | None = None,
+) -> list[DeviceOut]:
     """With live presence: an online camera was last seen at its last heartbeat (accurate to
-    one heartbeat, without a database write per heartbeat); an offline one when it went."""
+    one heartbeat, without a database write per heartbeat); an offline one when it went.
+    ``shared``: the owner's e-mail of each camera the caller views (not owns)."""
     presence = await svc.live.presence([d.id for d in devices])
+    shared = shared or {}
     out = []
     for d in devices:
         live = presence.get(d.id)
+        viewer = d.id in shared
         out.append(
             DeviceOut(
                 device_id=d.id,
@@ -189,17 +208,24 @@ async def _device_out(svc: Services, devices: list[Device]) -> list[DeviceOut]:
                 online=live is not None,
                 last_seen=_iso(live.heard_at if live is not None else d.last_seen),
                 paired_at=_iso(d.paired_at),
+                role="viewer" if viewer else "owner",
+                shared_by=shared.get(d.id),
+                viewers=None if viewer else (viewer_counts or {}).get(d.id, 0),
             )
         )
     return out
 
 
-async def _owned_device(svc: Services, device_id: str, user_id: str) -> Device:
-    device = await svc.store.device(_device_id(device_id))
-    if device is None or device.owner_id != user_id:
+async def _owned_device(svc: Services, device_id: str, user_id: str, action: str = "") -> Device:
+    """The caller's own camera, or 404; a viewer of it gets 403 naming ``action`` (it knows the
+    camera exists, and should hear that only its owner may do that)."""
+    access = await svc.store.access(_device_id(device_id), user_id)
+    if access is None or access.role is None:
         # The same answer whether it does not exist or is someone else's: ids are not probed.
         raise ApiError(404, "not_found", "no such camera on your account")
-    return device
+    if access.role != "owner":
+        raise ApiError(403, "owner_only", f"only the camera's owner may {action or 'do that'}")
+    return access.device
 
 
 # --- devices -----------------------------------------------------------------------------------
@@ -250,10 +276,21 @@ async def retire_device(request: Request[Any, Any, Any], state: State, device_id
 
 @get("/api/devices", tags=["devices"], security=BEARER)
 async def list_devices(request: Request[Any, Any, Any], state: State) -> DeviceList:
-    """The caller's cameras with live presence."""
+    """The caller's cameras with live presence: its own (``role: owner``), then those shared with
+    it (``role: viewer``, ``shared_by``: the owner's e-mail)."""
     svc = services(state)
     user_id = await current_user(request, svc)
-    return DeviceList(devices=await _device_out(svc, await svc.store.devices_of(user_id)))
+    owned = await svc.store.devices_of(user_id)
+    shared = await svc.sharing.shared_with(user_id)
+    counts = await svc.sharing.viewer_counts([d.id for d in owned])
+    return DeviceList(
+        devices=await _device_out(
+            svc,
+            [*owned, *(s.device for s in shared)],
+            shared={s.device.id: s.owner_email for s in shared},
+            viewer_counts=counts,
+        )
+    )
 
 
 @patch("/api/devices/{device_id:str}", tags=["devices"], security=BEARER)
@@ -265,10 +302,12 @@ async def rename_device(
     name = checked_text("name", data.name)
     if not name:
         raise ApiError(422, "invalid_input", "name: must not be blank")
+    await _owned_device(svc, device_id, user_id, "rename it")
     device = await svc.store.rename_device(_device_id(device_id), user_id, name)
     if device is None:
         raise ApiError(404, "not_found", "no such camera on your account")
-    return (await _device_out(svc, [device]))[0]
+    counts = await svc.sharing.viewer_counts([device.id])
+    return (await _device_out(svc, [device], viewer_counts=counts))[0]
 
 
 @delete(
@@ -278,10 +317,11 @@ async def rename_device(
     security=BEARER,
 )
 async def unpair_device(request: Request[Any, Any, Any], state: State, device_id: str) -> None:
-    """Unpair: the camera becomes claimable again and its owner's live sessions end."""
+    """Unpair: the camera becomes claimable again, its shares are dropped, and every live
+    session on it ends (its owner's and its viewers')."""
     svc = services(state)
     user_id = await current_user(request, svc)
-    await _owned_device(svc, device_id, user_id)
+    await _owned_device(svc, device_id, user_id, "unpair it")
     if not await svc.store.unpair(device_id, user_id):
         raise ApiError(404, "not_found", "no such camera on your account")
     await svc.hub.device_unpaired(device_id)
@@ -294,25 +334,71 @@ async def device_sessions(
     device_id: str,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
 ) -> SessionList:
-    """Watch-session history of one of the caller's cameras since they paired it, newest
-    first (a camera's next owner does not learn who watched it before)."""
+    """Watch-session history of one of the caller's cameras since they paired it, newest first
+    (a camera's next owner does not learn who watched it before), with who watched: the owner
+    and the accounts it is shared with.  A viewer of a shared camera sees only its own sessions
+    since it was shared with it."""
     svc = services(state)
     user_id = await current_user(request, svc)
-    device = await _owned_device(svc, device_id, user_id)
-    # Only this pairing's sessions: a previous owner's history is not the new owner's business.
-    rows = await svc.store.sessions_of_device(device_id, limit, since=device.paired_at)
-    return SessionList(
-        sessions=[
-            SessionOut(
-                session_id=r.id,
-                viewer_id=r.viewer_id,
-                started_at=_iso(r.started_at) or "",
-                ended_at=_iso(r.ended_at),
-                end_reason=r.end_reason,
-            )
-            for r in rows
-        ]
-    )
+    access = await svc.store.access(_device_id(device_id), user_id)
+    if access is None or access.role is None:
+        raise ApiError(404, "not_found", "no such camera on your account")
+    scope = await _history_scope(svc, access.device, access.role, user_id)
+    rows = await svc.store.session_history([scope], limit)
+    return SessionList(sessions=await _sessions_out(svc, rows))
+
+
+@get("/api/sessions", tags=["devices"], security=BEARER)
+async def account_sessions(
+    request: Request[Any, Any, Any],
+    state: State,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+) -> SessionList:
+    """Watch-session history of the account, newest first: every session on its own cameras
+    (since it paired each), and its own sessions on cameras shared with it."""
+    svc = services(state)
+    user_id = await current_user(request, svc)
+    scopes = [
+        await _history_scope(svc, d, "owner", user_id)
+        for d in (await svc.store.devices_of(user_id))[:_HISTORY_CAMERAS]
+    ]
+    for shared in (await svc.sharing.shared_with(user_id))[:_HISTORY_CAMERAS]:
+        scopes.append(HistoryScope(shared.device.id, shared.added_at, user_id))
+    rows = await svc.store.session_history(scopes, limit)
+    return SessionList(sessions=await _sessions_out(svc, rows))
+
+
+#: Cameras of each kind (owned, shared) the account history looks at.
+_HISTORY_CAMERAS = 200
+
+
+async def _history_scope(svc: Services, device: Device, role: str, user_id: str) -> HistoryScope:
+    if role == "owner":
+        # Only this pairing's sessions: a previous owner's history is not the new owner's.
+        return HistoryScope(device.id, device.paired_at, None)
+    since = await svc.sharing.viewer_since(device.id, user_id)
+    return HistoryScope(device.id, since, user_id)
+
+
+async def _sessions_out(svc: Services, rows: list[WatchSession]) -> list[SessionOut]:
+    emails = await svc.sharing.emails_of(sorted({r.viewer_id for r in rows}))
+    roles: dict[tuple[str, str], str | None] = {}
+    for key in {(r.device_id, r.viewer_id) for r in rows}:
+        access = await svc.store.access(*key)
+        roles[key] = None if access is None else access.role
+    return [
+        SessionOut(
+            session_id=r.id,
+            viewer_id=r.viewer_id,
+            viewer_email=emails.get(r.viewer_id),
+            device_id=r.device_id,
+            viewer_role=roles.get((r.device_id, r.viewer_id)),
+            started_at=_iso(r.started_at) or "",
+            ended_at=_iso(r.ended_at),
+            end_reason=r.end_reason,
+        )
+        for r in rows
+    ]
 
 
 # --- pairing -----------------------------------------------------------------------------------
@@ -524,6 +610,7 @@ ROUTES = [
     rename_device,
     unpair_device,
     device_sessions,
+    account_sessions,
     generate_code,
     pair_device,
     preview_claim,

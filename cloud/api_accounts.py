@@ -408,15 +408,18 @@ async def delete_account(
     request: Request[Any, Any, Any], state: State, data: PasswordConfirmation
 ) -> Response[None]:
     """Delete the account (its password confirms it): its cameras are unpaired and their
-    sessions end, every sign-in and socket of it is closed, its data is deleted."""
+    sessions end (their viewers' too), it stops viewing cameras shared with it, every sign-in
+    and socket of it is closed, its data is deleted."""
     svc = services_of(state)
     identity = await current_identity(request, svc)
     user = await _confirm_password(svc, request, identity, data.password)
-    cameras = await svc.store.delete_user(user.id)
-    if cameras is None:
+    deleted = await svc.store.delete_user(user.id)
+    if deleted is None:
         raise ApiError(401, "unauthorized", "that account no longer exists")
-    for device_id in cameras:
+    for device_id in deleted.owned:
         await svc.hub.device_unpaired(device_id)
+    for device_id in deleted.viewed:
+        await svc.hub.watch.end_viewer_sessions(device_id, user.id, "access_revoked")
     await svc.hub.close_viewer_sockets(user.id)
     svc.metrics.auth_events.labels("account_deleted").inc()
     return Response(None, status_code=204, cookies=[_refresh_cookie(svc, request, None)])

@@ -22,6 +22,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from cloud.api import ROUTES, services
 from cloud.api_accounts import ACCOUNT_ROUTES
+from cloud.api_sharing import SHARING_ROUTES
 from cloud.config import Settings
 from cloud.errors import ApiError, handle_http_exception, handle_unexpected
 from cloud.services import Services
@@ -89,7 +90,14 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await svc.stop()
 
-    handlers: list[Any] = [*ACCOUNT_ROUTES, *ROUTES, *UPDATE_ROUTES, ws_device, ws_viewer]
+    handlers: list[Any] = [
+        *ACCOUNT_ROUTES,
+        *ROUTES,
+        *SHARING_ROUTES,
+        *UPDATE_ROUTES,
+        ws_device,
+        ws_viewer,
+    ]
     if settings.web_dir is not None:
         handlers.append(
             create_static_files_router(

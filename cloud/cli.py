@@ -7,28 +7,37 @@ import logging
 import sys
 
 from cloud.config import VARIABLES, ConfigError, load
+from protocol import about
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     settings_help = "\n".join(f"  {k:32} {v}" for k, v in VARIABLES.items())
-    parser = argparse.ArgumentParser(
+    top = argparse.ArgumentParser(
         prog="mumu-cloud",
         description="MuMu Camera cloud: signaling, accounts, pairing, TURN credentials.",
         epilog=f"settings (environment):\n{settings_help}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the API and the signaling WebSockets")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="how much to log",
     )
     sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
     from cloud.updates import cli as update_cli  # over-the-air updates: release, rollout
 
     update_cli.add_parsers(sub)
-    args = parser.parse_args(argv)
+    return about.finish(top)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from cloud.updates import cli as update_cli
+
+    args = parser().parse_args(argv)
 
     try:
         settings = load()

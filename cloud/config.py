@@ -69,6 +69,11 @@ class Settings:
     db_pool_size: int = 10
     db_pool_timeout_s: int = 5
     retry_after_s: int = 5
+    # sharing a camera with viewers (cloud/api_sharing.py)
+    max_viewers_per_device: int = 10
+    max_invites_per_device: int = 10
+    invite_ttl_s: int = 3 * 86400
+    invite_rate: str = "30/hour"
     web_dir: Path | None = None
     # over-the-air updates (cloud/updates/)
     update_repo_dir: Path | None = None
@@ -113,6 +118,10 @@ VARIABLES: dict[str, str] = {
     "MUMU_DB_POOL_SIZE": "PostgreSQL connections per process (and twice that in bursts; 10)",
     "MUMU_DB_POOL_TIMEOUT": "seconds a request waits for a database connection, then 503 (5)",
     "MUMU_RETRY_AFTER": "Retry-After seconds of a 503 when the database or Redis fails (5)",
+    "MUMU_MAX_VIEWERS_PER_CAMERA": "accounts one camera may be shared with as viewers (10)",
+    "MUMU_MAX_INVITES_PER_CAMERA": "open invitations (e-mail and link) one camera may have (10)",
+    "MUMU_INVITE_TTL": "seconds an invitation to watch a camera stays valid (259200: 3 days)",
+    "MUMU_INVITE_RATE": "invitations one account may make (default 30/hour)",
     "MUMU_SESSION_TTL": "seconds a watch session lives without any sign of its parties",
     "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 65: "
     "two missed heartbeats)",
@@ -191,6 +200,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         "MUMU_PAIR_CODE_BUDGET",
         "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS",
         "MUMU_REFRESH_RATE_PER_ADDRESS",
+        "MUMU_INVITE_RATE",
     ):
         if key in merged:
             try:
@@ -238,6 +248,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         db_pool_size=_int(merged, "MUMU_DB_POOL_SIZE", 10, 1, 1000),
         db_pool_timeout_s=_int(merged, "MUMU_DB_POOL_TIMEOUT", 5, 1, 120),
         retry_after_s=_int(merged, "MUMU_RETRY_AFTER", 5, 1, 3600),
+        max_viewers_per_device=_int(merged, "MUMU_MAX_VIEWERS_PER_CAMERA", 10, 1, 1000),
+        max_invites_per_device=_int(merged, "MUMU_MAX_INVITES_PER_CAMERA", 10, 1, 1000),
+        invite_ttl_s=_int(merged, "MUMU_INVITE_TTL", 3 * 86400, 1, 30 * 86400),
         turn_secret=turn_secret,
         turn_urls=turn_urls,
         stun_urls=stun_urls,

@@ -148,6 +148,33 @@ class Metrics:
             "Devices retired by a factory reset",
             registry=self.registry,
         )
+        # --- sharing ------------------------------------------------------------------------
+        self.share_events = Counter(
+            "mumu_share_events",
+            "Sharing events: invited_email, invited_link, accepted, declined, revoked, left, "
+            "invite_cancelled",
+            ["event"],
+            registry=self.registry,
+        )
+        self.share_refused = Counter(
+            "mumu_share_refused",
+            "Sharing requests refused by a bound or a rule (too_many_invites, "
+            "too_many_viewers, invalid, expired, own_camera, not_owner)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for event in (
+            "invited_email",
+            "invited_link",
+            "accepted",
+            "declined",
+            "revoked",
+            "left",
+            "invite_cancelled",
+        ):
+            self.share_events.labels(event)
+        for reason in ("too_many_invites", "too_many_viewers", "invalid", "expired"):
+            self.share_refused.labels(reason)
         for kind in ("hash", "verify"):
             for outcome in ("done", "rejected", "timeout"):
                 self.password_jobs.labels(kind, outcome)

@@ -78,3 +78,33 @@ sign_ins = Table(
     Column("revoke_reason", String(32), nullable=True),
     Column("user_agent", String(256), nullable=True),
 )
+
+#: Accounts an owner shares a camera with, as viewers (watch only).  A row holds only while the
+#: camera keeps the owner who added it: unpairing, pairing by another account, a factory reset
+#: and deleting the owner's account delete the camera's rows in the same transaction.
+device_viewers = Table(
+    "device_viewers",
+    metadata,
+    Column("device_id", String(64), ForeignKey("devices.id"), primary_key=True),
+    Column("user_id", String(64), ForeignKey("users.id"), primary_key=True),
+    Column("added_at", Float, nullable=False),
+    #: How the viewer came: "email" (an invitation to their address) or "link".
+    Column("via", String(16), nullable=False),
+    Index("ix_device_viewers_user", "user_id"),
+)
+
+#: Invitations to watch a camera, not yet accepted: to an e-mail address (``email``; the account
+#: with that address accepts it, now or after signing up) or a one-time link (``token_hash``, a
+#: keyed hash of the link's token).  Each names the owner who made it: it is void once the
+#: camera has another owner (and deleted with the camera's viewers).
+share_invites = Table(
+    "share_invites",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("device_id", String(64), ForeignKey("devices.id"), nullable=False, index=True),
+    Column("owner_id", String(64), ForeignKey("users.id"), nullable=False),
+    Column("email", String(320), nullable=True, index=True),
+    Column("token_hash", String(128), nullable=True, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)

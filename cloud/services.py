@@ -13,6 +13,7 @@ from cloud.live import LiveState, MemoryLiveState
 from cloud.metrics import Metrics
 from cloud.passwords import PasswordWork
 from cloud.ratelimit import RateLimits
+from cloud.sharing_store import SharingStore
 from cloud.signaling import SignalingHub
 from cloud.store import SqlStore, Store
 from cloud.updates.service import UpdateService
@@ -32,6 +33,7 @@ class Services:
     metrics: Metrics
     hub: SignalingHub
     updates: UpdateService
+    sharing: SharingStore
     _gc: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
@@ -82,6 +84,7 @@ class Services:
             metrics=metrics,
             hub=hub,
             updates=updates,
+            sharing=SharingStore(store),
         )
 
     async def start(self) -> None:

@@ -119,6 +119,8 @@ class SignalingHub:
         self.watch = watch or WatchService(settings, store, live, metrics)
         #: Device rows for hellos, one query for every hello of a turn of the event loop.
         self._devices: Batcher[str, Device] = Batcher(store.devices_by_id)
+        #: The viewers a camera is shared with, for its online/offline news (batched alike).
+        self._viewers: Batcher[str, list[str]] = Batcher(store.viewers_of)
         self._queue_limits = QueueLimits(settings.ws_queue_messages, settings.ws_queue_bytes)
         #: Sockets per client address slow to say hello (this process).
         self._pending_by_address: Counter[str] = Counter()
@@ -589,10 +591,11 @@ class SignalingHub:
     # --- used by the HTTP API ------------------------------------------------------------------
 
     async def _device_status(self, owner_id: str, device_id: str, online: bool) -> None:
-        await self.live.publish(
-            f"user:{owner_id}",
-            encode(DeviceStatus(payload=DeviceStatusPayload(device_id=device_id, online=online))),
-        )
+        """Tell the camera's owner and the accounts it is shared with that it came or went."""
+        text = encode(DeviceStatus(payload=DeviceStatusPayload(device_id=device_id, online=online)))
+        await self.live.publish(f"user:{owner_id}", text)
+        for viewer_id in await self._viewers.get(device_id) or ():
+            await self.live.publish(f"user:{viewer_id}", text)
 
     async def device_paired(self, device_id: str, owner_id: str) -> None:
         """After a claim committed: sessions of anyone else end, the device and owner hear."""
@@ -604,7 +607,8 @@ class SignalingHub:
         await self._device_status(owner_id, device_id, online=online)
 
     async def device_unpaired(self, device_id: str) -> None:
-        """After an unpair (or reset, or account deletion) committed: every session ends."""
+        """After an unpair (or reset, or account deletion) committed (its shares dropped with
+        it): every session ends, its owner's and its viewers'."""
         await self.watch.end_device_sessions(device_id, "device_unpaired")
         await self.live.publish(
             f"device:{device_id}", encode(PairingStatus(payload=PairingStatusPayload(paired=False)))

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import and_, bindparam, delete, event, insert, or_, select, text, update
 from sqlalchemy.engine import Row
@@ -20,7 +20,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cloud import migrate
-from cloud.schema import devices, pairing_codes, sign_ins, users, watch_sessions
+from cloud.schema import (
+    device_viewers,
+    devices,
+    pairing_codes,
+    share_invites,
+    sign_ins,
+    users,
+    watch_sessions,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,15 @@ class RetireResult:
 
 
 @dataclass(frozen=True)
+class DeletedUser:
+    """What deleting an account changed: the cameras it owned (now unowned, their viewers
+    dropped) and the cameras shared with it (it is no longer their viewer)."""
+
+    owned: list[str]
+    viewed: list[str]
+
+
+@dataclass(frozen=True)
 class WatchSession:
     id: str
     device_id: str
@@ -89,6 +106,27 @@ class WatchSession:
     started_at: float
     ended_at: float | None
     end_reason: str | None
+
+
+Role = Literal["owner", "viewer"]
+
+
+@dataclass(frozen=True)
+class Access:
+    """A device and what one account may do with it: own it, watch it as a viewer, or nothing."""
+
+    device: Device
+    role: Role | None
+
+
+@dataclass(frozen=True)
+class HistoryScope:
+    """Which sessions of one device a history shows: started at or after ``since`` (None: all),
+    of ``viewer_id`` only (None: everyone's)."""
+
+    device_id: str
+    since: float | None
+    viewer_id: str | None
 
 
 class ClaimOutcome(Enum):
@@ -123,7 +161,7 @@ class Store(Protocol):
     async def change_password(
         self, user_id: str, password_hash: str, now: float, revoke_reason: str
     ) -> bool: ...
-    async def delete_user(self, user_id: str) -> list[str] | None: ...
+    async def delete_user(self, user_id: str) -> DeletedUser | None: ...
 
     async def create_sign_in(
         self,
@@ -156,6 +194,14 @@ class Store(Protocol):
         """The owner of each of the owned ones of ``device_ids``."""
         ...
 
+    async def access(self, device_id: str, user_id: str) -> Access | None:
+        """The device and ``user_id``'s role on it, in one read (None: no such device)."""
+        ...
+
+    async def viewers_of(self, device_ids: list[str]) -> dict[str, list[str]]:
+        """The viewers (user ids) of each of ``device_ids`` that is shared."""
+        ...
+
     async def retire_device(self, device_id: str, token_hash: str, now: float) -> RetireResult: ...
 
     async def replace_pairing_code(
@@ -178,6 +224,10 @@ class Store(Protocol):
     ) -> list[WatchSession]:
         """Newest first; ``since``: only sessions started at or after it."""
         ...
+
+    async def session_history(
+        self, scopes: list[HistoryScope], limit: int
+    ) -> list[WatchSession]: ...
 
     async def open_sessions(self, started_before: float) -> list[WatchSession]: ...
 
@@ -219,6 +269,11 @@ class SqlStore:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+    def transaction(self) -> Any:
+        """One timed transaction (``async with store.transaction() as conn``), for the stores of
+        other parts (``cloud.sharing_store``) that share this engine."""
+        return self._tx()
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -279,10 +334,12 @@ class SqlStore:
             await conn.execute(_revoke(sign_ins.c.user_id == user_id, revoke_reason, now))
         return True
 
-    async def delete_user(self, user_id: str) -> list[str] | None:
-        """Delete the account and everything of it; its cameras become unowned.  The ids of
-        those cameras (their live sessions must end), or None if there was no such account."""
+    async def delete_user(self, user_id: str) -> DeletedUser | None:
+        """Delete the account and everything of it; its cameras become unowned and their viewers
+        and invitations go; it stops being a viewer of others' cameras.  What changed (live
+        sessions of those cameras must end), or None if there was no such account."""
         async with self._tx() as conn:
+            # The device rows first (locked on PostgreSQL), as every change of ownership does.
             owned = [
                 row.id
                 for row in await conn.execute(
@@ -294,12 +351,21 @@ class SqlStore:
                 .where(devices.c.owner_id == user_id)
                 .values(owner_id=None, paired_at=None)
             )
+            await drop_shares(conn, owned)
+            viewed = [
+                row.device_id
+                for row in await conn.execute(
+                    select(device_viewers.c.device_id).where(device_viewers.c.user_id == user_id)
+                )
+            ]
+            await conn.execute(delete(device_viewers).where(device_viewers.c.user_id == user_id))
+            await conn.execute(delete(share_invites).where(share_invites.c.owner_id == user_id))
             await conn.execute(delete(watch_sessions).where(watch_sessions.c.viewer_id == user_id))
             await conn.execute(delete(sign_ins).where(sign_ins.c.user_id == user_id))
             done = await conn.execute(delete(users).where(users.c.id == user_id))
             if done.rowcount != 1:
                 return None
-        return owned
+        return DeletedUser(owned, viewed)
 
     # --- sign-ins ------------------------------------------------------------------------------
 
@@ -470,7 +536,10 @@ class SqlStore:
                 .where(devices.c.id == device_id, devices.c.owner_id == owner_id)
                 .values(owner_id=None, paired_at=None)
             )
-            return bool(done.rowcount == 1)
+            if done.rowcount != 1:
+                return False
+            await drop_shares(conn, [device_id])
+        return True
 
     async def touch_device(self, device_id: str, now: float) -> None:
         await self.touch_devices([(device_id, now)])
@@ -497,6 +566,46 @@ class SqlStore:
             )
             return {row.id: row.owner_id for row in rows}
 
+    async def access(self, device_id: str, user_id: str) -> Access | None:
+        if not storable(device_id, user_id):
+            return None
+        viewer = device_viewers.alias("viewer")
+        query = (
+            select(devices, viewer.c.user_id.label("viewer_id"))
+            .select_from(
+                devices.outerjoin(
+                    viewer, and_(viewer.c.device_id == devices.c.id, viewer.c.user_id == user_id)
+                )
+            )
+            .where(devices.c.id == device_id)
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(query)).first()
+        device = _device(row)
+        if row is None or device is None:
+            return None
+        role: Role | None = None
+        if device.owner_id is not None:
+            if device.owner_id == user_id:
+                role = "owner"
+            elif row.viewer_id is not None:
+                role = "viewer"
+        return Access(device, role)
+
+    async def viewers_of(self, device_ids: list[str]) -> dict[str, list[str]]:
+        if not device_ids:
+            return {}
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(device_viewers.c.device_id, device_viewers.c.user_id).where(
+                    device_viewers.c.device_id.in_(device_ids)
+                )
+            )
+            found: dict[str, list[str]] = {}
+            for row in rows:
+                found.setdefault(row.device_id, []).append(row.user_id)
+            return found
+
     async def retire_device(self, device_id: str, token_hash: str, now: float) -> RetireResult:
         """A factory reset: the device loses its owner and its pairing codes, and its token is
         refused from now on (the stored hash gets a prefix no token hashes to).  Idempotent:
@@ -506,7 +615,6 @@ class SqlStore:
             row = (await conn.execute(select(devices).where(devices.c.id == device_id))).first()
             if row is None or row.token_hash not in (token_hash, retired_hash):
                 return RetireResult(False)
-            await conn.execute(delete(pairing_codes).where(pairing_codes.c.device_id == device_id))
             await conn.execute(
                 update(devices)
                 .where(devices.c.id == device_id)
@@ -517,6 +625,8 @@ class SqlStore:
                     retired_at=row.retired_at or now,
                 )
             )
+            await conn.execute(delete(pairing_codes).where(pairing_codes.c.device_id == device_id))
+            await drop_shares(conn, [device_id])
         return RetireResult(True, row.owner_id, newly=row.retired_at is None)
 
     # --- pairing -------------------------------------------------------------------------------
@@ -560,6 +670,9 @@ class SqlStore:
             if row.expires_at <= now:
                 await conn.execute(delete(pairing_codes).where(column == value))
                 return ClaimResult(ClaimOutcome.EXPIRED)
+            before = (
+                await conn.execute(select(devices.c.owner_id).where(devices.c.id == row.device_id))
+            ).first()
             taken = await conn.execute(
                 update(devices)
                 .where(
@@ -573,6 +686,10 @@ class SqlStore:
             )
             if taken.rowcount != 1:
                 return ClaimResult(ClaimOutcome.OWNED_BY_OTHER)
+            if before is None or before.owner_id != user_id:
+                # A new owner: nothing shared by anyone before carries over (unpairing dropped
+                # it already; this holds even if a row were left over).
+                await drop_shares(conn, [row.device_id])
             await conn.execute(
                 delete(pairing_codes).where(pairing_codes.c.device_id == row.device_id)
             )
@@ -640,6 +757,27 @@ class SqlStore:
             )
             return [s for s in map(_session, rows) if s is not None]
 
+    async def session_history(self, scopes: list[HistoryScope], limit: int) -> list[WatchSession]:
+        """Sessions in any of ``scopes``, newest first, at most ``limit``."""
+        if not scopes:
+            return []
+        conditions = []
+        for scope in scopes:
+            parts = [watch_sessions.c.device_id == scope.device_id]
+            if scope.since is not None:
+                parts.append(watch_sessions.c.started_at >= scope.since)
+            if scope.viewer_id is not None:
+                parts.append(watch_sessions.c.viewer_id == scope.viewer_id)
+            conditions.append(and_(*parts))
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(watch_sessions)
+                .where(or_(*conditions))
+                .order_by(watch_sessions.c.started_at.desc())
+                .limit(limit)
+            )
+            return [s for s in map(_session, rows) if s is not None]
+
     async def open_sessions(self, started_before: float) -> list[WatchSession]:
         async with self._tx() as conn:
             rows = await conn.execute(
@@ -657,6 +795,16 @@ class SqlStore:
 _KEEP_DEAD_SIGN_INS_S = 7 * 86400.0
 #: A retired device's token hash gets this prefix: no SHA-256 hex digest starts with it.
 RETIRED_PREFIX = "retired:"
+
+
+async def drop_shares(conn: AsyncConnection, device_ids: list[str]) -> None:
+    """Delete the viewers and invitations of ``device_ids``: part of every transaction that
+    changes a device's owner (after the device row, so that locks are always taken in the order
+    device, then shares)."""
+    if not device_ids:
+        return
+    await conn.execute(delete(device_viewers).where(device_viewers.c.device_id.in_(device_ids)))
+    await conn.execute(delete(share_invites).where(share_invites.c.device_id.in_(device_ids)))
 
 
 def storable(*values: str) -> bool:

@@ -5,13 +5,16 @@ its principal (device id or user id) and connection id; frames reach parties by 
 their addresses in the live state (``device:<id>``, ``viewer:<conn id>``).
 
 **Ownership is an invariant, not a check.**  A live session exists only while its viewer may
-watch its device:
+watch its device (:func:`may_watch`: its owner, or a viewer the owner shared it with):
 
-- ``request`` writes the session into the live state *first* and reads the device's owner from
-  the database *after*; every change of ownership (unpair, pairing by another account, a reset
-  camera, a deleted account) commits to the database *first* and ends the device's live sessions
-  *after* (:meth:`WatchService.end_device_sessions`).  Whichever runs second sees the other, so
-  no interleaving leaves a session of a former owner alive, on any process.
+- ``request`` writes the session into the live state *first* and reads the viewer's right from
+  the database *after*; every change of that right commits to the database *first* and ends
+  the affected live sessions *after*: a change of ownership (unpair, pairing by another
+  account, a reset camera, a deleted account; it drops every share of the camera in the same
+  transaction) ends all the device's sessions (:meth:`WatchService.end_device_sessions`), a
+  revoked share (or a viewer leaving) ends that viewer's sessions on the device
+  (:meth:`WatchService.end_viewer_sessions`).  Whichever runs second sees the other, so no
+  interleaving leaves a session of a former owner or viewer alive, on any process.
 - every forwarded ``signal_*`` is checked against the live record it names (never a cache held
   by a connection): it must come from one of the session's two parties — for a viewer, from the
   very socket the session is bound to — and goes only to the other.
@@ -30,7 +33,7 @@ from typing import Any, Literal
 from cloud.config import Settings
 from cloud.live import LiveSession, LiveState
 from cloud.metrics import Metrics
-from cloud.store import Device, Store
+from cloud.store import Access, Device, Store
 from cloud.turn import ice_servers
 from protocol import ProtocolError, encode
 from protocol.messages import (
@@ -70,9 +73,25 @@ class Started:
     ice_servers: list[IceServer]
 
 
-def may_watch(device: Device | None, user_id: str) -> bool:
-    """The one rule of who may watch a camera (its owner), read from the database."""
-    return device is not None and device.owner_id is not None and device.owner_id == user_id
+def may_watch(access: Access | None) -> bool:
+    """The one rule of who may watch a camera: its owner, or an account its owner shared it with
+    (``Store.access``, read from the database; a camera without an owner has no viewers)."""
+    return access is not None and access.device.owner_id is not None and access.role is not None
+
+
+#: What the camera hears when a viewer's share is revoked.  Agents decode ``watch_ended``
+#: strictly and ignore a frame they cannot decode (keeping the peer streaming!), and agents
+#: released before sharing existed do not know ``access_revoked``; for a camera both mean
+#: the same: this viewer lost its right to watch.
+_DEVICE_REASON: dict[str, EndReason] = {"access_revoked": "device_unpaired"}
+
+
+def _lost(access: Access | None) -> EndReason:
+    """Why a viewer without the right to watch lost it: its share was revoked (the camera still
+    has its owner), or the camera changed hands."""
+    if access is not None and access.device.owner_id is not None:
+        return "access_revoked"
+    return "device_unpaired"
 
 
 class WatchService:
@@ -92,8 +111,7 @@ class WatchService:
     async def request(self, viewer: Party, device_id: str) -> Started:
         """Start a session for ``viewer`` on ``device_id``; ``ProtocolError`` if it may not."""
         ref = "watch_request"
-        device = await self.store.device(device_id)
-        if not may_watch(device, viewer.principal):
+        if not may_watch(await self.store.access(device_id, viewer.principal)):
             self._refused("forbidden")
             raise ProtocolError("forbidden", "no such camera on your account", ref)
         if device_id not in await self.live.online([device_id]):
@@ -114,10 +132,10 @@ class WatchService:
                 "viewers; try again when one of them stops",
                 ref,
             )
-        # The session is visible to every process now: read ownership again.  An unpair that
-        # committed before this read is seen here; one that commits after it finds the session
-        # in the live state and ends it.
-        if not may_watch(await self.store.device(device_id), viewer.principal):
+        # The session is visible to every process now: read the right to watch again.  An
+        # unpair or a revoked share that committed before this read is seen here; one that
+        # commits after it finds the session in the live state and ends it.
+        if not may_watch(await self.store.access(device_id, viewer.principal)):
             await self.end_session(session_id, "device_unpaired", notify=False)
             self.metrics.ownership_races.inc()
             self._refused("forbidden")
@@ -137,8 +155,9 @@ class WatchService:
             self._refused("device_offline")
             raise ProtocolError("device_offline", "the camera is offline", ref)
         if await self.live.get_session(session_id) is None:
-            # Ended (its device changed hands) between the read above and the device hearing of
-            # it: that ending may have reached the device before our request did, so say it again.
+            # Ended (its device changed hands, or the share was revoked) between the read above
+            # and the device hearing of it: that ending may have reached the device before our
+            # request did, so say it again.
             await self._tell_device_ended(device_id, session_id, "device_unpaired")
             self.metrics.ownership_races.inc()
             self._refused("forbidden")
@@ -162,8 +181,9 @@ class WatchService:
             or (device_id is not None and session.device_id != device_id)
         ):
             raise ProtocolError("session_not_found", "that watch session has ended", session_id)
-        if not may_watch(await self.store.device(session.device_id), viewer.principal):
-            await self.end_session(session_id, "device_unpaired")
+        access = await self.store.access(session.device_id, viewer.principal)
+        if not may_watch(access):
+            await self.end_session(session_id, _lost(access))
             raise ProtocolError("session_not_found", "that watch session has ended", session_id)
         await self.live.rebind_viewer(session_id, viewer.conn_id, self.settings.session_ttl_s)
         await self._peer_status(f"device:{session.device_id}", session, "connected")
@@ -220,7 +240,16 @@ class WatchService:
             text = encode(
                 WatchEnded(payload=WatchEndedPayload(session_id=session_id, reason=reason))
             )
-            await self.live.publish(f"device:{session.device_id}", text)
+            device_reason = _DEVICE_REASON.get(reason, reason)
+            if device_reason != reason:
+                device_text = encode(
+                    WatchEnded(
+                        payload=WatchEndedPayload(session_id=session_id, reason=device_reason)
+                    )
+                )
+            else:
+                device_text = text
+            await self.live.publish(f"device:{session.device_id}", device_text)
             await self.live.publish(f"viewer:{session.viewer_conn}", text)
         return True
 
@@ -230,6 +259,15 @@ class WatchService:
         ended = 0
         for session in await self.live.sessions_of_device(device_id):
             ended += await self.end_session(session.session_id, reason)
+        return ended
+
+    async def end_viewer_sessions(self, device_id: str, user_id: str, reason: EndReason) -> int:
+        """End every live session of ``user_id`` on a device: called *after* the end of that
+        viewer's right to watch it (a revoked share) has been committed to the database."""
+        ended = 0
+        for session in await self.live.sessions_of_device(device_id):
+            if session.viewer_id == user_id:
+                ended += await self.end_session(session.session_id, reason)
         return ended
 
     async def _tell_device_ended(self, device_id: str, session_id: str, reason: EndReason) -> None:
@@ -271,7 +309,7 @@ class WatchService:
                 record is None
                 or record.device_id != device.id
                 or record.ended_at is not None
-                or not may_watch(device, record.viewer_id)
+                or not may_watch(await self.store.access(device.id, record.viewer_id))
             ):
                 continue
             adopted = LiveSession(session_id, device.id, record.viewer_id, "", record.started_at)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from device.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, AgentConfig, ConfigError, load
+from protocol import about
 
 if TYPE_CHECKING:
     from device.provisioning import Display, Screen
@@ -39,22 +40,45 @@ def _parser() -> argparse.ArgumentParser:
             f"{DEFAULT_CONFIG_FILE} (which may be missing); flags override the file."
         ),
     )
-    run.add_argument("--config", metavar="FILE", help="YAML config file")
-    run.add_argument("--cloud", metavar="URL", help="the cloud's URL, http(s)://host[:port]")
-    run.add_argument("--camera", metavar="BACKEND", help="auto | picamera2 | v4l2 | synthetic")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"YAML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_FILE})",
+    )
+    run.add_argument(
+        "--cloud",
+        metavar="URL",
+        help="the cloud's URL, http(s)://host[:port] (default: from the config file)",
+    )
+    run.add_argument(
+        "--camera",
+        metavar="BACKEND",
+        help="auto | picamera2 | v4l2 | synthetic (default: from the config file, else auto)",
+    )
     run.add_argument(
         "--display",
         metavar="BACKEND",
         action="append",
-        help="console | oled | led | png | none (repeatable; replaces the configured ones)",
+        help="console | oled | led | png | none (repeatable; replaces the configured ones; "
+        "default: from the config file)",
     )
-    run.add_argument("--state-dir", metavar="DIR", help="where the credentials are kept")
-    run.add_argument("--name", help="the device's name when it registers")
     run.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="default: info"
+        "--state-dir",
+        metavar="DIR",
+        help="where the credentials are kept (default: from the config file, else /var/lib/mumu)",
+    )
+    run.add_argument(
+        "--name",
+        help="the device's name when it registers (default: from the config file, else the "
+        "host name)",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (default: from the config file, else info)",
     )
     sub.add_parser("probe", help="list the cameras and encoders this device has")
-    return parser
+    return about.finish(parser)
 
 
 def _fail(message: str) -> None:

@@ -572,19 +572,26 @@ def show_problems(problems: Iterable[Problem], system: System, hold_s: float) ->
         time.sleep(hold_s)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    from protocol import about
+
+    top = argparse.ArgumentParser(
         prog="mumu-firstboot", description="Apply mumu.txt from the boot partition."
     )
-    parser.add_argument("--root", type=Path, default=Path("/"), help="the system to change")
-    parser.add_argument("--boot", type=Path, help="the boot partition (default: found)")
-    parser.add_argument(
+    top.add_argument("--root", type=Path, default=Path("/"), help="the system to change")
+    top.add_argument("--boot", type=Path, help="the boot partition (default: found)")
+    top.add_argument(
         "--hold",
         type=float,
         default=float(os.environ.get("MUMU_FIRSTBOOT_HOLD", "15")),
-        help="seconds a problem stays on an OLED/LED before the agent starts (15)",
+        help="seconds a problem stays on an OLED/LED before the agent starts "
+        "($MUMU_FIRSTBOOT_HOLD)",
     )
-    args = parser.parse_args(argv)
+    return about.finish(top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     from device.systemd import configure_logging
 
     configure_logging("info", identifier="mumu-firstboot")

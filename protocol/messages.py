@@ -173,6 +173,7 @@ EndReason = Literal[
     "viewer_disconnected",
     "device_disconnected",
     "device_unpaired",
+    "access_revoked",
     "expired",
     "error",
     "camera_failed",

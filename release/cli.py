@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from device.update.install import UPDATER_VERSION
+from protocol import about
 from release import keys
 from release.build import ARCHES, BuildError, build
 from release.repo import RepoError, UpdateRepository
@@ -27,60 +28,89 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mumu-release",
         description="Build MuMu agent release bundles and keep the signed (TUF) repository.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Typical use (docs/updates.md has the key ceremony)::", 1)[1],
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build a bundle: the agent + its dependencies as wheels")
     b.add_argument("--version", required=True, help="the release's version (PEP 440)")
-    b.add_argument("--arch", choices=ARCHES, default="aarch64")
+    b.add_argument("--arch", choices=ARCHES, default="aarch64", help="the device's architecture")
     b.add_argument("--python", default="3.11", help="the device's Python (bookworm: 3.11)")
-    b.add_argument("--out", type=Path, default=Path("dist"))
+    b.add_argument("--out", type=Path, default=Path("dist"), help="where the bundle is written")
     b.add_argument("--source", type=Path, help="the source tree (default: this one)")
-    b.add_argument("--min-updater", type=int, default=UPDATER_VERSION)
     b.add_argument(
-        "--cache", type=Path, help="reuse downloaded dependency wheels from this directory"
+        "--min-updater",
+        type=int,
+        default=UPDATER_VERSION,
+        help="the oldest updater (mumu-update) that may install the bundle",
+    )
+    b.add_argument(
+        "--cache",
+        type=Path,
+        help="reuse downloaded dependency wheels from this directory (default: download afresh)",
     )
 
     i = sub.add_parser("init", help="create a repository and its keys (offline machine)")
-    i.add_argument("--repo", type=Path, required=True)
+    i.add_argument("--repo", type=Path, required=True, help="the repository's directory")
     i.add_argument("--keys", type=Path, required=True, help="where the new keys are written")
-    i.add_argument("--root-keys", type=int, default=3)
-    i.add_argument("--threshold", type=int, default=2)
+    i.add_argument("--root-keys", type=int, default=3, help="how many root keys to make")
+    i.add_argument("--threshold", type=int, default=2, help="root keys that must sign a new root")
 
     p = sub.add_parser("publish", help="sign bundles into the repository (targets key)")
-    p.add_argument("--repo", type=Path, required=True)
-    p.add_argument("--targets-key", type=Path, required=True)
-    p.add_argument("--online-key", type=Path, required=True)
-    p.add_argument("bundles", type=Path, nargs="+")
+    p.add_argument("--repo", type=Path, required=True, help="the repository's directory")
+    p.add_argument("--targets-key", type=Path, required=True, help="the targets key (.key)")
+    p.add_argument("--online-key", type=Path, required=True, help="the online key (.key)")
+    p.add_argument("bundles", type=Path, nargs="+", help="bundles made by 'build'")
 
     r = sub.add_parser(
         "renew", help="re-sign snapshot and timestamp with the online key (run every 12 h)"
     )
-    r.add_argument("--repo", type=Path, required=True)
-    r.add_argument("--online-key", type=Path, required=True)
-    r.add_argument("--targets-key", type=Path, help="also re-sign targets (twice a year)")
+    r.add_argument("--repo", type=Path, required=True, help="the repository's directory")
+    r.add_argument("--online-key", type=Path, required=True, help="the online key (.key)")
+    r.add_argument(
+        "--targets-key", type=Path, help="also re-sign targets (twice a year; default: not)"
+    )
 
     ls = sub.add_parser("list", help="the published bundles and the metadata's expiry")
-    ls.add_argument("--repo", type=Path, required=True)
+    ls.add_argument("--repo", type=Path, required=True, help="the repository's directory")
 
     k = sub.add_parser("keygen", help="a new key (a root key holder's, or a replacement)")
-    k.add_argument("--keys", type=Path, required=True)
-    k.add_argument("--name", required=True)
+    k.add_argument("--keys", type=Path, required=True, help="where the new key is written")
+    k.add_argument("--name", required=True, help="the key's file name, without extension")
 
     rot = sub.add_parser(
         "rotate-root",
         help="write the next root version; needs a threshold of old AND new root keys",
     )
-    rot.add_argument("--repo", type=Path, required=True)
-    rot.add_argument("--sign", type=Path, action="append", default=[], help="a root key (.key)")
-    rot.add_argument("--add-root-key", type=Path, action="append", default=[], help=".pub.json")
-    rot.add_argument("--remove-root-key", action="append", default=[], help="a key id")
-    rot.add_argument("--threshold", type=int)
-    rot.add_argument("--online-key", type=Path, help="a new online key's .pub.json")
-    rot.add_argument("--targets-key", type=Path, help="a new targets key's .pub.json")
-    return parser
+    rot.add_argument("--repo", type=Path, required=True, help="the repository's directory")
+    rot.add_argument(
+        "--sign",
+        type=Path,
+        action="append",
+        default=[],
+        help="a root key (.key); repeatable (default: none)",
+    )
+    rot.add_argument(
+        "--add-root-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="a new root key's .pub.json; repeatable (default: none)",
+    )
+    rot.add_argument(
+        "--remove-root-key",
+        action="append",
+        default=[],
+        help="a key id; repeatable (default: none)",
+    )
+    rot.add_argument("--threshold", type=int, help="root keys that must sign (default: unchanged)")
+    rot.add_argument(
+        "--online-key", type=Path, help="a new online key's .pub.json (default: unchanged)"
+    )
+    rot.add_argument(
+        "--targets-key", type=Path, help="a new targets key's .pub.json (default: unchanged)"
+    )
+    return about.finish(parser)
 
 
 def main(argv: list[str] | None = None) -> None:

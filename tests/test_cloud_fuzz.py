@@ -159,6 +159,9 @@ ENDPOINTS = [
     ("PATCH", "/api/devices/not-a-device"),
     ("POST", "/api/pairing/generate?device_id={device_id}"),
     ("GET", "/api/devices/{device_id}/sessions"),
+    ("POST", "/api/devices/{device_id}/invites"),
+    ("POST", "/api/invite-links/preview"),
+    ("POST", "/api/invite-links/accept"),
 ]
 
 

@@ -189,7 +189,8 @@ async def test_password_change_and_account_deletion(store: SqlStore) -> None:
         await store.replace_pairing_code(device, f"c-{device}", f"k-{device}", 100.0, 1.0)
         await store.claim(code_hash=f"c-{device}", claim_hash=None, user_id=owner, now=2.0)
     await store.start_session("w1", "d1", "u1", 3.0)
-    assert sorted(await store.delete_user("u1") or []) == ["d1", "d2"]
+    deleted = await store.delete_user("u1")
+    assert deleted is not None and sorted(deleted.owned) == ["d1", "d2"] and deleted.viewed == []
     assert await store.user_by_id("u1") is None and await store.sign_in("s1") is None
     assert await store.session("w1") is None
     d1 = await store.device("d1")
@@ -319,3 +320,103 @@ def test_two_processes_migrate_the_same_database_at_once(db_url: str, tmp_path: 
             await store.close()
 
     asyncio.run(check())
+
+
+# --- sharing -------------------------------------------------------------------------------------
+
+
+async def _paired(store: SqlStore, device: str, owner: str, now: float) -> None:
+    await store.replace_pairing_code(device, f"c-{device}-{now}", f"k-{device}-{now}", 1e12, now)
+    result = await store.claim(
+        code_hash=f"c-{device}-{now}", claim_hash=None, user_id=owner, now=now
+    )
+    assert result.outcome is ClaimOutcome.PAIRED
+
+
+async def test_an_accept_racing_an_unpair_never_leaves_a_viewer(store: SqlStore) -> None:
+    """Accepting takes the device row before the share rows, as unpairing does: whichever
+    commits second sees the other, and no viewer of an unowned camera is left (PostgreSQL runs
+    the two truly at once)."""
+    from cloud.sharing_store import AcceptOutcome, Invite, InviteOutcome, SharingStore
+
+    sharing = SharingStore(store)
+    await store.create_user("owner", "o@example.com", "h", 1.0)
+    await store.create_user("viewer", "v@example.com", "h", 1.0)
+    await store.create_device("d1", "cam", "pi", "tok", 1.0)
+    outcomes: set[AcceptOutcome] = set()
+    for i in range(60):
+        now = 10.0 + i
+        await _paired(store, "d1", "owner", now)
+        invite = Invite(f"i{i}", "d1", "owner", None, f"t{i}", now, now + 100)
+        assert await sharing.create_invite(invite, 10, 10) is InviteOutcome.CREATED
+        accepted, unpaired = await asyncio.gather(
+            sharing.accept(
+                token_hash=f"t{i}", user_id="viewer", email="v@example.com", now=now, max_viewers=10
+            ),
+            store.unpair("d1", "owner"),
+        )
+        assert unpaired
+        outcomes.add(accepted.outcome)
+        assert await store.viewers_of(["d1"]) == {}
+        assert await sharing.shared_with("viewer") == []
+        assert await sharing.invites_of_device("d1", now) == []
+        access = await store.access("d1", "viewer")
+        assert access is not None and access.role is None
+    assert outcomes <= {AcceptOutcome.ACCEPTED, AcceptOutcome.INVALID}
+
+
+async def test_shares_are_dropped_with_every_change_of_owner(store: SqlStore) -> None:
+    from cloud.sharing_store import Invite, InviteOutcome, SharingStore
+
+    sharing = SharingStore(store)
+    for user in ("owner", "viewer", "other"):
+        await store.create_user(user, f"{user}@example.com", "h", 1.0)
+    await store.create_device("d1", "cam", "pi", "tok", 1.0)
+
+    async def shared(now: float) -> None:
+        await _paired(store, "d1", "owner", now)
+        link = Invite(f"l{now}", "d1", "owner", None, f"t{now}", now, now + 100)
+        assert await sharing.create_invite(link, 10, 10) is InviteOutcome.CREATED
+        result = await sharing.accept(
+            token_hash=f"t{now}",
+            user_id="viewer",
+            email="viewer@example.com",
+            now=now,
+            max_viewers=10,
+        )
+        assert result.device is not None
+        mail = Invite(f"m{now}", "d1", "owner", "other@example.com", None, now, now + 100)
+        assert await sharing.create_invite(mail, 10, 10) is InviteOutcome.CREATED
+        access = await store.access("d1", "viewer")
+        assert access is not None and access.role == "viewer"
+        assert await store.viewers_of(["d1"]) == {"d1": ["viewer"]}
+
+    async def gone(now: float) -> None:
+        assert await store.viewers_of(["d1"]) == {}
+        assert await sharing.invites_for("other@example.com", now) == []
+        assert await sharing.invites_of_device("d1", now) == []
+
+    await shared(10.0)
+    assert await store.unpair("d1", "owner")
+    await gone(10.0)
+
+    await shared(20.0)
+    result = await store.retire_device("d1", "tok", 21.0)
+    assert result.retired
+    await gone(21.0)
+
+    await store.create_device("d2", "cam", "pi", "tok2", 1.0)
+    await _paired(store, "d2", "owner", 30.0)
+    link = Invite("l30", "d2", "owner", None, "t30", 30.0, 130.0)
+    assert await sharing.create_invite(link, 10, 10) is InviteOutcome.CREATED
+    await sharing.accept(
+        token_hash="t30", user_id="viewer", email="viewer@example.com", now=30.0, max_viewers=10
+    )
+    # the viewer's account goes: it views nothing; then the owner's: the camera has no shares
+    deleted = await store.delete_user("viewer")
+    assert deleted is not None and deleted.viewed == ["d2"] and deleted.owned == []
+    mail = Invite("m31", "d2", "owner", "other@example.com", None, 31.0, 131.0)
+    assert await sharing.create_invite(mail, 10, 10) is InviteOutcome.CREATED
+    deleted = await store.delete_user("owner")
+    assert deleted is not None and deleted.owned == ["d2"]
+    assert await sharing.invites_for("other@example.com", 32.0) == []

@@ -27,17 +27,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     release = sub.add_parser("release", help="releases the cloud may offer (after mumu-release)")
     rsub = release.add_subparsers(dest="action", required=True)
     add = rsub.add_parser("add", help="make a signed release known (its arches from the repo)")
-    add.add_argument("version")
+    add.add_argument("version", help="the release's version, as signed by mumu-release")
     add.add_argument("--arch", action="append", help="aarch64, x86_64 (default: as signed)")
-    add.add_argument("--notes", default="")
+    add.add_argument("--notes", default="", help="release notes shown to operators")
     rsub.add_parser("list", help="the known releases")
 
     rollout = sub.add_parser("rollout", help="staged rollouts: start, raise, pause, resume")
     osub = rollout.add_subparsers(dest="action", required=True)
     start = osub.add_parser("start", help="offer VERSION to PERCENT %% of a channel's devices")
-    start.add_argument("version")
-    start.add_argument("--percent", type=float, required=True)
-    start.add_argument("--channel", default="stable")
+    start.add_argument("version", help="a release made known with 'release add'")
+    start.add_argument(
+        "--percent", type=float, required=True, help="share of the channel's devices, 0..100"
+    )
+    start.add_argument("--channel", default="stable", help="the devices' update channel")
     start.add_argument(
         "--threshold", type=float, default=DEFAULT_THRESHOLD, help="failure rate that pauses it"
     )
@@ -45,14 +47,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--min-sample", type=int, default=DEFAULT_MIN_SAMPLE, help="devices tried before judging"
     )
     raise_ = osub.add_parser("set", help="raise a rollout's percentage")
-    raise_.add_argument("id", type=int)
-    raise_.add_argument("--percent", type=float, required=True)
+    raise_.add_argument("id", type=int, help="the rollout's id ('rollout list')")
+    raise_.add_argument(
+        "--percent", type=float, required=True, help="the new share of devices, 0..100"
+    )
     for name, words in (
         ("pause", "stop offering it"),
         ("resume", "offer it again"),
         ("cancel", "end it"),
     ):
-        osub.add_parser(name, help=words).add_argument("id", type=int)
+        osub.add_parser(name, help=words).add_argument(
+            "id", type=int, help="the rollout's id ('rollout list')"
+        )
     osub.add_parser("list", help="rollouts with their counts and failure reasons")
 
 

@@ -28,6 +28,7 @@ from device.update.machine import Updater
 from device.update.services import Systemd
 from device.update.settings import DEFAULT_FILE, SettingsError, UpdaterSettings
 from device.update.settings import load as load_settings
+from protocol import about
 
 SETTINGS_ENV = "MUMU_UPDATE_SETTINGS"
 
@@ -69,20 +70,24 @@ def status_text(updater: Updater) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mumu-update", description=__doc__.split("\n")[0])
-    parser.add_argument(
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mumu-update", description=__doc__.split("\n")[0])
+    top.add_argument(
         "--settings",
         type=Path,
         default=Path(os.environ.get(SETTINGS_ENV, str(DEFAULT_FILE))),
-        help=f"settings file (default {DEFAULT_FILE}, or ${SETTINGS_ENV})",
+        help=f"settings file (default: ${SETTINGS_ENV}, else {DEFAULT_FILE})",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("boot", help="before the agent starts: the probation boot counter")
     sub.add_parser("run", help="act on the agent's offer and any probation, then exit")
     sub.add_parser("status", help="releases, probation and recent history")
     sub.add_parser("state", help="the raw state as JSON")
-    args = parser.parse_args(argv)
+    return about.finish(top)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(name)s: %(message)s", stream=sys.stdout)
     try:
         settings = load_settings(args.settings)

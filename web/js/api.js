@@ -100,6 +100,11 @@ async function request(method, path, body = undefined, { auth = true, retried = 
   throw apiError;
 }
 
+/** Any call of the cloud's API (for modules with their own endpoints: sharing.js). */
+export function call(method, path, body = undefined) {
+  return request(method, path, body);
+}
+
 function waitWords(seconds) {
   if (seconds < 90) return `${seconds} second${seconds === 1 ? "" : "s"}`;
   const minutes = Math.ceil(seconds / 60);

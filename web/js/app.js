@@ -1,7 +1,7 @@
 // The app shell: hash routes, the signed-in session, the signaling connection, the banner.
 //
 // Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/account
-//         #/rollouts (operators)
+//         #/rollouts (operators)  #/share/<token> (an invitation link, sharing.js)
 // Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
 
 import * as api from "./api.js";
@@ -14,6 +14,7 @@ import * as pairPage from "./pages/pair.js";
 import * as rolloutsPage from "./pages/rollouts.js";
 import * as signinPage from "./pages/signin.js";
 import * as watchPage from "./pages/watch.js";
+import * as sharing from "./sharing.js";
 
 const EXPIRED = "Your session has expired. Please sign in again.";
 
@@ -157,7 +158,8 @@ function signedIn(accessToken, email) {
   keepSignedIn();
   startSignaling();
   const claim = session.takeClaim();
-  go(claim ? `#/claim/${claim}` : "#/devices");
+  const shared = sharing.takeLink();
+  go(claim ? `#/claim/${claim}` : shared ? `#/share/${shared}` : "#/devices");
 }
 
 /** The sign-in is over (expired, revoked, signed out elsewhere): back to sign-in, saying why. */
@@ -211,6 +213,7 @@ const ROUTES = [
   { pattern: /^\/claim\/([A-Za-z0-9_.~-]+)$/, auth: "claim", show: (ctx, [claimToken]) => pairPage.renderClaim(ctx, { claimToken }) },
   { pattern: /^\/watch\/([^/]+)$/, auth: true, show: (ctx, [id]) => watchPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
   { pattern: /^\/account$/, auth: true, show: (ctx) => accountPage.render(ctx) },
+  { pattern: /^\/share\/([A-Za-z0-9_-]+)$/, auth: "share", show: (ctx, [token]) => sharing.renderAccept(ctx, { token }) },
 ];
 
 function route() {
@@ -227,6 +230,7 @@ function route() {
       },
       (error) => {
         if (match.r.auth === "claim") session.rememberClaim(match.m[1]);
+        if (match.r.auth === "share") sharing.rememberLink(match.m[1]);
         if (error instanceof session.RefreshRefused) {
           session.signOut();
           go("#/signin", error.message, "error");
@@ -247,6 +251,11 @@ function route() {
   if (r.auth === "claim" && !signed) {
     session.rememberClaim(m[1]);
     go("#/signin", "Sign in or create an account to add this camera to it.", "info");
+    return;
+  }
+  if (r.auth === "share" && !signed) {
+    sharing.rememberLink(m[1]);
+    go("#/signin", "Sign in or create an account to accept this invitation to watch a camera.", "info");
     return;
   }
   if (r.auth === true && !signed) {

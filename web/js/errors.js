@@ -19,6 +19,7 @@ const END_WORDS = {
   viewer_disconnected: "The connection to the MuMu cloud was lost.",
   device_disconnected: "The camera went offline.",
   device_unpaired: "This camera was unpaired from your account.",
+  access_revoked: "The camera's owner stopped sharing it with you.",
   expired: "The viewing session expired.",
   error: "The stream stopped because of an error.",
   camera_failed: "The camera is online, but its image sensor is not working.",

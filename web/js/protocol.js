@@ -52,7 +52,7 @@ export const RESTART_WINDOW_KEY = "reconnect_within=";
 export const RESTART_WINDOW_MAX_S = 120;
 
 export const ERROR_CODES = Object.freeze(["invalid_json", "invalid_message", "unknown_type", "too_large", "binary_not_supported", "not_authenticated", "already_authenticated", "forbidden", "not_found", "device_offline", "session_not_found", "not_session_party", "rate_limited", "device_busy", "too_many_connections", "unavailable", "internal"]);
-export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "expired", "error", "camera_failed", "device_busy", "stream_stalled", "codec_unsupported"]);
+export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewer_disconnected", "device_disconnected", "device_unpaired", "access_revoked", "expired", "error", "camera_failed", "device_busy", "stream_stalled", "codec_unsupported"]);
 export const UPDATE_STATES = Object.freeze(["waiting", "downloading", "installed", "healthy", "committed", "rolled_back", "failed"]);
 export const DEVICE_END_REASONS = Object.freeze(["device_ended", "device_unpaired", "camera_failed", "device_busy", "stream_stalled", "codec_unsupported"]);
 export const SETTINGS_REFUSALS = Object.freeze(["not_supported", "invalid", "camera_failed", "in_progress"]);

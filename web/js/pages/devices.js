@@ -6,6 +6,7 @@ import { MSG } from "../protocol.js";
 import { ago } from "../time.js";
 import { cardLine, windowForm } from "../updates.js";
 import { cameraThumbnail } from "../snapshots.js";
+import * as sharing from "../sharing.js";
 
 const REFRESH_MS = 30_000;
 
@@ -22,6 +23,7 @@ export function render(ctx) {
         h("a", { class: "button primary", href: "#/pair", "data-testid": "add-camera" }, "+ Add camera"),
       ),
       error,
+      sharing.invitations(() => refresh()),
       list,
     ),
   );
@@ -109,9 +111,9 @@ export function render(ctx) {
       ),
       h("div", { class: "device-actions" },
         watchLink,
-        h("button", { class: "button", type: "button", "data-testid": "rename", onclick: () => openRename() }, "Rename"),
-        h("button", { class: "button", type: "button", "data-testid": "updates", onclick: () => openUpdates() }, "Updates"),
-        h("button", { class: "button subtle-danger", type: "button", "data-testid": "unpair", onclick: () => openUnpair() }, "Unpair"),
+        h("button", { class: "button", type: "button", "data-testid": "rename", "data-owner-only": true, onclick: () => openRename() }, "Rename"),
+        h("button", { class: "button", type: "button", "data-testid": "updates", "data-owner-only": true, onclick: () => openUpdates() }, "Updates"),
+        h("button", { class: "button subtle-danger", type: "button", "data-testid": "unpair", "data-owner-only": true, onclick: () => openUnpair() }, "Unpair"),
       ),
       panel,
       cardError,
@@ -185,6 +187,17 @@ export function render(ctx) {
       panel.hidden = false;
     }
 
+    sharing.decorateCard(card, device, {
+      panel,
+      actions: card.querySelector(".device-actions"),
+      showError,
+      flash: ctx.flash,
+      onGone: () => {
+        cards.delete(id);
+        card.remove();
+        if (cards.size === 0) replace(list, empty());
+      },
+    });
     card.setUpdate = (payload) => update.set(payload);
     card.setStatus = (online) => {
       device.online = online;
