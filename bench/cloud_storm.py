@@ -41,7 +41,7 @@ import httpx
 import psutil
 import redis
 import websockets
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -108,7 +108,7 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
                 finally:
                     with connected.get_lock():
                         connected.value -= 1
-            except (OSError, TimeoutError, ConnectionClosed, websockets.InvalidStatus):
+            except (OSError, TimeoutError, WebSocketException):  # refused, reset mid-handshake...
                 failures += 1
                 delay = random.uniform(0, min(30.0, 0.5 * 2 ** min(failures, 10)))
             await asyncio.sleep(delay)
