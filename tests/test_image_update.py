@@ -88,7 +88,25 @@ def test_the_built_image_updates_itself_over_the_air(
     repo = UpdateRepository(built_image.update_repo)
     world = World(tmp_path, cloud, repo, built_image.update_keys, cam, http)
     try:
-        cam.wait_active("mumu-update-boot.service", timeout=300)  # the boot check ran
+        cam.wait_booted(timeout=300)
+        # The updater's boot check ran before the agent (a oneshot: it exits), and the units
+        # that start the updater wait for an offer and for the timer.
+        shown = cam.run(
+            [
+                "systemctl",
+                "show",
+                "-p",
+                "Result",
+                "-p",
+                "ExecMainStatus",
+                "-p",
+                "ExecMainExitTimestampMonotonic",
+                "mumu-update-boot.service",
+            ]
+        ).stdout
+        boot_check = dict(line.split("=", 1) for line in shown.split())
+        assert boot_check["Result"] == "success" and boot_check["ExecMainStatus"] == "0", shown
+        assert int(boot_check["ExecMainExitTimestampMonotonic"]) > 0, shown
         for unit in ("mumu-update.path", "mumu-update.timer"):
             assert cam.unit_state(unit) == "active", unit
         world.operator = account(http, OPERATOR)
