@@ -93,7 +93,7 @@ def measure(arch: str, probation: float, health_timeout: float) -> dict[str, flo
             world = World(tmp, cloud, repo, keys_dir, container, http)
             try:
                 started = time.monotonic()
-                container.boot(timeout=300)
+                container.power_on(timeout=300)
                 world.operator = account(http, OPERATOR)
                 world.owner = account(http, "owner@example.com")
                 world.device_id = pair(world, timeout=600)

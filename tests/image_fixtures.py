@@ -154,7 +154,7 @@ class Camera(Container):
                 found.append(None)
         return found[0], found[1]
 
-    def boot(self, timeout: float = 300.0) -> None:
+    def power_on(self, timeout: float = 300.0) -> None:
         """Power on and wait for the end of the boot."""
         self.start()
         self.wait_booted(timeout)

@@ -99,7 +99,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         http = httpx.Client(base_url=cloud.url, timeout=30.0)
         world = World(tmp, cloud, repo, keys_dir, container, http)
         try:
-            container.boot()
+            container.power_on()
             world.operator = account(http, OPERATOR)
             world.owner = account(http, "owner@example.com")
             world.device_id = pair(world)
@@ -205,7 +205,7 @@ def test_power_loss_during_probation_rolls_back_at_the_next_boot(world: World) -
     container.kill()  # power loss: every process at once
     container.write("/etc/mumu/update.yaml", UPDATE_SETTINGS)
     started = time.monotonic()
-    container.boot()
+    container.power_on()
     # the boot check ran before the agent: it never started 5.0.0 again
     assert container.links() == ("2.0.0", "2.0.0")
     camera = world.wait_state("5.0.0", {"rolled_back"}, 120)
