@@ -202,9 +202,9 @@ def source_tarball() -> bytes:
 
 def test_wheels(python_version: str, into: Path) -> list[Path]:
     """pytest and its plugins as wheels the target can install offline (pure Python)."""
-    from image.build import _aarch64_platforms
+    from release.build import platforms as wheel_platforms
 
-    platforms = [arg for tag in _aarch64_platforms() for arg in ("--platform", tag)]
+    platforms = [arg for tag in wheel_platforms("aarch64") for arg in ("--platform", tag)]
     subprocess.run(
         [
             sys.executable,
