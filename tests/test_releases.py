@@ -58,3 +58,29 @@ def test_versions_are_names_not_paths(bad: str) -> None:
     )
     with pytest.raises(installer.InstallError):
         installer.Manifest.from_json(manifest.to_json())
+
+
+def test_the_image_takes_its_release_and_trust_root_from_the_repository(tmp_path: Path) -> None:
+    """``image/build --update-repo DIR --release V``: the bundle as published (checked against
+    its signed length and hash) and the repository's newest root; a tampered file is refused."""
+    from image.build import published_release, repository_root
+    from release import keys
+    from release.repo import UpdateRepository
+
+    repo = UpdateRepository.create(tmp_path / "repo", tmp_path / "keys")
+    bundle = tiny_bundle(tmp_path / "dist", "1.4.0", arch="aarch64")
+    repo.add_bundles(
+        [bundle], keys.load(tmp_path / "keys/targets.key"), keys.load(tmp_path / "keys/online.key")
+    )
+    assert repository_root(repo.path) == repo.metadata_dir / "1.root.json"
+    taken = published_release(repo.path, "1.4.0", tmp_path / "out")
+    assert taken.name == "mumu-agent-1.4.0-aarch64.tar"
+    assert taken.read_bytes() == bundle.read_bytes()
+    with pytest.raises(SystemExit, match="publishes no"):
+        published_release(repo.path, "9.9.9", tmp_path / "out")
+    (published,) = repo.targets_dir.glob("*.mumu-agent-1.4.0-aarch64.tar")
+    data = bytearray(published.read_bytes())
+    data[-1] ^= 1
+    published.write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match="signed length and hash"):
+        published_release(repo.path, "1.4.0", tmp_path / "out")
