@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -35,11 +34,13 @@ from release.build import build
 from release.repo import UpdateRepository
 from tests.cloud_fixtures import RELAXED
 from tests.cloud_process import CloudProcess
-from tests.nspawn import CACHE, Container, base_rootfs
+from tests.image_fixtures import Camera
 from tests.update_world import (
     OPERATOR,
+    OTA_CACHE,
     World,
     account,
+    base_rootfs,
     broken_source,
     pair,
     prepare_container,
@@ -55,7 +56,7 @@ def measure(arch: str, probation: float, health_timeout: float) -> dict[str, flo
         started = time.monotonic()
         base = base_rootfs(DEBIAN_ARCH[arch])
         times["base rootfs (cached after the first run)"] = time.monotonic() - started
-        cache = CACHE / "wheels"
+        cache = OTA_CACHE / "wheels"
         dist = tmp / "dist"
         started = time.monotonic()
         bundles = {
@@ -82,7 +83,7 @@ def measure(arch: str, probation: float, health_timeout: float) -> dict[str, flo
         }
         settings = f"health_timeout: {health_timeout}\nprobation: {probation}\npoll: 0.5\n"
         with CloudProcess(tmp / "cloud", env=env) as cloud:
-            container = Container(base, tmp / "camera")
+            container = Camera(base, tmp / "camera", name="mumu-update-bench")
             started = time.monotonic()
             prepare_container(
                 container, bundles["1.0.0"], cloud.url, repo.metadata_dir / "1.root.json", settings
@@ -92,7 +93,7 @@ def measure(arch: str, probation: float, health_timeout: float) -> dict[str, flo
             world = World(tmp, cloud, repo, keys_dir, container, http)
             try:
                 started = time.monotonic()
-                container.boot(timeout=300)
+                container.power_on(timeout=300)
                 world.operator = account(http, OPERATOR)
                 world.owner = account(http, "owner@example.com")
                 world.device_id = pair(world, timeout=600)
@@ -110,7 +111,7 @@ def measure(arch: str, probation: float, health_timeout: float) -> dict[str, flo
             finally:
                 container.power_off()
                 http.close()
-                shutil.rmtree(container.root, ignore_errors=True)
+                container.destroy()
     return {k: round(v, 1) for k, v in times.items()}
 
 

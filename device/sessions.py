@@ -53,6 +53,7 @@ from device.media import (
     prepare_sender,
 )
 from device.memory import give_back
+from device.systemd import log_context
 from protocol.messages import (
     DEVICE_END_REASONS,
     DeviceEndReason,
@@ -293,9 +294,7 @@ class SessionManager:
         session.transceiver = prepare_sender(pc)
         session.relays = defer_relays(pc)
         if session.relays:
-            session.relay_task = self._spawn(
-                self._allocate_relays(session), f"relay-{session.short}"
-            )
+            session.relay_task = self._spawn(session, self._allocate_relays(session), "relay")
         else:
             session.relays_done.set()
         self.counters.accepted += 1
@@ -314,7 +313,7 @@ class SessionManager:
         def on_channel(channel: Any) -> None:
             self._data_channel(session, channel)
 
-        self._spawn(self._supervise(session), f"session-{session.short}")
+        self._spawn(session, self._supervise(session), "session")
 
     def offer(self, message: SignalOffer) -> None:
         payload = message.payload
@@ -331,7 +330,7 @@ class SessionManager:
             )
             return
         session.phase = Phase.ANSWERING
-        self._spawn(self._answer(session, payload), f"answer-{session.short}")
+        self._spawn(session, self._answer(session, payload), "answer")
 
     def ice(self, payload: SignalIcePayload) -> None:
         session = self._sessions.get(payload.session_id)
@@ -343,7 +342,7 @@ class SessionManager:
             log.warning("session %s: %s", session.short, exc)
             return
         if candidate is not None:
-            self._spawn(self._add_candidate(session, candidate), f"ice-{session.short}")
+            self._spawn(session, self._add_candidate(session, candidate), "ice")
 
     def ended(self, session_id: str, reason: str) -> None:
         """``watch_ended`` from the cloud: close the peer without answering."""
@@ -403,7 +402,7 @@ class SessionManager:
         session.remote_ready.set()  # release waiting candidates and the supervisor
         session.connected.set()
         self._peers_closing += 1
-        self._spawn(self._close_peer(session), f"close-{session.short}")
+        self._spawn(session, self._close_peer(session), "close")
         self._viewers_changed()
 
     def end_all(self, reason: DeviceEndReason, *, notify: bool = True) -> None:
@@ -427,8 +426,13 @@ class SessionManager:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+    def _spawn(
+        self, session: Session, coro: Coroutine[Any, Any, None], what: str
+    ) -> asyncio.Task[None]:
+        """A task of ``session``'s: its log records carry the session's id in the journal
+        (``SESSION_ID``), and so do the tasks it creates."""
+        with log_context(session_id=session.id):
+            task = asyncio.get_running_loop().create_task(coro, name=f"{what}-{session.short}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -581,7 +585,7 @@ class SessionManager:
             "; the relay candidate follows when TURN allocates it" if pending else "",
         )
         if pending:
-            self._spawn(self._trickle_relays(session, local.sdp), f"trickle-{session.short}")
+            self._spawn(session, self._trickle_relays(session, local.sdp), "trickle")
         else:  # every candidate is in the answer: end-of-candidates right away
             self._send(SignalIce(payload=SignalIcePayload(session_id=session.id, candidate=None)))
 

@@ -4,8 +4,9 @@ On a target -- a Raspberry Pi over SSH, or the SD image booted in systemd-nspawn
 self-test -- it:
 
 1. reaches the target and checks it is a MuMu camera (``/opt/mumu/current``);
-2. installs the current build (``--install WHEELHOUSE``: ``python3 -m device.releases install
-   --activate``, then restarts the agent), or takes the flashed image as it is;
+2. installs the current build (``--install BUNDLE``, an aarch64 release bundle: the updater's
+   own installer, ``python3 -m device.update.install BUNDLE --activate``, then restarts the
+   agent), or takes the flashed image as it is;
 3. runs ``hardware-tests/`` there with the release's own Python (the agent stopped meanwhile,
    so that the camera is free), pytest writing JUnit XML -- tests whose hardware is absent skip;
 4. checks the agent is back up under systemd;
@@ -201,9 +202,9 @@ def source_tarball() -> bytes:
 
 def test_wheels(python_version: str, into: Path) -> list[Path]:
     """pytest and its plugins as wheels the target can install offline (pure Python)."""
-    from image.build import _aarch64_platforms
+    from release.build import platforms as wheel_platforms
 
-    platforms = [arg for tag in _aarch64_platforms() for arg in ("--platform", tag)]
+    platforms = [arg for tag in wheel_platforms("aarch64") for arg in ("--platform", tag)]
     subprocess.run(
         [
             sys.executable,
@@ -355,23 +356,24 @@ def run(
     with report.step("install the current build") as case:
         if install is None:
             raise Skip("a flashed image: nothing to install")
-        wheels = sorted(install.glob("*.whl"))
-        # A release of its own (the running one is never rebuilt in place), switched to as an
-        # update would be; the previous release stays installed.
-        from device.releases import wheel_version
+        # A release of its own version (the running one is never rebuilt in place: build the
+        # bundle as, say, 0.1.0+bench.<time>), installed by the updater's own installer and made
+        # current and committed (the boot check would otherwise put the committed one back);
+        # the previous release stays installed.
+        from device.update.install import read_manifest
 
-        name = f"{wheel_version(install)}-bench-{int(time.time())}"
+        manifest = read_manifest(install)
         target.sh(f"rm -rf {WORK}/install && mkdir -p {WORK}")
-        target.sh(f"tar -x -C {WORK}", input=tar_of(wheels, "install"))
+        target.sh(f"tar -x -C {WORK}", input=tar_of([install], "install"))
+        bundle = f"{WORK}/install/{install.name}"
+        target.sh(f"cd {WORK}/install && tar -xf {install.name} --wildcards 'wheels/mumu_camera-*'")
         out = target.sh(
-            f"python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); "
-            f"from device.releases import main; sys.argv[1:] = sys.argv[2:]; "
-            f"raise SystemExit(main())' $(ls {WORK}/install/mumu_camera-*.whl) "
-            f"install --wheelhouse {WORK}/install --version {name} --activate",
+            f"PYTHONPATH=$(ls {WORK}/install/wheels/mumu_camera-*.whl) "
+            f"python3 -m device.update.install {bundle} --root /opt/mumu --activate",
             timeout=1800,
         )
+        case.message = f"{manifest.version}: {out.stdout.strip()}"
         target.sh("systemctl daemon-reload && systemctl restart --no-block mumu-agent.service")
-        case.message = out.stdout.strip()
     with report.step("hardware tests on the target"):
         since = run_hardware_tests(target, report, hw_env)
     with report.step("agent running under systemd"):
@@ -401,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--install",
         type=Path,
-        metavar="WHEELHOUSE",
-        help="install this aarch64 wheelhouse (image/build --wheelhouse-only) first",
+        metavar="BUNDLE",
+        help="install this aarch64 release bundle first (image/build --bundle-only DIR "
+        "--release VERSION, or mumu-release build)",
     )
     parser.add_argument("--camera", default="auto", help="--nspawn: camera= in mumu.txt")
     parser.add_argument("--report", type=Path, default=REPO / "artifacts" / "hardware-report")

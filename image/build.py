@@ -2,13 +2,17 @@
 
 Steps, each printed with its time:
 
-1. **wheelhouse** -- the agent's wheel and every dependency as aarch64 wheels for the target's
-   CPython (``pip download --platform ...``), pinned to the versions this checkout is tested with.
+1. **release** -- the agent's first release: an aarch64 release bundle, the same artifact an
+   over-the-air update installs (``mumu-release build``, its dependencies pinned to the versions
+   this checkout is tested with), or one taken from a signed update repository; and that
+   repository's TUF trust root, baked in so that the camera accepts its updates.
 2. **base** -- a Debian bookworm arm64 rootfs standing in for Raspberry Pi OS Lite (pi-gen's
    stage0-2), made by mmdebstrap under qemu-user; cached by its inputs.
 3. **stage-mumu** -- ``image/pi-gen-stage/stage-mumu`` run on a copy of the base by
    ``image/pigen/run-stage``, which follows pi-gen's conventions; the Raspberry-Pi-archive-only
-   sub-stage is skipped and apt does not download.
+   sub-stage is skipped and apt does not download.  The stage installs the bundle with the
+   updater's own installer (:mod:`device.update.install`): ``releases/<version>``, ``current``
+   and ``committed``, exactly what an update later switches.
 4. **export** -- pi-gen's export-image hygiene (machine-id, SSH host keys, logs, backup files),
    the boot partition's files split off, PARTUUIDs set.
 5. **image** -- a Pi-layout ``.img`` (FAT32 boot + ext4 root), without loop devices.
@@ -28,9 +32,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -43,7 +47,7 @@ RUN_STAGE: Final = IMAGE_DIR / "pigen" / "run-stage"
 BASE_PACKAGES: Final = IMAGE_DIR / "base" / "packages.txt"
 BASE_HOOK: Final = IMAGE_DIR / "base" / "customize.sh"
 SUITE: Final = "bookworm"
-#: bookworm's CPython: the wheelhouse's binary wheels are for it.
+#: bookworm's CPython: the release bundle's binary wheels are for it.
 TARGET_PYTHON: Final = "3.11"
 MIRROR: Final = os.environ.get("MUMU_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR: Final = os.environ.get(
@@ -108,84 +112,72 @@ def _run(command: list[str], *, env: dict[str, str] | None = None, log: Path | N
         )
 
 
-# --- 1. the wheelhouse -------------------------------------------------------------------------
+# --- 1. the release ---------------------------------------------------------------------------
 
 
-def _aarch64_platforms() -> list[str]:
-    """Wheel platform tags bookworm's glibc (2.36) can run."""
-    tags = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)]
-    return [*tags, "manylinux2014_aarch64", "linux_aarch64"]
-
-
-def _constraints(path: Path) -> Path:
-    """The versions this checkout's own environment runs (the ones the suite tested), so the
-    image gets them too; ``mumu-camera`` itself is left out."""
-    frozen = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "freeze",
-            "--exclude-editable",
-            "--disable-pip-version-check",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    keep = [
-        line
-        for line in frozen.splitlines()
-        if "==" in line and not line.lower().startswith(("mumu-camera", "mumu_camera"))
-    ]
-    path.write_text("\n".join(keep) + "\n")
-    return path
-
-
-def build_wheelhouse(
-    out: Path, python_version: str = TARGET_PYTHON, log: Path | None = None
+def build_release(
+    out: Path, cache: Path, version: str | None = None, python_version: str = TARGET_PYTHON
 ) -> Path:
-    """``out`` holds the agent's wheel, its dependencies as aarch64 wheels for CPython
-    ``python_version``, and pip (which installs them on the device)."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    _run([*pip, "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(REPO)], log=log)
-    wheels = sorted(out.glob("mumu_camera-*.whl"))
-    if len(wheels) != 1:
-        raise SystemExit(f"image/build: expected one mumu_camera wheel in {out}")
-    abi = "cp" + python_version.replace(".", "")
-    platforms = [arg for tag in _aarch64_platforms() for arg in ("--platform", tag)]
-    constraints = _constraints(out.parent / f".{out.name}-constraints.txt")
-    _run(
-        [
-            *pip,
-            "download",
-            "--quiet",
-            "--only-binary=:all:",
-            *platforms,
-            "--python-version",
-            python_version,
-            "--implementation",
-            "cp",
-            "--abi",
-            abi,
-            "--abi",
-            "abi3",
-            "--abi",
-            "none",
-            "--constraint",
-            str(constraints),
-            "--dest",
-            str(out),
-            f"{wheels[0]}[device]",
-            "pip",
-        ],
-        log=log,
-    )
-    constraints.unlink()
-    return out
+    """An aarch64 release bundle of this checkout (``mumu-release build``), its dependencies
+    pinned to the versions this checkout's own environment runs (the ones the suite tested) and
+    downloaded through ``cache/wheels``; its path.  ``version``: default pyproject's."""
+    from release.build import BuildError, environment_constraints, project_version
+    from release.build import build as build_bundle
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("mumu-agent-*-aarch64.tar"):
+        old.unlink()
+    constraints = environment_constraints(out / ".constraints.txt")
+    try:
+        return build_bundle(
+            version or project_version(),
+            "aarch64",
+            out,
+            python=python_version,
+            cache=cache / "wheels",
+            constraints=constraints,
+        )
+    except BuildError as exc:
+        raise SystemExit(f"image/build: {exc}") from None
+    finally:
+        constraints.unlink(missing_ok=True)
+
+
+def repository_root(repo: Path) -> Path:
+    """The newest ``N.root.json`` of a ``mumu-release`` repository: the trust root to bake in
+    (the device follows later root versions from there)."""
+    from release.repo import RepoError, UpdateRepository
+
+    try:
+        repository = UpdateRepository(repo)
+        return repository.metadata_dir / f"{repository.root_version()}.root.json"
+    except RepoError as exc:
+        raise SystemExit(f"image/build: {exc}") from None
+
+
+def published_release(repo: Path, version: str, out: Path) -> Path:
+    """The aarch64 bundle of ``version`` as the repository publishes it, checked against its
+    signed length and sha256, copied to ``out``."""
+    from device.update.install import bundle_name
+    from release.repo import RepoError, UpdateRepository
+
+    name = bundle_name(version, "aarch64")
+    try:
+        target = UpdateRepository(repo).targets().signed.targets.get(name)
+    except RepoError as exc:
+        raise SystemExit(f"image/build: {exc}") from None
+    if target is None:
+        raise SystemExit(f"image/build: {repo} publishes no {name}")
+    digest = target.hashes["sha256"]
+    source = repo / "targets" / f"{digest}.{name}"
+    data = source.read_bytes()
+    if len(data) != target.length or hashlib.sha256(data).hexdigest() != digest:
+        raise SystemExit(f"image/build: {source} does not match its signed length and hash")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("mumu-agent-*-aarch64.tar"):
+        old.unlink()
+    (out / name).write_bytes(data)
+    return out / name
 
 
 # --- 2. the base rootfs ------------------------------------------------------------------------
@@ -219,10 +211,26 @@ def base_key(packages: list[str]) -> str:
 
 
 def base_rootfs(cache: Path, progress: Progress, log: Path, rebuild: bool = False) -> Path:
-    """The cached base rootfs (made if missing)."""
+    """The cached base rootfs (made if missing).  Builds of several checkouts or test runs may
+    share the cache: one makes a base while the others wait for it (a lock per base)."""
+    import fcntl
+
     packages = base_packages()
     key = base_key(packages)
     final = cache / f"base-{SUITE}-arm64-{key}"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{final.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.note(f"another build is making {final.name}: waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _base_rootfs(cache, final, packages, progress, log, rebuild)
+
+
+def _base_rootfs(
+    cache: Path, final: Path, packages: list[str], progress: Progress, log: Path, rebuild: bool
+) -> Path:
     if final.is_dir() and not rebuild:
         progress.note(f"cached: {final}")
         os.utime(final)  # recently used: kept by the clean-up below
@@ -282,15 +290,18 @@ def _build_base(cache: Path, final: Path, packages: list[str], log: Path) -> Pat
 # --- 3. the stage ------------------------------------------------------------------------------
 
 
-def run_stage(base: Path, work: Path, wheelhouse: Path, log: Path) -> Path:
+def run_stage(base: Path, work: Path, bundle: Path, trust_root: Path | None, log: Path) -> Path:
     env = {
         **os.environ,
         "MUMU_OFFLINE": "1",
-        "MUMU_WHEELHOUSE": str(wheelhouse),
+        "MUMU_BUNDLE": str(bundle),
         "MUMU_GIT_HASH": _git_hash(),
         "LANG": "C.UTF-8",
     }
     env.pop("LC_ALL", None)
+    env.pop("MUMU_UPDATE_ROOT", None)
+    if trust_root is not None:
+        env["MUMU_UPDATE_ROOT"] = str(trust_root.resolve())
     _run([str(RUN_STAGE), str(STAGE), str(base), str(work)], env=env, log=log)
     return work / STAGE.name / "rootfs"
 
@@ -369,7 +380,27 @@ def release_version(rootfs: Path) -> str:
     return Path(os.readlink(rootfs / "opt/mumu/current")).name
 
 
-def build(out: Path, cache: Path, *, rebuild_base: bool = False, keep_work: bool = False) -> Path:
+@dataclass(frozen=True)
+class ReleaseSource:
+    """Where the image's first release and its update trust root come from (``main``'s
+    options): a signed repository (``repo``; ``version`` published there, else this checkout
+    built), a bundle file, or this checkout built as ``version``; a trust root file."""
+
+    repo: Path | None = None
+    version: str | None = None
+    bundle: Path | None = None
+    trust_root: Path | None = None
+
+
+def build(
+    out: Path,
+    cache: Path,
+    *,
+    release: ReleaseSource | None = None,
+    rebuild_base: bool = False,
+    keep_work: bool = False,
+) -> Path:
+    release = release or ReleaseSource()
     progress = Progress()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "build.log"
@@ -377,15 +408,32 @@ def build(out: Path, cache: Path, *, rebuild_base: bool = False, keep_work: bool
     cache.mkdir(parents=True, exist_ok=True)
     with progress.step("host", "checking the host's tools"):
         check_host()
-    with progress.step("wheelhouse", f"aarch64 wheels for CPython {TARGET_PYTHON}"):
-        wheelhouse = build_wheelhouse(out / "wheelhouse", log=log)
-        wheels = list(wheelhouse.glob("*.whl"))
-        progress.note(f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) >> 20} MiB")
+    with progress.step(
+        "release", f"the first release: an aarch64 bundle for CPython {TARGET_PYTHON}"
+    ):
+        dist = out / "release"
+        if release.bundle is not None:
+            bundle = release.bundle.resolve()
+        elif release.repo is not None and release.version is not None:
+            bundle = published_release(release.repo, release.version, dist)
+        else:
+            bundle = build_release(dist, cache, release.version)
+        trust_root = release.trust_root
+        if trust_root is None and release.repo is not None:
+            trust_root = repository_root(release.repo)
+        progress.note(f"{bundle.name}, {bundle.stat().st_size >> 20} MiB")
+        if trust_root is None:
+            progress.note(
+                "no update trust root (--update-repo or --update-root): "
+                "this image will never accept an over-the-air update"
+            )
+        else:
+            progress.note(f"update trust root: {trust_root}")
     with progress.step("base", f"Debian {SUITE} arm64 base rootfs (mmdebstrap, qemu-user)"):
         base = base_rootfs(cache, progress, log, rebuild_base)
     work = cache / "work"
     with progress.step("stage-mumu", "running the pi-gen stage on a copy of the base"):
-        staged = run_stage(base, work, wheelhouse, log)
+        staged = run_stage(base, work, bundle, trust_root, log)
     rootfs, bootfs = out / "rootfs", out / "bootfs"
     with progress.step("export", "export hygiene, boot partition, PARTUUIDs"):
         if rootfs.exists():
@@ -412,6 +460,8 @@ def build(out: Path, cache: Path, *, rebuild_base: bool = False, keep_work: bool
             {
                 "image": image.name,
                 "agent_version": version,
+                "bundle": bundle.name,
+                "update_root": _sha256_file(trust_root) if trust_root is not None else None,
                 "disk_id": disk,
                 "git": _git_hash(),
                 "base": base.name,
@@ -424,6 +474,10 @@ def build(out: Path, cache: Path, *, rebuild_base: bool = False, keep_work: bool
     )
     print(f"[image] built in {progress.total:.1f} s", flush=True)
     return image
+
+
+def _sha256_file(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_host() -> None:
@@ -454,26 +508,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild-base", action="store_true", help="ignore the cached base")
     parser.add_argument("--keep-work", action="store_true", help="keep the stage's work dir")
     parser.add_argument(
-        "--wheelhouse-only",
-        nargs="?",
-        const=STAGE / "03-agent" / "files" / "wheelhouse",
+        "--update-repo",
         type=Path,
         metavar="DIR",
-        help="only build the wheelhouse (default DIR: the stage's files/wheelhouse, for pi-gen)",
+        help="the signed update repository (mumu-release init) whose trust root the image "
+        "carries; with --release, the image's first release is taken from it",
+    )
+    parser.add_argument(
+        "--update-root",
+        type=Path,
+        metavar="ROOT_JSON",
+        help="the TUF root.json to bake in when the repository is not at hand",
+    )
+    parser.add_argument(
+        "--release",
+        metavar="VERSION",
+        help="the first release's version: published in --update-repo, or this checkout built "
+        "under that version (default: pyproject's)",
+    )
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="TAR",
+        help="install this aarch64 release bundle (mumu-release build) as the first release",
+    )
+    parser.add_argument(
+        "--bundle-only",
+        nargs="?",
+        const=STAGE / "03-agent" / "files",
+        type=Path,
+        metavar="DIR",
+        help="only build the release bundle (default DIR: the stage's files/, for pi-gen)",
     )
     parser.add_argument(
         "--python",
         default=TARGET_PYTHON,
-        help=f"the target's CPython for --wheelhouse-only (default {TARGET_PYTHON}; trixie: 3.13)",
+        help=f"the target's CPython for --bundle-only (default {TARGET_PYTHON}; trixie: 3.13)",
     )
     args = parser.parse_args(argv)
-    if args.wheelhouse_only:
-        path = build_wheelhouse(args.wheelhouse_only, args.python)
-        print(path)
+    cache = (args.cache or cache_dir()).resolve()
+    if args.bundle_only:
+        print(build_release(args.bundle_only, cache, args.release, args.python))
         return 0
+    if args.bundle is not None and (args.release is not None):
+        parser.error("--bundle names its own release: no --release with it")
     image = build(
         args.out.resolve(),
-        (args.cache or cache_dir()).resolve(),
+        cache,
+        release=ReleaseSource(
+            repo=args.update_repo.resolve() if args.update_repo else None,
+            version=args.release,
+            bundle=args.bundle,
+            trust_root=args.update_root,
+        ),
         rebuild_base=args.rebuild_base,
         keep_work=args.keep_work,
     )

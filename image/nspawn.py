@@ -1,6 +1,7 @@
 """Boot a MuMu rootfs under real systemd in ``systemd-nspawn``, as a Pi would boot its SD card.
 
-:class:`Container` is what ``image/boot`` and the tests use (and the over-the-air update tests)::
+:class:`Container` is the one harness: ``image/boot``, the image tests (the built aarch64 image
+under qemu-user) and the over-the-air update tests (an x86_64 Debian rootfs, natively) use it::
 
     with Container(rootfs, boot_files=boot_dir, name="cam1") as cam:   # "the SD card"
         cam.start()                                       # power on
@@ -9,6 +10,10 @@
         cam.poweroff()                                    # clean shutdown (systemd halts)
         cam.start()                                       # power on again: same "card"
         cam.kill()                                        # power cut: SIGKILL to everything
+
+Before a boot, the card can be prepared from outside (:meth:`Container.write`,
+:meth:`Container.chroot`, :meth:`Container.enable`), as an image build or a person with a card
+reader would.
 
 The card is an overlay: the rootfs given (read-only, shared, e.g. an image build's output) below
 a per-container upper directory that keeps every write across power cycles, like a real card.
@@ -199,6 +204,39 @@ class Container:
             return self.boot / inside.removeprefix("/boot/firmware").lstrip("/")
         return self.root / inside.lstrip("/")
 
+    def write(self, inside: str, text: str, mode: int = 0o644) -> None:
+        """Write a file on the card (running or not)."""
+        file = self.path(inside)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(text)
+        file.chmod(mode)
+
+    def chroot(self, *argv: str, timeout: float = 600) -> str:
+        """Run a command on the card while it is off (a chroot, like an image build's); its
+        standard output."""
+        if self.running:
+            raise ContainerError(f"{self.name} is running: use run()")
+        self.path("/")
+        done = subprocess.run(
+            ["chroot", str(self.root), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+        )
+        if done.returncode != 0:
+            raise ContainerError(f"chroot {' '.join(argv)}: {(done.stderr or done.stdout)[-2000:]}")
+        return done.stdout
+
+    def enable(self, unit: str, target: str) -> None:
+        """``systemctl enable`` from outside: ``unit`` (in /etc/systemd/system) wanted by
+        ``target``."""
+        wants = self.path(f"/etc/systemd/system/{target}.wants")
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"/etc/systemd/system/{unit}")
+
     # --- power -------------------------------------------------------------------------------
 
     @property
@@ -371,6 +409,26 @@ class Container:
                 f"{result.stdout}{result.stderr}"
             )
         return result
+
+    def wait_booted(self, timeout: float = 120.0) -> str:
+        """Wait for the boot to end (``running``, or ``degraded`` when a unit failed); the
+        state."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise ContainerError(f"{self.name} stopped while booting:\n{self.console.tail()}")
+            with contextlib.suppress(ContainerError, subprocess.TimeoutExpired):
+                state = self.run(
+                    ["systemctl", "is-system-running"], check=False, timeout=30
+                ).stdout.strip()
+                if state in ("running", "degraded"):
+                    return state
+            time.sleep(0.3)
+        raise TimeoutError(
+            f"{self.name} did not finish booting within {timeout:.0f}s (state {state!r}):\n"
+            + self.console.tail()
+        )
 
     def wait_until(self, command: Sequence[str], timeout: float, interval: float = 0.5) -> None:
         """Poll ``command`` inside until it succeeds (for states with no console line)."""

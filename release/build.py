@@ -117,8 +117,38 @@ def build_wheel(source: Path, out: Path) -> Path:
     return wheels[-1]
 
 
-def download_dependencies(wheel: Path, arch: str, python: str, out: Path) -> None:
-    """The device extra's dependencies and pip itself, as binary wheels for the device."""
+def environment_constraints(path: Path) -> Path:
+    """``path`` pins every distribution this interpreter's environment runs (``pip freeze``,
+    ``mumu-camera`` itself left out): a bundle built with it carries the versions the test
+    suite ran against, not whatever the index holds that day."""
+    frozen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "freeze",
+            "--exclude-editable",
+            "--disable-pip-version-check",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    keep = [
+        line
+        for line in frozen.splitlines()
+        if "==" in line and not line.lower().startswith(("mumu-camera", "mumu_camera"))
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(keep) + "\n")
+    return path
+
+
+def download_dependencies(
+    wheel: Path, arch: str, python: str, out: Path, constraints: Path | None = None
+) -> None:
+    """The device extra's dependencies and pip itself, as binary wheels for the device
+    (``constraints``: a pip constraints file that pins their versions)."""
     target = [
         "--only-binary=:all:",
         *[arg for p in platforms(arch) for arg in ("--platform", p)],
@@ -137,6 +167,7 @@ def download_dependencies(wheel: Path, arch: str, python: str, out: Path) -> Non
             "--quiet",
             "--disable-pip-version-check",
             *target,
+            *(["--constraint", str(constraints)] if constraints is not None else []),
             "--dest",
             str(out),
             f"{PROJECT}[device] @ {wheel.resolve().as_uri()}",
@@ -146,9 +177,13 @@ def download_dependencies(wheel: Path, arch: str, python: str, out: Path) -> Non
     )
 
 
-def cached_dependencies(wheel: Path, arch: str, python: str, out: Path, cache: Path) -> None:
-    """:func:`download_dependencies` through a cache keyed by the dependency list, the platform
-    and the Python: releases that differ only in our own code reuse one download."""
+def cached_dependencies(
+    wheel: Path, arch: str, python: str, out: Path, cache: Path, constraints: Path | None = None
+) -> None:
+    """:func:`download_dependencies` through a cache keyed by the dependency list, the platform,
+    the Python and the constraints: releases that differ only in our own code reuse one
+    download.  Safe to share between processes (a lock per entry)."""
+    import fcntl
     import zipfile
 
     with zipfile.ZipFile(wheel) as zf:
@@ -156,17 +191,29 @@ def cached_dependencies(wheel: Path, arch: str, python: str, out: Path, cache: P
         requires = sorted(
             line for line in zf.read(metadata).decode().splitlines() if line.startswith("Requires")
         )
-    key = hashlib.sha256("\n".join([arch, python, *requires]).encode()).hexdigest()[:16]
+    pins = constraints.read_text() if constraints is not None else ""
+    key = hashlib.sha256("\n".join([arch, python, *requires, pins]).encode()).hexdigest()[:16]
     entry = cache / f"deps-{arch}-cp{python.replace('.', '')}-{key}"
-    if not (entry / ".complete").exists():
-        shutil.rmtree(entry, ignore_errors=True)
-        entry.mkdir(parents=True)
-        download_dependencies(wheel, arch, python, entry)
-        for own in entry.glob("mumu_camera-*.whl"):
-            own.unlink()
-        (entry / ".complete").touch()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{entry.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another build filling this entry: wait for it
+        if not (entry / ".complete").exists():
+            shutil.rmtree(entry, ignore_errors=True)
+            entry.mkdir(parents=True)
+            download_dependencies(wheel, arch, python, entry, constraints)
+            for own in entry.glob("mumu_camera-*.whl"):
+                own.unlink()
+            (entry / ".complete").touch()
     for dep in entry.glob("*.whl"):
         shutil.copy2(dep, out / dep.name)
+
+
+def project_version(source: Path | None = None) -> str:
+    """The version in ``pyproject.toml`` (what a release of this tree is called by default)."""
+    import tomllib
+
+    data = tomllib.loads(((source or project_root()) / "pyproject.toml").read_text())
+    return str(data["project"]["version"])
 
 
 def _sha256(path: Path) -> str:
@@ -187,8 +234,10 @@ def build(
     min_updater: int = UPDATER_VERSION,
     system_site_packages: bool = True,
     cache: Path | None = None,
+    constraints: Path | None = None,
 ) -> Path:
-    """Write ``out_dir/mumu-agent-<version>-<arch>.tar`` and return its path."""
+    """Write ``out_dir/mumu-agent-<version>-<arch>.tar`` and return its path.
+    ``constraints``: pin the dependencies (:func:`environment_constraints`)."""
     if not VERSION_RE.match(version):
         raise BuildError(f"bad version {version!r}")
     source = source or project_root()
@@ -199,9 +248,9 @@ def build(
         wheels = tmp / "wheels"
         wheel = build_wheel(tree, wheels)
         if cache is not None:
-            cached_dependencies(wheel, arch, python, wheels, cache)
+            cached_dependencies(wheel, arch, python, wheels, cache, constraints)
         else:
-            download_dependencies(wheel, arch, python, wheels)
+            download_dependencies(wheel, arch, python, wheels, constraints)
         files = sorted(p for p in wheels.iterdir() if p.suffix == ".whl")
         manifest = Manifest(
             version=version,

@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="reuse downloaded dependency wheels from this directory (default: download afresh)",
     )
+    b.add_argument(
+        "--constraints",
+        type=Path,
+        help="a pip constraints file pinning the dependencies (image/build pins them to the "
+        "versions its own environment runs)",
+    )
 
     i = sub.add_parser("init", help="create a repository and its keys (offline machine)")
     i.add_argument("--repo", type=Path, required=True, help="the repository's directory")
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> None:
             python=args.python,
             min_updater=args.min_updater,
             cache=args.cache,
+            constraints=args.constraints,
         )
         size = bundle.stat().st_size / 1e6
         print(f"built {bundle} ({size:.0f} MB) in {time.monotonic() - started:.0f} s")

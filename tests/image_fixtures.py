@@ -10,7 +10,9 @@ hardware-tests runner's self-test, the over-the-air update tests)::
         cam.start()
         code = cam.pairing_code()
 
-``built_image`` runs ``image/build`` once per test session into a temporary directory, with the
+``built_image`` runs ``image/build`` once per test session into a temporary directory, with a
+signed update repository of its own (``update-repo/``, keys in ``update-keys/``; the image
+carries its trust root, so the over-the-air test can publish a newer release to it) and the
 cached base rootfs (``$MUMU_IMAGE_CACHE`` or ``~/.cache/mumu-image``; built the first time, which
 is the cold path CI may take).  Building needs root, qemu-user (binfmt), mmdebstrap,
 systemd-nspawn: ``scripts/bootstrap test`` installs them; with ``CI=true`` nothing is skipped.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from image.nspawn import Container
+from image.nspawn import Container, ContainerError
 from tests.services import require
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +50,13 @@ class BuiltImage:
     rootfs: Path
     bootfs: Path
     meta: dict[str, object]
+    #: The signed update repository whose trust root the image carries, and its keys.
+    update_repo: Path
+    update_keys: Path
+
+    @property
+    def agent_version(self) -> str:
+        return str(self.meta["agent_version"])
 
 
 def image_tools_missing() -> list[str]:
@@ -61,10 +70,22 @@ def image_tools_missing() -> list[str]:
 
 
 def build_image(out: Path) -> BuiltImage:
-    """``image/build --out out`` (its progress goes to our stdout); what it made."""
+    """A signed update repository (``mumu-release init``'s work), then ``image/build --out out
+    --update-repo it`` (its progress goes to our stdout); what it made."""
+    from release.repo import UpdateRepository
+
+    UpdateRepository.create(out / "update-repo", out / "update-keys")
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "image.build", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "image.build",
+            "--out",
+            str(out),
+            "--update-repo",
+            str(out / "update-repo"),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -79,13 +100,22 @@ def build_image(out: Path) -> BuiltImage:
     TIMINGS["image build (s)"] = round(time.monotonic() - started, 1)
     for step, seconds in meta["seconds"].items():
         TIMINGS[f"  {step} (s)"] = seconds
-    return BuiltImage(image, out / "rootfs", out / "bootfs", meta)
+    return BuiltImage(
+        image, out / "rootfs", out / "bootfs", meta, out / "update-repo", out / "update-keys"
+    )
 
 
 def existing_build(out: Path) -> BuiltImage:
     """An ``image/build --out`` directory made earlier (``MUMU_TEST_IMAGE_DIR``)."""
     meta = json.loads((out / "build.json").read_text())
-    return BuiltImage(out / meta["image"], out / "rootfs", out / "bootfs", meta)
+    return BuiltImage(
+        out / meta["image"],
+        out / "rootfs",
+        out / "bootfs",
+        meta,
+        out / "update-repo",
+        out / "update-keys",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +143,30 @@ class Camera(Container):
 
     def wait_active(self, unit: str, timeout: float = 180.0) -> None:
         self.wait_until(["systemctl", "is-active", "--quiet", unit], timeout)
+
+    def links(self) -> tuple[str | None, str | None]:
+        """The releases ``current`` and ``committed`` point at (read from outside)."""
+        found = []
+        for link in ("current", "committed"):
+            try:
+                found.append(Path(os.readlink(self.path(f"/opt/mumu/{link}"))).name)
+            except OSError:
+                found.append(None)
+        return found[0], found[1]
+
+    def power_on(self, timeout: float = 300.0) -> None:
+        """Power on and wait for the end of the boot."""
+        self.start()
+        self.wait_booted(timeout)
+
+    def power_off(self) -> None:
+        """A clean shutdown if it can, else a power cut."""
+        if not self.running:
+            return
+        try:
+            self.poweroff(60)
+        except ContainerError:
+            self.kill()
 
 
 def mumu_txt(cloud_url: str, **settings: str) -> str:

@@ -194,17 +194,38 @@ def test_image_export_hygiene(built_image: BuiltImage) -> None:
         assert not root.exists("/var/lib/mumu-firstboot")
         assert not root.exists("/var/lib/systemd/random-seed")
         assert not root.exists("/root/.cache")
-        assert not root.exists("/var/cache/mumu-wheelhouse")
+        assert not root.exists("/var/cache/mumu-release")
+        assert not root.exists("/var/lib/mumu-update")
         assert not root.exists("/etc/NetworkManager/system-connections/mumu-wifi.nmconnection")
         for log in _files_under(root, "/var/log"):
             assert root.size(log) == 0, f"{log} is not empty"
         shadow = dict(line.split(":", 2)[:2] for line in root.read("/etc/shadow").decode().split())
         assert shadow["root"] == "*", "root must have no password"
         assert all(password in {"*", "!", "!*"} for password in shadow.values()), shadow
-        # The layout the updates switch, and the hardened units enabled.
-        assert root.debugfs("stat /opt/mumu/current").find("Type: symlink") >= 0
-        assert root.exists("/etc/systemd/system/multi-user.target.wants/mumu-agent.service")
-        assert root.exists("/etc/systemd/system/multi-user.target.wants/mumu-firstboot.service")
+        # The layout the updates switch, installed by the updater's own installer: current and
+        # committed on the first release, with the bundle's manifest.
+        version = built_image.agent_version
+        for link in ("current", "committed"):
+            assert root.debugfs(f"stat /opt/mumu/{link}").find("Type: symlink") >= 0
+            assert f"releases/{version}" in root.debugfs(f"stat /opt/mumu/{link}")
+        manifest = json.loads(root.read(f"/opt/mumu/releases/{version}/mumu-release.json"))
+        assert (manifest["version"], manifest["arch"], manifest["python_abi"]) == (
+            version,
+            "aarch64",
+            "cp311",
+        )
+        # The trust root of the repository the image was built against, where the updater
+        # reads it; the hardened agent and the updater's units enabled.
+        repo_root = max(
+            built_image.update_repo.glob("metadata/*.root.json"),
+            key=lambda p: int(p.name.split(".")[0]),
+        )
+        assert root.read("/etc/mumu/update-root.json") == repo_root.read_bytes()
+        wants = "/etc/systemd/system/multi-user.target.wants"
+        for unit in ("mumu-agent.service", "mumu-firstboot.service", "mumu-update-boot.service"):
+            assert root.exists(f"{wants}/{unit}"), unit
+        assert root.exists("/etc/systemd/system/paths.target.wants/mumu-update.path")
+        assert root.exists("/etc/systemd/system/timers.target.wants/mumu-update.timer")
     finally:
         root.close()
     boot = diskimage.boot_files(built_image.image)

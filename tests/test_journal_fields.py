@@ -76,3 +76,54 @@ def test_without_systemd_python_logs_go_to_stdout() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+class _Fields(logging.Handler):
+    """What the journal would get for each record of the session manager: its fields."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[dict[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(log_fields(record))
+
+
+async def test_a_sessions_own_tasks_log_with_its_session_id() -> None:
+    """Per-session records (its answer, ICE, supervision, close) carry ``SESSION_ID``, set
+    where the session manager starts the session's tasks; two sessions never mix."""
+    from device.hal import CameraConfig
+    from device.hal.synthetic import SyntheticCamera
+    from device.media import MediaHub
+    from device.sessions import SessionManager
+    from tests.session_harness import Wire, watch
+
+    config = CameraConfig(width=320, height=180, fps=15, bitrate=300_000, keyframe_interval_s=30)
+    hub = MediaHub(SyntheticCamera, config)
+    wire = Wire()
+    manager = SessionManager(hub, wire, max_sessions=3)
+    manager.set_paired(True)
+    handler = _Fields()
+    logger = logging.getLogger("device.sessions")
+    saved_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    watches = []
+    try:
+        for _ in range(2):
+            w = await watch(manager, wire)
+            watches.append(w)
+            await w.viewer.wait_frames(3, timeout=30)
+        for w in watches:
+            manager.ended(w.session_id, "viewer_ended")
+        await manager.idle()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+        for w in watches:
+            await w.close()
+        await manager.close(notify=False)
+        await hub.close()
+    ids = {w.session_id for w in watches}
+    tagged = [f["SESSION_ID"] for f in handler.seen if "SESSION_ID" in f]
+    assert set(tagged) == ids, (tagged, ids)

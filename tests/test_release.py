@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from device.update import install as installer
-from tests.nspawn import CACHE
 from tests.update_fixtures import tiny_bundle
+from tests.update_world import OTA_CACHE
 
 BIN = Path(sys.executable).parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -36,7 +36,7 @@ def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--out",
             out,
             "--cache",
-            CACHE / "wheels",
+            OTA_CACHE / "wheels",
         ],
         capture_output=True,
         text=True,

@@ -1,6 +1,8 @@
 """Over-the-air updates end to end: the real agent and the real updater under real systemd in a
-container (x86_64, natively), real bundles from ``mumu-release``, a real signed repository served
-by a real cloud, rollouts started through the operator API.
+container (x86_64, natively, for speed; the built SD image is updated the same way on aarch64 in
+tests/test_image_update.py), real bundles from ``mumu-release``, a real signed repository
+served by a real cloud, rollouts started through the operator API.  The container is booted by
+the image's harness (:mod:`image.nspawn`).
 
 One container is booted for the whole module and the scenarios run on it in order, each
 starting from the release the previous one left committed (that is what a camera lives through):
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -32,16 +33,20 @@ from release.build import build
 from release.repo import UpdateRepository
 from tests.cloud_fixtures import RELAXED
 from tests.cloud_process import CloudProcess
-from tests.nspawn import CACHE, Container, base_rootfs, tools_missing
+from tests.image_fixtures import Camera
 from tests.update_world import (
     OPERATOR,
+    OTA_CACHE,
     ROOT,
     UPDATE_SETTINGS,
     World,
     account,
+    base_rootfs,
     broken_source,
     pair,
     prepare_container,
+    tools_missing,
+    unit_journal,
 )
 
 ARTIFACTS = ROOT / "artifacts"
@@ -58,7 +63,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         pytest.fail("the update end-to-end tests boot containers: run them as root")
     tmp = tmp_path_factory.mktemp("ota-e2e")
     base = base_rootfs("amd64")
-    cache = CACHE / "wheels"
+    cache = OTA_CACHE / "wheels"
     dist = tmp / "dist"
     bundles = {
         "1.0.0": build("1.0.0", "x86_64", dist, cache=cache),
@@ -89,12 +94,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "MUMU_ROLLOUT_POLL": "1",
     }
     with CloudProcess(tmp / "cloud", env=env) as cloud:
-        container = Container(base, tmp / "camera")
+        container = Camera(base, tmp / "camera", name=f"mumu-ota-{os.getpid()}")
         prepare_container(container, bundles["1.0.0"], cloud.url, repo.metadata_dir / "1.root.json")
         http = httpx.Client(base_url=cloud.url, timeout=30.0)
         world = World(tmp, cloud, repo, keys_dir, container, http)
         try:
-            container.boot()
+            container.power_on()
             world.operator = account(http, OPERATOR)
             world.owner = account(http, "owner@example.com")
             world.device_id = pair(world)
@@ -105,7 +110,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             ARTIFACTS.mkdir(exist_ok=True)
             (ARTIFACTS / "update-times.json").write_text(json.dumps(world.times, indent=2) + "\n")
             print(f"\nupdate times (s): {json.dumps(world.times)}", file=sys.stderr)
-            shutil.rmtree(container.root, ignore_errors=True)
+            container.destroy()
 
 
 def test_v1_to_v2_is_installed_switched_and_committed(world: World) -> None:
@@ -120,8 +125,8 @@ def test_v1_to_v2_is_installed_switched_and_committed(world: World) -> None:
     releases = sorted(p.name for p in world.container.path("/opt/mumu/releases").iterdir())
     assert releases == ["1.0.0", "2.0.0"]  # current and previous
     # the agent stayed unprivileged; the updater ran as root from the committed release
-    user = world.container.run("systemctl", "show", "-p", "User", "--value", "mumu-agent.service")
-    assert user.strip() == "mumu"
+    user = world.container.run(["systemctl", "show", "-p", "User", "--value", "mumu-agent.service"])
+    assert user.stdout.strip() == "mumu"
 
 
 def test_a_release_that_crashes_at_start_is_rolled_back_with_its_reason(world: World) -> None:
@@ -131,7 +136,7 @@ def test_a_release_that_crashes_at_start_is_rolled_back_with_its_reason(world: W
         time.monotonic() - started, 1
     )
     assert camera["state"] == "rolled_back", camera
-    journal = world.container.journal("mumu-agent.service", 60)
+    journal = unit_journal(world.container, "mumu-agent.service", 60)
     assert "crashed 3 times" in camera["reason"], (camera, journal)
     assert "this release crashes at start" in camera["reason"], (camera, journal)
     assert world.container.links() == ("2.0.0", "2.0.0")
@@ -175,16 +180,16 @@ def test_a_tampered_bundle_is_refused(world: World) -> None:
 
 def test_the_disk_filling_mid_download_leaves_the_current_version_running(world: World) -> None:
     downloads = "/opt/mumu/downloads"
-    world.container.run("mkdir", "-p", downloads)
+    world.container.run(["mkdir", "-p", downloads])
     # a small filesystem where the bundle lands (this sandbox has no loop devices: a tmpfs)
-    world.container.run("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", downloads)
+    world.container.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", downloads])
     try:
         world.release_and_rollout("5.0.0")
         camera = world.wait_state("5.0.0", {"failed", "rolled_back"}, 240)
         assert camera["state"] == "failed" and "disk filled up" in camera["reason"], camera
-        assert world.container.run("ls", "-A", downloads).strip() == ""
+        assert world.container.run(["ls", "-A", downloads]).stdout.strip() == ""
     finally:
-        world.container.run("umount", downloads, check=False)
+        world.container.run(["umount", downloads], check=False)
     assert world.container.links() == ("2.0.0", "2.0.0")
     world.agent_active_on("2.0.0")
 
@@ -197,10 +202,10 @@ def test_power_loss_during_probation_rolls_back_at_the_next_boot(world: World) -
     world.release_and_rollout("5.0.0")
     world.wait_state("5.0.0", {"healthy"}, 240)
     assert container.links() == ("5.0.0", "2.0.0")
-    container.cut_power()
+    container.kill()  # power loss: every process at once
     container.write("/etc/mumu/update.yaml", UPDATE_SETTINGS)
     started = time.monotonic()
-    container.boot()
+    container.power_on()
     # the boot check ran before the agent: it never started 5.0.0 again
     assert container.links() == ("2.0.0", "2.0.0")
     camera = world.wait_state("5.0.0", {"rolled_back"}, 120)

@@ -1,12 +1,21 @@
-"""The camera of the update end-to-end test and benchmark: a booted container with the agent
-installed as the SD image installs it, a cloud with a signed repository, an owner and an
-operator, and the few things the scenarios do (start a rollout, wait for a state)."""
+"""The camera of the update end-to-end tests and benchmark: a container booted under real
+systemd by the image's harness (:class:`image.nspawn.Container`, through
+:class:`tests.image_fixtures.Camera`) -- either the built SD image (aarch64, qemu-user) or, for
+speed, a small Debian x86_64 rootfs with the agent installed the way the image's stage installs
+it -- a cloud with a signed repository, an owner and an operator, and the few things the
+scenarios do (start a rollout, wait for a state)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
 import shutil
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +25,77 @@ import httpx
 from release.build import copy_source, project_root
 from release.repo import UpdateRepository
 from tests.cloud_process import CloudProcess
-from tests.nspawn import Container, wait_until
+from tests.image_fixtures import Camera
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The x86_64 camera's base rootfs and the release wheels the update tests download.
+OTA_CACHE = Path(os.environ.get("MUMU_OTA_CACHE", Path.home() / ".cache" / "mumu-ota"))
+OTA_PACKAGES = ("systemd", "systemd-sysv", "python3", "python3-venv", "libpython3.11")
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+
+
+def tools_missing() -> list[str]:
+    return [t for t in ("mmdebstrap", "systemd-nspawn", "nsenter") if shutil.which(t) is None]
+
+
+def base_rootfs(arch: str = "amd64") -> Path:
+    """A minimal Debian bookworm with systemd and python3 for ``arch`` (Debian's name), made by
+    mmdebstrap once (~2 min) and cached in ``$MUMU_OTA_CACHE`` (``~/.cache/mumu-ota``).  The
+    containers never write it (the harness puts an overlay on top).  Several test runs may
+    share the cache: one builds while the others wait (a lock)."""
+    key = hashlib.sha256(f"{SUITE} {arch} {' '.join(OTA_PACKAGES)}".encode()).hexdigest()[:12]
+    path = OTA_CACHE / f"rootfs-{SUITE}-{arch}-{key}"
+    OTA_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(OTA_CACHE / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / ".complete").exists():
+            return path
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        done = subprocess.run(
+            [
+                "mmdebstrap",
+                "--variant=apt",
+                f"--architectures={arch}",
+                f"--include={','.join(OTA_PACKAGES)}",
+                "--format=directory",
+                SUITE,
+                str(partial),
+                MIRROR,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"mmdebstrap failed: {done.stderr[-2000:]}")
+        (partial / ".complete").touch()
+        shutil.rmtree(path, ignore_errors=True)
+        partial.rename(path)
+        return path
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float, every: float = 0.25) -> None:
+    """Poll ``check()`` until true; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # keep polling; report the last one
+            last = exc
+        time.sleep(every)
+    raise TimeoutError(f"{what} within {timeout:g} s" + (f" (last error: {last})" if last else ""))
+
+
+def unit_journal(container: Camera, unit: str, lines: int = 50) -> str:
+    with contextlib.suppress(Exception):
+        return container.journal("-u", unit, "-n", str(lines))
+    return "(no journal: the container is not running)"
+
+
 DEVICE_DIR = ROOT / "device"
 OPERATOR = "operator@example.com"
 PASSWORD = "operator password"
@@ -59,7 +136,7 @@ class World:
     cloud: CloudProcess
     repo: UpdateRepository
     keys_dir: Path
-    container: Container
+    container: Camera
     http: httpx.Client
     operator: dict[str, str] = field(default_factory=dict)
     owner: dict[str, str] = field(default_factory=dict)
@@ -98,38 +175,49 @@ class World:
         except TimeoutError:
             raise AssertionError(
                 f"{version}: last seen {seen}\n--- updater:\n"
-                f"{self.container.journal('mumu-update.service', 40)}\n--- agent:\n"
-                f"{self.container.journal('mumu-agent.service', 20)}"
+                f"{unit_journal(self.container, 'mumu-update.service', 40)}\n--- agent:\n"
+                f"{unit_journal(self.container, 'mumu-agent.service', 20)}"
             ) from None
         return seen
 
     def agent_active_on(self, version: str, timeout: float = 60) -> None:
         def active() -> bool:
-            state = self.container.run("systemctl", "is-active", "mumu-agent.service", check=False)
-            return state.strip() == "active" and self.camera()["version"] == version
+            state = self.container.unit_state("mumu-agent.service")
+            return state == "active" and self.camera()["version"] == version
 
         wait_until(f"the agent to run {version} and reach the cloud", active, timeout)
 
 
 def prepare_container(
-    container: Container,
+    container: Camera,
     bundle: Path,
     cloud_url: str,
     trust_root: Path,
     settings: str = UPDATE_SETTINGS,
 ) -> None:
-    """What the SD image does: the first release from its wheelhouse, the units, the user."""
-    container.write("/tmp/install.py", (DEVICE_DIR / "update" / "install.py").read_text())
-    shutil.copyfile(bundle, container.path("/tmp/bundle.tar"))
+    """What the SD image's stage does (image/pi-gen-stage/stage-mumu/03-agent): the first release
+    from its bundle by the updater's installer run out of the agent's own wheel, the units, the
+    user; then what first boot would write (the agent's config) and the baked trust root."""
+    staging = container.path("/var/cache/mumu-release")
+    staging.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bundle, staging / "bundle.tar")
+    subprocess.run(
+        ["tar", "-x", "-C", str(staging), "-f", str(bundle), "--wildcards", "wheels/mumu_camera-*"],
+        check=True,
+    )
+    (wheel,) = (staging / "wheels").glob("mumu_camera-*.whl")
     container.chroot(
+        "/usr/bin/env",
+        f"PYTHONPATH=/var/cache/mumu-release/wheels/{wheel.name}",
         "/usr/bin/python3",
-        "/tmp/install.py",
-        "/tmp/bundle.tar",
+        "-m",
+        "device.update.install",
+        "/var/cache/mumu-release/bundle.tar",
         "--root",
         "/opt/mumu",
         "--activate",
     )
-    container.path("/tmp/bundle.tar").unlink()
+    shutil.rmtree(staging)
     container.chroot("useradd", "--system", "--no-create-home", "--user-group", "mumu")
     for group in ("gpio", "i2c"):  # as on Raspberry Pi OS (the agent's unit asks for them)
         container.chroot("groupadd", "--system", group)
@@ -169,5 +257,7 @@ def pair(world: World, timeout: float = 90) -> str:
     r.raise_for_status()
     r = world.http.post("/api/devices/pair", json={"code": r.json()["code"]}, headers=world.owner)
     r.raise_for_status()
-    world.agent_active_on("1.0.0", timeout)
+    current, _ = world.container.links()
+    assert current is not None
+    world.agent_active_on(current, timeout)
     return str(creds["device_id"])

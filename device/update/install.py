@@ -1,10 +1,14 @@
 """Install a release bundle into ``<root>/releases/<version>`` and point a link at it.
 
-This file is **standard library only** and runs as a script, so the SD image build (in a chroot,
-with the image's own ``python3`` and nothing installed yet) and the updater on the device use the
-same code::
+This file is **standard library only** and runs with any ``python3``, so the SD image build (in a
+chroot, with the image's own ``python3`` and nothing installed yet: the stage runs it straight
+out of the agent's wheel inside the bundle) and the updater on the device use the same code::
 
-    python3 device/update/install.py BUNDLE.tar --root /opt/mumu --activate
+    PYTHONPATH=wheels/mumu_camera-<version>-py3-none-any.whl \
+        python3 -m device.update.install BUNDLE.tar --root /opt/mumu --activate
+    python3 device/update/install.py BUNDLE.tar --root /opt/mumu --activate   # from a checkout
+
+``--activate`` (a first install) points both ``current`` and ``committed`` at the release.
 
 A bundle is an uncompressed tar (wheels are compressed already) holding ``mumu-release.json`` (the
 manifest) and ``wheels/*.whl``: the agent and every dependency, built for one architecture and

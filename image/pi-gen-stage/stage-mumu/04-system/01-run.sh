@@ -19,12 +19,14 @@ install -m 644 files/mumu-i2c.conf "${ROOTFS_DIR}/etc/modules-load.d/mumu-i2c.co
 
 install -d -m 755 "${ROOTFS_DIR}/etc/mumu"
 
-# The update trust root (TUF root.json) of whoever signs this image's agent updates:
-# $MUMU_UPDATE_ROOT or files/update-root.json; an image without one never accepts an update.
+# The update trust root (TUF root.json) of whoever signs this image's agent updates, where the
+# updater reads it (device/update/settings.py: trust_root): $MUMU_UPDATE_ROOT or
+# files/update-root.json.  An image without one never accepts an update: say so.
 TRUST_ROOT="${MUMU_UPDATE_ROOT:-files/update-root.json}"
 if [ -f "${TRUST_ROOT}" ]; then
-	install -d -m 755 "${ROOTFS_DIR}/etc/mumu/update"
-	install -m 644 "${TRUST_ROOT}" "${ROOTFS_DIR}/etc/mumu/update/root.json"
+	install -m 644 "${TRUST_ROOT}" "${ROOTFS_DIR}/etc/mumu/update-root.json"
+else
+	echo "stage-mumu: no update trust root (${TRUST_ROOT}): this image will never accept an update" >&2
 fi
 
 # What this image is.
