@@ -305,8 +305,15 @@ async def test_a_wrong_pairing_code_is_explained(
     assert "6 digits" in await text(page, "pair-error")
     await page.fill("[data-testid=pair-code]", "000 000")
     await page.click("[data-testid=pair-submit]")
-    await page.wait_for_selector("[data-testid=pair-error]:has-text('not valid')")
+    await page.wait_for_selector("[data-testid=pair-error]:has-text('not right')")
     await screenshot(page, "app-pair-wrong-code")
+    # Whatever surrounds the six digits (a paste from a message) is not held against them.
+    assert await page.get_attribute("[data-testid=pair-code]", "inputmode") == "numeric"
+    await page.fill("[data-testid=pair-code]", "  Code: 560 176  ")
+    assert await page.input_value("[data-testid=pair-code]") == "  Code: 560 176  "
+    await page.evaluate("document.querySelector('[data-testid=pair-error]').textContent = ''")
+    await page.click("[data-testid=pair-submit]")
+    await page.wait_for_selector("[data-testid=pair-error]:has-text('not right')")
     await context.close()
     assert unexpected(problems) == [], problems.errors
 
@@ -382,12 +389,23 @@ async def test_claim_link_signs_in_first_then_pairs(
     assert await text(page, "paired-name") == "Garage"
     await screenshot(page, "app-claim-paired-phone")
 
-    # The same link again (already ours, code used): refused, in words.
+    # The same link again (used, by its owner): the camera is ours already, with Watch.
     await page.click("[data-testid=to-devices]")
     await page.wait_for_selector("[data-testid=device-card]")
     await page.goto(nginx.url + "/" + fragment)
-    await page.wait_for_selector("[data-testid=claim-failed]")
-    assert await text(page, "pair-error")
+    await page.wait_for_selector("[data-testid=already-yours]")
+    assert await text(page, "paired-name") == "Garage"
+    assert await page.get_attribute("[data-testid=watch-paired]", "href") == (
+        f"#/watch/{camera.device_id}"
+    )
+    await screenshot(page, "app-claim-already-yours-phone")
+    # Somebody else opening it learns nothing about the camera.
+    other = await api.account()
+    context2, page2, problems2 = await open_app(browser, nginx, other)
+    await page2.goto(nginx.url + "/" + fragment)
+    await page2.wait_for_selector("[data-testid=claim-failed]")
+    assert "Garage" not in await text(page2, "pair-error")
+    await context2.close()
     await context.close()
     assert unexpected(problems) == [], problems.errors
 

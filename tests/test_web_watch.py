@@ -118,7 +118,7 @@ async def test_a_refusal_is_matched_to_its_request(page: Page) -> None:
         ("camera_failed", "camera_failed", "image sensor is not working"),
         ("device_busy", "busy", "as many viewers as it can serve"),
         ("stream_stalled", "recovering", "The picture froze"),
-        ("device_unpaired", "failed", "unpaired"),
+        ("device_unpaired", "not_yours", "unpaired"),
         ("device_disconnected", "waiting_device", "offline"),
     ],
 )

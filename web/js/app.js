@@ -1,7 +1,7 @@
 // The app shell: hash routes, the signed-in session, the signaling connection, the banner.
 //
 // Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/account
-//         #/rollouts (operators)
+//         #/history  #/history/<device_id>  #/rollouts (operators)
 // Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
 
 import * as api from "./api.js";
@@ -10,6 +10,7 @@ import * as session from "./session.js";
 import { Signaling } from "./signaling.js";
 import * as accountPage from "./pages/account.js";
 import * as devicesPage from "./pages/devices.js";
+import * as historyPage from "./pages/history.js";
 import * as pairPage from "./pages/pair.js";
 import * as rolloutsPage from "./pages/rollouts.js";
 import * as signinPage from "./pages/signin.js";
@@ -136,9 +137,9 @@ function showConnection({ state, retryInMs }) {
   connection.textContent = words || "";
   connection.title = state === "open" ? "Connected to the MuMu cloud" : "Not connected to the MuMu cloud";
   if (state === "open") quietReconnect = false;
-  if (state === "reconnecting" && (currentWatch?.playing || quietReconnect)) {
-    // Video flows peer to peer, or a new token is on its way: nothing alarming to say; the
-    // connection pill says the rest.
+  if (state === "reconnecting" && (currentWatch || quietReconnect)) {
+    // The watch page says in its own one state what losing the cloud means there (video may
+    // well keep flowing peer to peer), or a new token is on its way: no second message.
   } else if (state === "reconnecting") {
     flash("Connection to the MuMu cloud lost. Reconnecting…", "warning");
     banner.dataset.signaling = "lost";
@@ -211,6 +212,8 @@ const ROUTES = [
   { pattern: /^\/claim\/([A-Za-z0-9_.~-]+)$/, auth: "claim", show: (ctx, [claimToken]) => pairPage.renderClaim(ctx, { claimToken }) },
   { pattern: /^\/watch\/([^/]+)$/, auth: true, show: (ctx, [id]) => watchPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
   { pattern: /^\/account$/, auth: true, show: (ctx) => accountPage.render(ctx) },
+  { pattern: /^\/history$/, auth: true, show: (ctx) => historyPage.render(ctx) },
+  { pattern: /^\/history\/([^/]+)$/, auth: true, show: (ctx, [id]) => historyPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
 ];
 
 function route() {
