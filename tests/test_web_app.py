@@ -406,6 +406,7 @@ async def test_claim_link_signs_in_first_then_pairs(
     await page2.wait_for_selector("[data-testid=claim-failed]")
     assert "Garage" not in await text(page2, "pair-error")
     await context2.close()
+    assert unexpected(problems2) == [], problems2.errors
     await context.close()
     assert unexpected(problems) == [], problems.errors
 
