@@ -310,6 +310,31 @@ async function showOperatorLink() {
 }
 
 document.getElementById("signout").addEventListener("click", () => signOut());
+
+// --- light or dark (theme.js applies a stored choice before the first paint) -----------------
+
+const themeToggle = document.getElementById("theme");
+const systemDark = window.matchMedia("(prefers-color-scheme: dark)");
+function isDark() {
+  const chosen = document.documentElement.dataset.theme;
+  return chosen ? chosen === "dark" : systemDark.matches;
+}
+function showTheme() {
+  themeToggle.setAttribute("aria-pressed", String(isDark()));
+  document.querySelector("meta[name=theme-color]")?.setAttribute("content", isDark() ? "#0b1220" : "#101828");
+}
+themeToggle.addEventListener("click", () => {
+  const next = isDark() ? "light" : "dark";
+  document.documentElement.dataset.theme = next;
+  try {
+    localStorage.setItem("mumu.theme", next);
+  } catch {
+    // not kept: this page only
+  }
+  showTheme();
+});
+systemDark.addEventListener("change", showTheme);
+showTheme();
 window.addEventListener("hashchange", route);
 if (session.token()) keepSignedIn();
 route();
