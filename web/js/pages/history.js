@@ -64,7 +64,7 @@ export function render(ctx, { deviceId = null } = {}) {
       replace(body, h("p", { class: "muted", "data-testid": "history-empty" }, "Nobody has watched yet."));
       return;
     }
-    replace(body, h("div", { class: "table-scroll" }, h("table", { class: "table", "data-testid": "history-table" },
+    replace(body, h("div", { class: "table-scroll", tabindex: 0, role: "region", "aria-label": "Watch sessions" }, h("table", { class: "table", "data-testid": "history-table" },
       h("caption", { class: "visually-hidden" }, "Watch sessions, newest first"),
       h("thead", {}, h("tr", {},
         deviceId ? null : h("th", { scope: "col" }, "Camera"),
