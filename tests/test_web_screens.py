@@ -249,3 +249,86 @@ def test_the_web_app_is_installable() -> None:
         assert (WEB_ROOT / icon["src"]).is_file(), icon
     html = (WEB_ROOT / "index.html").read_text()
     assert 'rel="manifest"' in html and 'name="color-scheme" content="light dark"' in html
+
+
+async def tiles_watching(page: Page) -> list[bool]:
+    watching: list[bool] = await page.evaluate("window.__mumu_grid.map((t) => t.watching)")
+    return watching
+
+
+@pytest.mark.slow
+async def test_the_live_grid_watches_what_is_seen(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+    cameras = [await api.owned_camera(account, f"Cam {n}") for n in range(3)]
+    cams = [await TestCamera.connect(nginx.ws_url, camera) for camera in cameras]
+    try:
+        context, page, problems = await open_app(browser, nginx, account)
+        for camera in cameras:
+            card = page.locator(f"[data-device-id='{camera.device_id}']")
+            await card.locator("[data-testid=device-status]").filter(has_text="Online").wait_for()
+        await page.click("[data-testid=to-grid]")
+        states = page.locator("[data-testid=tile-state][data-state=connected]")
+        await page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=tile-state][data-state=connected]')"
+            ".length === 3",
+            timeout=30_000,
+        )
+        assert await states.count() == 3
+        assert [len(cam.peers) for cam in cams] == [1, 1, 1], "a session per tile"
+        assert await accessibility_problems(page) == []
+        await screenshot(page, "screen-grid-desktop")
+
+        # A hidden tab watches nothing; shown again, every tile comes back.
+        await page.evaluate(
+            """() => { Object.defineProperty(document, "visibilityState",
+                         { configurable: true, get: () => "hidden" });
+                       document.dispatchEvent(new Event("visibilitychange")); }"""
+        )
+        assert await tiles_watching(page) == [False, False, False]
+        await wait_until(lambda: all(not cam.peers for cam in cams), "sessions ended")
+        assert all(reason == "viewer_ended" for cam in cams for _, reason in cam.ended)
+        await page.evaluate(
+            """() => { delete document.visibilityState;
+                       document.dispatchEvent(new Event("visibilitychange")); }"""
+        )
+        await page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=tile-state][data-state=connected]')"
+            ".length === 3",
+            timeout=30_000,
+        )
+
+        # Tap to enlarge: the camera's own watch page.
+        await page.locator("[data-testid=tile]").first.click()
+        await page.wait_for_selector("[data-testid=watch-title]:has-text('Cam 0')")
+        await watch_until_live(page)
+        await context.close()
+        assert unexpected(problems) == [], problems.errors
+
+        # A phone: stacked; a tile scrolled out of view has no session.
+        context, page, problems = await open_app(
+            browser, nginx, account, viewport={"width": 390, "height": 520}
+        )
+        await page.goto(f"{nginx.url}/#/grid")
+        await page.wait_for_selector("[data-testid=tile-state][data-state=connected]")
+        assert (await tiles_watching(page))[-1] is False, "the last tile is out of view"
+        await page.locator("[data-testid=tile]").last.scroll_into_view_if_needed()
+        await page.wait_for_function("() => window.__mumu_grid.at(-1).watching")
+        await page.wait_for_function("() => !window.__mumu_grid[0].watching")
+        await screenshot(page, "screen-grid-phone")
+        await context.close()
+        assert unexpected(problems) == [], problems.errors
+    finally:
+        for cam in cams:
+            await cam.close()
+
+
+async def wait_until(condition: Any, what: str, timeout: float = 15.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)

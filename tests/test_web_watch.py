@@ -379,3 +379,25 @@ async def test_words_for_refusals_codes_and_models(page: Page) -> None:
         "test",
     ]
     assert got["quality"] == ["good", "fair", "poor", None]
+
+
+async def test_a_browser_without_webrtc_is_told_so_and_nothing_is_asked(page: Page) -> None:
+    got = await page.evaluate(
+        """async () => {
+          const { Watch } = await import("/js/watch.js");
+          const sent = [];
+          const signaling = Object.assign(new EventTarget(), {
+            ready: true, send: (type, payload) => sent.push(type) });
+          const real = window.RTCPeerConnection;
+          delete window.RTCPeerConnection;
+          try {
+            const watch = new Watch({ signaling, deviceId: "cam-1" });
+            watch.start();
+            return { state: watch.state, message: watch.message, sent };
+          } finally {
+            window.RTCPeerConnection = real;
+          }
+        }"""
+    )
+    assert got["state"] == "unsupported" and got["sent"] == []
+    assert "no WebRTC" in got["message"]

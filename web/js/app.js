@@ -1,7 +1,7 @@
 // The app shell: hash routes, the signed-in session, the signaling connection, the banner.
 //
 // Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/account
-//         #/history  #/history/<device_id>  #/rollouts (operators)
+//         #/grid  #/history  #/history/<device_id>  #/rollouts (operators)
 // Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
 
 import * as api from "./api.js";
@@ -10,6 +10,7 @@ import * as session from "./session.js";
 import { Signaling } from "./signaling.js";
 import * as accountPage from "./pages/account.js";
 import * as devicesPage from "./pages/devices.js";
+import * as gridPage from "./pages/grid.js";
 import * as historyPage from "./pages/history.js";
 import * as pairPage from "./pages/pair.js";
 import * as rolloutsPage from "./pages/rollouts.js";
@@ -212,6 +213,7 @@ const ROUTES = [
   { pattern: /^\/claim\/([A-Za-z0-9_.~-]+)$/, auth: "claim", show: (ctx, [claimToken]) => pairPage.renderClaim(ctx, { claimToken }) },
   { pattern: /^\/watch\/([^/]+)$/, auth: true, show: (ctx, [id]) => watchPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
   { pattern: /^\/account$/, auth: true, show: (ctx) => accountPage.render(ctx) },
+  { pattern: /^\/grid$/, auth: true, show: (ctx) => gridPage.render(ctx) },
   { pattern: /^\/history$/, auth: true, show: (ctx) => historyPage.render(ctx) },
   { pattern: /^\/history\/([^/]+)$/, auth: true, show: (ctx, [id]) => historyPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
 ];

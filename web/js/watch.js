@@ -53,6 +53,7 @@ const STATE_WORDS = {
   camera_failed: "The camera is online, but its image sensor is not working. Check the camera's cable, or restart the camera.",
   not_yours: "This camera is not on your account.",
   unsupported: "This browser cannot play this camera's video. Open it in Chrome, Edge or Safari, or enable H.264 in this browser.",
+  no_webrtc: "This browser cannot play live video (it has no WebRTC). Open MuMu Camera in Chrome, Edge, Firefox or Safari.",
   ended: "Stopped watching.",
   failed: "Could not watch this camera.",
 };
@@ -173,6 +174,11 @@ export class Watch extends EventTarget {
   // --- session lifecycle -----------------------------------------------------------------------
 
   request() {
+    if (typeof RTCPeerConnection === "undefined") {
+      // No WebRTC at all (e.g. WebKitGTK, some embedded browsers): nothing to ask the camera.
+      this.fail(STATE_WORDS.no_webrtc, "unsupported");
+      return;
+    }
     this.clearTimers();
     this.closePeer();
     this.sessionId = null;
