@@ -610,6 +610,12 @@ async def test_watch_through_the_turn_relay_and_camera_going_offline(
         stats = await watch_until_live(page)
         assert stats["path"] == "relay" and stats["localType"] == "relay", stats
         assert "Relayed" in await text(page, "stat-path")
+        assert await text(page, "path-note") == "Relayed — may be slower."
+        assert await page.get_attribute("[data-testid=quality]", "data-quality") in (
+            "good",
+            "fair",
+            "poor",
+        )
         assert await page.is_visible("[data-testid=relay-forced]")
         await screenshot(page, "app-watch-relay-phone")
 
