@@ -104,6 +104,8 @@ async def open_app(
         )
         await page.goto(nginx.url + "/#/devices")
         await page.wait_for_selector("[data-testid=page-title]:has-text('Your cameras')")
+        # The list's requests done: a test's next page.goto would abort them ("failed").
+        await page.wait_for_load_state("networkidle")
     return context, page, problems
 
 
