@@ -412,12 +412,8 @@ export class Watch extends EventTarget {
     if (reason === "device_disconnected" || (reason === "device_ended" && this.deviceOnline === false)) {
       this.deviceOnline = false;
       this.waitForDevice();
-    } else if (reason === "device_ended" && neverLive && canReceiveH264() === false) {
-      // The camera refused this browser's offer: it has no H.264 to receive.
-      this.fail(STATE_WORDS.unsupported, "unsupported");
-    } else if (reason === "device_ended" && neverLive && ++this.endedByCamera >= ENDED_BY_CAMERA_LIMIT) {
-      // Online, yet it ends every attempt before a picture: asking again forever helps nobody.
-      this.fail("The camera could not start the video for this browser. Restart the camera, or try another browser.");
+    } else if (reason === "device_ended" && neverLive && this.endedBeforePicture()) {
+      // said (cannot play, or gave up)
     } else if (reason === "device_ended" || reason === "expired") {
       this.recover("");
     } else if (reason === "device_unpaired") {
@@ -431,6 +427,24 @@ export class Watch extends EventTarget {
     } else {
       this.fail(describeEnd(reason));
     }
+  }
+
+  /**
+   * The camera ended a session before its first picture (refused the offer, or the session was
+   * gone by the time our candidates arrived).  Without H.264 this browser cannot be served;
+   * with it, a few attempts in a row are enough: asking again forever helps nobody.
+   * True when that was said (the watch stopped).
+   */
+  endedBeforePicture() {
+    if (canReceiveH264() === false) {
+      this.fail(STATE_WORDS.unsupported, "unsupported");
+      return true;
+    }
+    if (++this.endedByCamera >= ENDED_BY_CAMERA_LIMIT) {
+      this.fail("The camera could not start the video for this browser. Restart the camera, or try another browser.");
+      return true;
+    }
+    return false;
   }
 
   refused(payload) {
@@ -467,7 +481,10 @@ export class Watch extends EventTarget {
         this.waitForDevice(STATE_WORDS.busy, "busy");
         break;
       case "session_not_found":
+        // During setup: the camera ended it (its watch_ended may come later, or through
+        // another cloud process).
         this.sessionId = null;
+        if (this.state !== "connected" && this.endedBeforePicture()) break;
         this.recover(words);
         break;
       case "rate_limited":
