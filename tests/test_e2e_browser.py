@@ -12,7 +12,9 @@ with the repository's config.  One stack and one Chromium serve the whole module
   a cloud whose TURN secret coturn does not know: the page says so, it does not hang;
 * two browser contexts watch the camera at once;
 * the cloud process holding the page's socket is SIGKILLed mid-watch: the video keeps
-  playing and the page reconnects to the other process by itself.
+  playing and the page reconnects to the other process by itself;
+* Debian's firefox-esr (WebDriver BiDi, ``tests/firefox.py``): with the H.264 prefs its offer
+  carries H.264 and it plays; as shipped (no H.264) the page says it cannot play the video.
 """
 
 from __future__ import annotations
