@@ -194,12 +194,14 @@ async def test_keyboard_full_screen_and_a_phone_held_sideways(
         # Full screen: controls inside the picture and a way out.
         await page.click("[data-testid=fullscreen]")
         await page.wait_for_function("() => document.fullscreenElement !== null")
-        assert await page.is_visible("[data-testid=exit-fullscreen]")
+        # (shown by the page's fullscreenchange handler, which runs just after)
+        await page.wait_for_selector("[data-testid=exit-fullscreen]", state="visible")
         assert await page.is_visible("[data-testid=stage-end]")
         await screenshot(page, "screen-watch-fullscreen-desktop")
         await page.click("[data-testid=exit-fullscreen]")
         await page.wait_for_function("() => document.fullscreenElement === null")
-        assert await page.is_hidden("[data-testid=exit-fullscreen]")
+        await page.wait_for_selector("[data-testid=exit-fullscreen]", state="hidden")
+        assert await page.get_attribute("[data-testid=fullscreen]", "aria-pressed") == "false"
 
         # The dark-mode toggle says what it does and is kept.
         before = await page.get_attribute("[data-testid=theme-toggle]", "aria-pressed")
