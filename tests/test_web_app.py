@@ -146,18 +146,21 @@ async def test_sign_up_sign_out_sign_in(nginx: Nginx, browser: Browser) -> None:
     await page.fill("[data-testid=password]", password)
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=form-error]:visible")
-    assert await text(page, "form-error")
-
-    # A wrong password, then the right one.  Wait for the sign-in page first: filling the
-    # sign-up form just before it is replaced left the new form's e-mail empty, and the browser
-    # then refused to submit it (this test timed out waiting for an error that never came).
-    await page.click("[data-testid=to-signin]")
+    # The app's words and the next step, not the server's sentence.
+    said = await text(page, "form-error")
+    assert said.startswith("There is already an account with this e-mail address"), said
+    assert "exists already" not in said
+    await page.click("[data-testid=signin-instead]")
     await page.wait_for_selector("[data-testid=page-title]:has-text('Sign in')")
+    assert await page.input_value("[data-testid=email]") == email
+
+    # A wrong password, then the right one (on the sign-in page "Sign in instead" opened; the
+    # test waited for it above: filling a form just before it is replaced loses the input).
     await page.fill("[data-testid=email]", email)
     await page.fill("[data-testid=password]", "not the password")
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=form-error]:visible")
-    assert await text(page, "form-error")
+    assert "do not match" in await text(page, "form-error")
     await page.fill("[data-testid=password]", password)
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=devices-empty]")
