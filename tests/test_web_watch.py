@@ -119,6 +119,7 @@ async def test_a_refusal_is_matched_to_its_request(page: Page) -> None:
         ("device_busy", "busy", "as many viewers as it can serve"),
         ("stream_stalled", "recovering", "The picture froze"),
         ("device_unpaired", "not_yours", "unpaired"),
+        ("codec_unsupported", "unsupported", "cannot play this camera's video"),
         ("device_disconnected", "waiting_device", "offline"),
     ],
 )

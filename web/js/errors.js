@@ -27,6 +27,8 @@ const END_WORDS = {
   camera_failed: "The camera is online, but its image sensor is not working.",
   device_busy: "This camera already has as many viewers as it can serve.",
   stream_stalled: "The picture froze.",
+  access_revoked: "The camera's owner stopped sharing it with you.",
+  codec_unsupported: "This browser cannot play this camera's video.",
 };
 
 /** Words for an `error` payload {code, message, ref}. */

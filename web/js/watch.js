@@ -416,8 +416,11 @@ export class Watch extends EventTarget {
       // said (cannot play, or gave up)
     } else if (reason === "device_ended" || reason === "expired") {
       this.recover("");
-    } else if (reason === "device_unpaired") {
+    } else if (reason === "device_unpaired" || reason === "access_revoked") {
       this.fail(describeEnd(reason), "not_yours");
+    } else if (/codec/.test(reason || "")) {
+      // The camera cannot send this browser a codec it plays ("codec_unsupported").
+      this.fail(STATE_WORDS.unsupported, "unsupported");
     } else if (reason === "device_busy") {
       this.waitForDevice(STATE_WORDS.busy, "busy");
     } else if (reason === "camera_failed") {
