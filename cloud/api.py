@@ -20,7 +20,14 @@ from cloud.errors import ApiError
 from cloud.identity import Identity
 from cloud.live import KICK
 from cloud.services import Services
-from cloud.store import ClaimOutcome, Device, DuplicateError, HistoryScope, WatchSession
+from cloud.store import (
+    ClaimOutcome,
+    Device,
+    DuplicateError,
+    HistoryScope,
+    WatchSession,
+    unowned_name,
+)
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -81,12 +88,15 @@ class ClaimPreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
     claim_token: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
-class ClaimPreview(msgspec.Struct):
-    """The camera a claim link would add, shown to the person before they agree."""
+class ClaimPreview(msgspec.Struct, omit_defaults=True):
+    """The camera a claim link would add, shown to the person before they agree.  A link its
+    owner already used says so, with the camera's id (to watch it): ``already_yours``."""
 
     name: str
     model: str
     expires_at: float
+    already_yours: bool = False
+    device_id: str | None = None
 
 
 class DeviceList(msgspec.Struct):
@@ -249,7 +259,7 @@ async def register_device(
     token = auth.new_device_token()
     await svc.store.create_device(
         device_id,
-        name or f"Camera {device_id[:6]}",
+        name or unowned_name(device_id),
         model or "unknown",
         auth.hash_device_token(token),
         time.time(),
@@ -433,6 +443,7 @@ async def generate_code(
 
 _CLAIM_ERRORS = {
     ClaimOutcome.NO_SUCH_CODE: (404, "invalid_code", "that code is wrong or was used already"),
+    ClaimOutcome.ALREADY_YOURS: (409, "already_yours", "this camera is on your account already"),
     ClaimOutcome.EXPIRED: (
         410,
         "code_expired",
@@ -556,6 +567,18 @@ async def preview_claim(
     target = await svc.store.pairing_target(
         code_hash=None, claim_hash=svc.pairing.hash(data.claim_token.strip())
     )
+    owner = target.device.owner_id if target else None
+    if target is not None and owner is not None and target.expires_at <= time.time():
+        # A used link: its owner is told the camera is theirs; anybody else learns nothing.
+        if owner == user_id:
+            return ClaimPreview(
+                name=target.device.name,
+                model=target.device.model,
+                expires_at=target.expires_at,
+                already_yours=True,
+                device_id=target.device.id,
+            )
+        target = None
     if target is None:
         status, code, message = _CLAIM_ERRORS[ClaimOutcome.NO_SUCH_CODE]
         raise ApiError(status, code, message)

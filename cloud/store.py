@@ -14,7 +14,19 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import and_, bindparam, delete, event, insert, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -127,6 +139,19 @@ class HistoryScope:
     device_id: str
     since: float | None
     viewer_id: str | None
+
+
+#: How long a used or expired pairing code is remembered (unless its camera gets a new one first):
+#: long enough to tell "expired" and "already yours" from a wrong code.
+SPENT_CODE_RETENTION_S = 24 * 3600.0
+
+
+def unowned_name(device_id: str) -> str:
+    """A camera's name while nobody owns it: an owner's name for it never reaches the next."""
+    return f"Camera {device_id[:6]}"
+
+
+UNOWNED_NAME_SQL = literal("Camera ") + func.substr(devices.c.id, 1, 6)
 
 
 class ClaimOutcome(Enum):
@@ -349,7 +374,7 @@ class SqlStore:
             await conn.execute(
                 update(devices)
                 .where(devices.c.owner_id == user_id)
-                .values(owner_id=None, paired_at=None)
+                .values(owner_id=None, paired_at=None, name=UNOWNED_NAME_SQL)
             )
             await drop_shares(conn, owned)
             viewed = [
@@ -534,7 +559,7 @@ class SqlStore:
             done = await conn.execute(
                 update(devices)
                 .where(devices.c.id == device_id, devices.c.owner_id == owner_id)
-                .values(owner_id=None, paired_at=None)
+                .values(owner_id=None, paired_at=None, name=unowned_name(device_id))
             )
             if done.rowcount != 1:
                 return False
@@ -636,12 +661,20 @@ class SqlStore:
     ) -> None:
         try:
             async with self._tx() as conn:
-                # Expired codes of any device go too, so that their hashes cannot collide.
+                # Codes of any device that expired (or were used) long ago go too, and an
+                # expired one with the same hash: once expired, a hash is free again.
                 await conn.execute(
                     delete(pairing_codes).where(
                         or_(
                             pairing_codes.c.device_id == device_id,
-                            pairing_codes.c.expires_at <= now,
+                            pairing_codes.c.expires_at <= now - SPENT_CODE_RETENTION_S,
+                            and_(
+                                pairing_codes.c.expires_at <= now,
+                                or_(
+                                    pairing_codes.c.code_hash == code_hash,
+                                    pairing_codes.c.claim_hash == claim_hash,
+                                ),
+                            ),
                         )
                     )
                 )
@@ -660,15 +693,29 @@ class SqlStore:
     async def claim(
         self, *, code_hash: str | None, claim_hash: str | None, user_id: str, now: float
     ) -> ClaimResult:
-        """Pair the device a live code (or claim token) belongs to with ``user_id``; single use."""
+        """Pair the device a live code (or claim token) belongs to with ``user_id``; single use.
+
+        A used code is kept (spent: expired at once) until its camera asks for a new one, so
+        that its owner entering it again learns the camera is theirs already (ALREADY_YOURS)
+        while anybody else learns nothing (NO_SUCH_CODE); an expired code says so (EXPIRED)."""
         column = pairing_codes.c.code_hash if code_hash is not None else pairing_codes.c.claim_hash
         value = code_hash if code_hash is not None else claim_hash
         async with self._tx() as conn:
-            row = (await conn.execute(select(pairing_codes).where(column == value))).first()
+            row = (
+                await conn.execute(
+                    select(pairing_codes, devices.c.owner_id)
+                    .join(devices, devices.c.id == pairing_codes.c.device_id)
+                    .where(column == value)
+                )
+            ).first()
             if row is None:
                 return ClaimResult(ClaimOutcome.NO_SUCH_CODE)
+            if row.owner_id is not None and row.expires_at <= now:  # spent
+                if row.owner_id != user_id:
+                    return ClaimResult(ClaimOutcome.NO_SUCH_CODE)
+                found = await conn.execute(select(devices).where(devices.c.id == row.device_id))
+                return ClaimResult(ClaimOutcome.ALREADY_YOURS, _device(found.first()))
             if row.expires_at <= now:
-                await conn.execute(delete(pairing_codes).where(column == value))
                 return ClaimResult(ClaimOutcome.EXPIRED)
             before = (
                 await conn.execute(select(devices.c.owner_id).where(devices.c.id == row.device_id))
@@ -691,7 +738,9 @@ class SqlStore:
                 # it already; this holds even if a row were left over).
                 await drop_shares(conn, [row.device_id])
             await conn.execute(
-                delete(pairing_codes).where(pairing_codes.c.device_id == row.device_id)
+                update(pairing_codes)
+                .where(pairing_codes.c.device_id == row.device_id)
+                .values(expires_at=now)
             )
         return ClaimResult(ClaimOutcome.PAIRED, device)
 

@@ -1,5 +1,9 @@
 """The one-command demo: the cloud (SQLite, in-process state) serving the web app, and a camera
-agent with the synthetic camera, both on this machine.  Ctrl-C stops everything.
+agent with the synthetic camera, both on this machine.
+
+Enter stops the camera (to see "camera offline" in the app) and starts it again; Ctrl-C stops
+everything.  The cloud's and the camera's logs go to files in the demo's data directory, not to
+this terminal: the terminal shows only what a person needs (the address, the pairing code).
 
 Run through ``scripts/demo`` (which installs what it needs first).
 """
@@ -7,118 +11,268 @@ Run through ``scripts/demo`` (which installs what it needs first).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+DEFAULT_PORT = 8080
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
+    """Whether the cloud can listen on ``port``.  With SO_REUSEADDR, as the cloud's own socket
+    has it: the previous run's connections in TIME_WAIT do not keep a port busy."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("0.0.0.0", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the cloud exited ({proc.returncode}); see the lines above")
+def choose_port(host: str, asked: int | None) -> int:
+    """The port asked for, or else the first free one from 8080.  An explicit ``--port`` that is
+    taken is an error: moving elsewhere would strand the tab open on it."""
+    if asked is not None:
+        if not port_is_free(host, asked):
+            raise SystemExit(
+                f"demo: port {asked} is in use by another program. Stop it, or choose another "
+                "port with --port."
+            )
+        return asked
+    port = DEFAULT_PORT
+    while not port_is_free(host, port):
+        port += 1
+    return port
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def camera_is_paired(state: Path) -> bool:
+    """Whether the demo camera already belongs to an account (a restart of an earlier demo)."""
+    try:
+        device_id = json.loads((state / "agent" / "credentials.json").read_text())["device_id"]
+        db = sqlite3.connect(f"file:{state / 'cloud' / 'mumu.db'}?mode=ro", uri=True)
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
+            row = db.execute("SELECT owner_id FROM devices WHERE id = ?", (device_id,)).fetchone()
+        finally:
+            db.close()
+    except (OSError, KeyError, ValueError, sqlite3.Error):
+        return False
+    return bool(row and row[0])
+
+
+class Demo:
+    def __init__(self, host: str, port: int, state: Path) -> None:
+        self.host = host
+        self.port = port
+        self.state = state
+        self.url = f"http://localhost:{port}"
+        self.local = f"http://127.0.0.1:{port}"
+        self.cloud: subprocess.Popen[bytes] | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.logs: list[IO[bytes]] = []
+        state.mkdir(parents=True, exist_ok=True)
+
+    def log(self, name: str) -> IO[bytes]:
+        f = open(self.state / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
+        self.logs.append(f)
+        return f
+
+    def start_cloud(self) -> None:
+        env = {
+            **os.environ,
+            "MUMU_DATA_DIR": str(self.state / "cloud"),
+            "MUMU_WEB_DIR": str(ROOT / "web"),
+            "MUMU_PUBLIC_URL": self.url,
+        }
+        argv = [str(BIN / "mumu-cloud"), "serve", "--host", self.host, "--port", str(self.port)]
+        # Its own session: Ctrl-C reaches the demo only, which stops the children in order.
+        self.cloud = subprocess.Popen(
+            [*argv, "--log-level", "warning"],
+            env=env,
+            stdout=self.log("cloud"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while not ready(self.local):
+            if self.cloud.poll() is not None:
+                raise SystemExit(
+                    f"demo: the cloud did not start. Its log ({self.state / 'cloud.log'}):\n"
+                    + tail(self.state / "cloud.log")
+                )
+            if time.monotonic() > deadline:
+                raise SystemExit("demo: the cloud did not become ready within a minute")
             time.sleep(0.2)
-    raise SystemExit("demo: the cloud did not become ready within a minute")
+
+    def start_agent(self) -> None:
+        argv = [
+            str(BIN / "mumu-agent"),
+            "run",
+            "--cloud",
+            self.local,
+            "--camera",
+            "synthetic",
+            "--display",
+            "console",
+            "--state-dir",
+            str(self.state / "agent"),
+            "--name",
+            "Demo camera",
+            "--log-level",
+            "warning",
+        ]
+        # The console display (code, QR) on this terminal; log lines to agent.log.
+        self.agent = subprocess.Popen(argv, stderr=self.log("agent"), start_new_session=True)
+
+    def stop_agent(self) -> None:
+        stop(self.agent)
+        self.agent = None
+
+    def stop(self) -> None:
+        stop(self.agent)
+        stop(self.cloud)
+        for f in self.logs:
+            f.close()
+
+    def run(self) -> int:
+        """Until Ctrl-C (0) or the cloud exits (1)."""
+        interactive = sys.stdin.isatty()
+        while True:
+            if self.cloud is not None and self.cloud.poll() is not None:
+                say(
+                    f"demo: the cloud stopped (exit status {self.cloud.returncode}). Its log "
+                    f"({self.state / 'cloud.log'}):\n{tail(self.state / 'cloud.log')}"
+                )
+                return 1
+            if self.agent is not None and self.agent.poll() is not None:
+                say(
+                    f"demo: the camera stopped (exit status {self.agent.returncode}); the cloud "
+                    f"keeps running. Its log: {self.state / 'agent.log'}. Press Enter to start "
+                    "it again."
+                )
+                self.agent = None
+            if wait_for_enter(0.3, interactive):
+                if self.agent is None:
+                    say("demo: starting the camera…")
+                    self.start_agent()
+                else:
+                    self.stop_agent()
+                    say(
+                        "demo: the camera is stopped; the app shows it offline within seconds. "
+                        "Press Enter to start it again."
+                    )
+
+
+def wait_for_enter(timeout: float, interactive: bool) -> bool:
+    """Whether a line was typed within ``timeout`` seconds (stdin: a terminal or a pipe)."""
+    try:
+        readable, _, _ = select.select([sys.stdin], [], [], timeout)
+    except (OSError, ValueError):  # no usable stdin
+        time.sleep(timeout)
+        return False
+    if not readable:
+        return False
+    line = sys.stdin.readline()
+    if line == "" and not interactive:  # a closed pipe: no more commands
+        sys.stdin = open(os.devnull)  # noqa: SIM115 (lives as long as the demo)
+        return False
+    return True
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="MuMu Camera demo on this machine")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--host", default="0.0.0.0", help="where the cloud listens")
-    parser.add_argument("--state", default=str(ROOT / ".mumu-demo"), help="demo data directory")
+    parser = argparse.ArgumentParser(
+        description="MuMu Camera demo on this machine: the cloud, the web app and a simulated "
+        "camera. Enter stops or starts the camera; Ctrl-C stops everything."
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"where the web app is served (default: {DEFAULT_PORT}, or the next free port; "
+        "a port given here is used or the demo stops)",
+    )
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="the address the cloud listens on (default: 0.0.0.0)"
+    )
+    parser.add_argument(
+        "--state",
+        default=str(ROOT / ".mumu-demo"),
+        help="the demo's data directory: accounts, the camera's identity, logs "
+        "(default: .mumu-demo in the repository)",
+    )
     args = parser.parse_args()
 
-    port = args.port
-    while not port_is_free(port):
-        port += 1
     state = Path(args.state)
-    url = f"http://localhost:{port}"
-    cloud_env = {
-        **os.environ,
-        "MUMU_DATA_DIR": str(state / "cloud"),
-        "MUMU_WEB_DIR": str(ROOT / "web"),
-        "MUMU_PUBLIC_URL": url,
-    }
-    cloud = subprocess.Popen(
-        [
-            str(BIN / "mumu-cloud"),
-            "serve",
-            "--host",
-            args.host,
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=cloud_env,
-    )
-    agent: subprocess.Popen[bytes] | None = None
+    demo = Demo(args.host, choose_port(args.host, args.port), state)
+    code = 0
     try:
-        wait_ready(f"http://127.0.0.1:{port}", cloud)
-        print(
+        demo.start_cloud()
+        paired = camera_is_paired(state)
+        next_step = (
+            "sign in, and watch 'Demo camera' (it is already on your account)."
+            if paired
+            else "sign up, choose 'Add camera' and type the pairing code the camera\n"
+            "  shows below (or scan its QR code)."
+        )
+        say(
             "\n"
             "  MuMu Camera demo is running.\n"
-            f"  Open {url} , sign up, choose 'Add camera' and type the pairing code\n"
-            "  the camera shows below (or scan its QR code). Ctrl-C stops everything.\n",
-            flush=True,
+            f"  Open {demo.url} , {next_step}\n"
+            "  Enter stops the camera (and starts it again). Ctrl-C stops everything.\n"
+            f"  Logs: {state / 'cloud.log'}, {state / 'agent.log'}\n"
         )
-        agent = subprocess.Popen(
-            [
-                str(BIN / "mumu-agent"),
-                "run",
-                "--cloud",
-                f"http://127.0.0.1:{port}",
-                "--camera",
-                "synthetic",
-                "--display",
-                "console",
-                "--state-dir",
-                str(state / "agent"),
-                "--name",
-                "Demo camera",
-                "--log-level",
-                "warning",
-            ],
-        )
-        while cloud.poll() is None and agent.poll() is None:
-            time.sleep(0.3)
-        print("demo: a process exited; stopping", file=sys.stderr)
+        demo.start_agent()
+        code = demo.run()
     except KeyboardInterrupt:
-        print("\ndemo: stopping…", flush=True)
+        say("\ndemo: stopping…")
     finally:
-        for proc in (agent, cloud):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in (agent, cloud):
-            if proc is None:
-                continue
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with contextlib.suppress(KeyboardInterrupt):
+            demo.stop()
+    if code == 0:
+        say("demo: stopped.")
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -442,3 +442,26 @@ async def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+# --- accessibility (axe-core) -----------------------------------------------------------------
+
+AXE = ROOT / "tests" / "js" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+async def accessibility_problems(page: Page) -> list[str]:
+    """The serious and critical axe-core violations on the page as it is now (axe-core from
+    npm, ``scripts/bootstrap test``; evaluated through the DevTools protocol, so the app's CSP
+    stays as it is).  Each as "rule: what (where)"."""
+    require(AXE.exists(), f"axe-core ({AXE}; scripts/bootstrap test installs it)")
+    if not await page.evaluate("typeof window.axe === 'object'"):
+        await page.evaluate(AXE.read_text())
+    problems: list[str] = await page.evaluate(
+        """async () => {
+          const result = await axe.run(document, { resultTypes: ["violations"] });
+          return result.violations
+            .filter((v) => v.impact === "serious" || v.impact === "critical")
+            .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" "))})`);
+        }"""
+    )
+    return problems

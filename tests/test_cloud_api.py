@@ -187,9 +187,11 @@ async def test_device_registration_and_pairing_codes(api: ApiClient) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["device"]["device_id"] == camera.device_id
     assert r.json()["device"]["name"] == "Porch"
-    # single use
+    # single use: its owner is told the camera is theirs already
     assert_error(
-        await h.post("/api/devices/pair", json={"code": second["code"]}, headers=account.auth), 404
+        await h.post("/api/devices/pair", json={"code": second["code"]}, headers=account.auth),
+        409,
+        "already_yours",
     )
     # an owned camera gets no codes and cannot be claimed by anyone else...
     assert_error(
@@ -224,16 +226,13 @@ async def test_pairing_refusals(api: ApiClient) -> None:
     assert_error(await h.post("/api/devices/pair", json={"code": "123456"}), 401)
     camera = await api.camera()
     code = await api.code(camera)
-    # the claim link pairs just as well, and is single use too
+    # the claim link pairs just as well, and is single use too (its owner is told so)
     token = code["claim_url"].rsplit("/", 1)[1]
     r = await h.post("/api/devices/pair", json={"claim_token": token}, headers=account.auth)
     assert r.status_code == 200
-    assert_error(
-        await h.post("/api/devices/pair", json={"claim_token": token}, headers=account.auth), 404
-    )
-    assert_error(
-        await h.post("/api/devices/pair", json={"code": code["code"]}, headers=account.auth), 404
-    )
+    for used in ({"claim_token": token}, {"code": code["code"]}):
+        r = await h.post("/api/devices/pair", json=used, headers=account.auth)
+        assert_error(r, 409, "already_yours")
 
 
 async def test_device_list_rename_unpair_history(api: ApiClient) -> None:

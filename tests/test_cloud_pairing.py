@@ -226,3 +226,78 @@ async def test_session_history_belongs_to_the_current_pairing(
     assert r.json() == {"sessions": []}, "the previous owner's viewing is not the new owner's"
     await viewer.close()
     await device.close()
+
+
+async def test_a_used_code_or_link_tells_its_owner_and_nobody_else(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    """The owner who enters a used code or reopens a used claim link learns the camera is on
+    their account already (the app offers Watch); anybody else gets the wrong-code answer."""
+    h = api.http
+    owner, stranger = await api.account(), await api.account()
+    camera = await api.camera("Porch")
+    code = await api.code(camera)
+    token = code["claim_url"].rsplit("/", 1)[1]
+    r = await h.post("/api/devices/pair", json={"code": code["code"]}, headers=owner.auth)
+    assert r.status_code == 200, r.text
+
+    r = await h.post("/api/devices/pair", json={"code": code["code"]}, headers=owner.auth)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "already_yours"), r.text
+    r = await h.post("/api/devices/pair", json={"claim_token": token}, headers=owner.auth)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "already_yours"), r.text
+    r = await h.post("/api/pairing/preview", json={"claim_token": token}, headers=owner.auth)
+    assert r.status_code == 200, r.text
+    preview = r.json()
+    assert preview["already_yours"] is True and preview["device_id"] == camera.device_id
+    assert preview["name"] == "Porch"
+
+    for body in ({"code": code["code"]}, {"claim_token": token}):
+        r = await h.post("/api/devices/pair", json=body, headers=stranger.auth)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "invalid_code"), r.text
+    r = await h.post("/api/pairing/preview", json={"claim_token": token}, headers=stranger.auth)
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "invalid_code"), r.text
+    listed = (await h.get("/api/devices", headers=owner.auth)).json()["devices"]
+    assert [d["device_id"] for d in listed] == [camera.device_id]
+
+    # Unpaired, the old code means nothing any more, to its old owner either.
+    assert (
+        await h.delete(f"/api/devices/{camera.device_id}", headers=owner.auth)
+    ).status_code == 204
+    r = await h.post("/api/devices/pair", json={"code": code["code"]}, headers=owner.auth)
+    assert r.status_code in (404, 410), r.text
+    r = await h.post("/api/pairing/preview", json={"claim_token": token}, headers=owner.auth)
+    assert r.status_code in (404, 410), r.text
+
+
+async def test_an_owners_name_for_a_camera_does_not_reach_the_next_owner(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    h = api.http
+    first, second, third = await api.account(), await api.account(), await api.account()
+    camera = await api.owned_camera(first, "Garage")
+    r = await h.patch(
+        f"/api/devices/{camera.device_id}", json={"name": "Anna's bedroom"}, headers=first.auth
+    )
+    assert r.status_code == 200, r.text
+    assert (
+        await h.delete(f"/api/devices/{camera.device_id}", headers=first.auth)
+    ).status_code == 204
+
+    code = (await api.code(camera))["code"]
+    token = (await api.code(camera))["claim_url"].rsplit("/", 1)[1]
+    r = await h.post("/api/pairing/preview", json={"claim_token": token}, headers=second.auth)
+    assert r.json()["name"] == f"Camera {camera.device_id[:6]}", r.text
+    del code
+    r = await h.post("/api/devices/pair", json={"claim_token": token}, headers=second.auth)
+    assert r.json()["device"]["name"] == f"Camera {camera.device_id[:6]}", r.text
+
+    # An account deleted with its cameras: the same.
+    r = await h.patch(
+        f"/api/devices/{camera.device_id}", json={"name": "Second's study"}, headers=second.auth
+    )
+    assert r.status_code == 200, r.text
+    r = await h.post("/api/account/delete", json={"password": second.password}, headers=second.auth)
+    assert r.status_code == 204, r.text
+    await api.pair(third, camera)
+    listed = (await h.get("/api/devices", headers=third.auth)).json()["devices"]
+    assert [d["name"] for d in listed] == [f"Camera {camera.device_id[:6]}"]

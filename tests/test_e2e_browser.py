@@ -12,12 +12,15 @@ with the repository's config.  One stack and one Chromium serve the whole module
   a cloud whose TURN secret coturn does not know: the page says so, it does not hang;
 * two browser contexts watch the camera at once;
 * the cloud process holding the page's socket is SIGKILLed mid-watch: the video keeps
-  playing and the page reconnects to the other process by itself.
+  playing and the page reconnects to the other process by itself;
+* Debian's firefox-esr (WebDriver BiDi, ``tests/firefox.py``): with the H.264 prefs its offer
+  carries H.264 and it plays; as shipped (no H.264) the page says it cannot play the video.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -412,3 +415,92 @@ async def test_a_browser_without_h264_is_told_so_and_does_not_retry(
         assert watch_now == {"state": "failed", "awaiting": None, "session": None}
     finally:
         await context.close()
+
+
+# --- Firefox ESR ------------------------------------------------------------------------------
+
+
+async def test_firefox_esr_offers_h264_and_plays_the_camera(
+    stack: Stack, owner: tuple[Account, str]
+) -> None:
+    """Debian's firefox-esr over WebDriver BiDi: its offer carries H.264 (or this fails loudly:
+    without the profile's prefs it offers only VP8, VP9 and AV1), the page goes live and
+    frames are decoded and presented."""
+    from tests.firefox import launch_firefox
+
+    account, device_id = owner
+    async with launch_firefox() as firefox:
+        await firefox.navigate(stack.url + "/")
+        await firefox.evaluate(
+            f"(localStorage.setItem('mumu.token', {account.token!r}),"
+            f" localStorage.setItem('mumu.email', {account.email!r}), true)"
+        )
+        await firefox.navigate(f"{stack.url}/#/watch/{device_id}")
+        offer = await firefox.wait_for(
+            "window.__mumu.pc && window.__mumu.pc.localDescription"
+            " && window.__mumu.pc.localDescription.sdp"
+        )
+        assert re.search(r"a=rtpmap:\d+ H264/90000", offer), (
+            "Firefox's offer has no H.264: its profile lacks media.webrtc.hw.h264.enabled and "
+            "gfx.blacklist.webrtc.hw.acceleration.h264, or libavcodec is missing\n" + offer
+        )
+        await firefox.wait_for(
+            "document.querySelector('[data-testid=watch-state]').dataset.state === 'connected'",
+            timeout=45,
+        )
+        played = await firefox.wait_for(
+            "(() => { const v = document.querySelector('[data-testid=video]');"
+            " return v.videoWidth > 0 && v.currentTime > 1 && !v.paused && v.videoWidth; })()",
+            timeout=45,
+        )
+        assert played == 640
+        stats = await firefox.wait_for("window.__mumu.stats && window.__mumu.stats.framesDecoded")
+        assert stats > 0
+        codec = await firefox.evaluate("window.__mumu.stats.codec")
+        assert codec in ("H264", None), codec  # Firefox may not name it; its offer did
+        view = await firefox.evaluate(
+            "document.querySelector('[data-testid=watch-state]').dataset.view"
+        )
+        assert view == "live"
+
+
+async def test_firefox_without_h264_is_told_it_cannot_play_not_that_the_camera_is_offline(
+    stack: Stack, owner: tuple[Account, str]
+) -> None:
+    """Firefox as Debian ships it offers no H.264.  The camera either serves it anyway (another
+    codec) or refuses; the page then says this browser cannot play the video, at once, and
+    does not call an online camera offline nor retry forever."""
+    from tests.firefox import launch_firefox
+
+    account, device_id = owner
+    async with launch_firefox(h264=False) as firefox:
+        await firefox.navigate(stack.url + "/")
+        await firefox.evaluate(
+            f"(localStorage.setItem('mumu.token', {account.token!r}),"
+            f" localStorage.setItem('mumu.email', {account.email!r}), true)"
+        )
+        await firefox.navigate(f"{stack.url}/#/watch/{device_id}")
+        try:
+            state = await firefox.wait_for(
+                "(() => { const s = document.querySelector('[data-testid=watch-state]')"
+                ".dataset.state; return ['unsupported', 'connected'].includes(s) && s; })()",
+                timeout=45,
+            )
+        except TimeoutError:
+            seen = await firefox.evaluate(
+                "({ state: window.__mumu.watch?.state, message: window.__mumu.watch?.message,"
+                " signaling: window.__mumu.signaling?.state,"
+                " ended: window.__mumu.watch?.endedByCamera,"
+                " sdp: window.__mumu.pc?.localDescription?.sdp?.slice(0, 4000) })"
+            )
+            raise AssertionError(f"the page never said it: {seen}") from None
+        print(f"\nFirefox without H.264: {state}")
+        if state == "unsupported":
+            message = await firefox.evaluate(
+                "document.querySelector('[data-testid=watch-message]').textContent"
+            )
+            assert message.startswith("This browser cannot play this camera's video"), message
+            assert await firefox.evaluate(
+                "!document.querySelector('[data-testid=watch-back]').hidden"
+                " && document.querySelector('[data-testid=retry]').hidden"
+            )

@@ -59,10 +59,23 @@ async def test_pairing_is_single_use_and_replaced(store: SqlStore) -> None:
     won = await store.claim(code_hash="code-b", claim_hash=None, user_id="u1", now=4.0)
     assert won.outcome is ClaimOutcome.PAIRED and won.device is not None
     assert won.device.owner_id == "u1" and won.device.paired_at == 4.0
+    # Spent: its owner is told the camera is theirs, anybody else learns nothing.
     again = await store.claim(code_hash="code-b", claim_hash=None, user_id="u1", now=5.0)
-    assert again.outcome is ClaimOutcome.NO_SUCH_CODE
-    gone = await store.claim(code_hash=None, claim_hash="claim-b", user_id="u1", now=5.0)
-    assert gone.outcome is ClaimOutcome.NO_SUCH_CODE, "the claim token dies with its code"
+    assert again.outcome is ClaimOutcome.ALREADY_YOURS and again.device is not None
+    assert again.device.id == "d1"
+    link = await store.claim(code_hash=None, claim_hash="claim-b", user_id="u1", now=5.0)
+    assert link.outcome is ClaimOutcome.ALREADY_YOURS, "the claim token is spent with its code"
+    await store.create_user("u2", "b@example.com", "h", 1.0)
+    for code, claim in (("code-b", None), (None, "claim-b")):
+        other = await store.claim(code_hash=code, claim_hash=claim, user_id="u2", now=5.0)
+        assert other.outcome is ClaimOutcome.NO_SUCH_CODE
+    # Unpaired: the spent code pairs nobody, and a new code replaces it.
+    assert await store.unpair("d1", "u1")
+    late = await store.claim(code_hash="code-b", claim_hash=None, user_id="u2", now=6.0)
+    assert late.outcome is ClaimOutcome.EXPIRED
+    await store.replace_pairing_code("d1", "code-c", "claim-c", 100.0, 7.0)
+    gone = await store.claim(code_hash="code-b", claim_hash=None, user_id="u2", now=8.0)
+    assert gone.outcome is ClaimOutcome.NO_SUCH_CODE
 
 
 async def test_claim_token_expiry_and_foreign_owner(store: SqlStore) -> None:

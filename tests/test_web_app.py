@@ -104,6 +104,8 @@ async def open_app(
         )
         await page.goto(nginx.url + "/#/devices")
         await page.wait_for_selector("[data-testid=page-title]:has-text('Your cameras')")
+        # The list's requests done: a test's next page.goto would abort them ("failed").
+        await page.wait_for_load_state("networkidle")
     return context, page, problems
 
 
@@ -144,18 +146,21 @@ async def test_sign_up_sign_out_sign_in(nginx: Nginx, browser: Browser) -> None:
     await page.fill("[data-testid=password]", password)
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=form-error]:visible")
-    assert await text(page, "form-error")
-
-    # A wrong password, then the right one.  Wait for the sign-in page first: filling the
-    # sign-up form just before it is replaced left the new form's e-mail empty, and the browser
-    # then refused to submit it (this test timed out waiting for an error that never came).
-    await page.click("[data-testid=to-signin]")
+    # The app's words and the next step, not the server's sentence.
+    said = await text(page, "form-error")
+    assert said.startswith("There is already an account with this e-mail address"), said
+    assert "exists already" not in said
+    await page.click("[data-testid=signin-instead]")
     await page.wait_for_selector("[data-testid=page-title]:has-text('Sign in')")
+    assert await page.input_value("[data-testid=email]") == email
+
+    # A wrong password, then the right one (on the sign-in page "Sign in instead" opened; the
+    # test waited for it above: filling a form just before it is replaced loses the input).
     await page.fill("[data-testid=email]", email)
     await page.fill("[data-testid=password]", "not the password")
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=form-error]:visible")
-    assert await text(page, "form-error")
+    assert "do not match" in await text(page, "form-error")
     await page.fill("[data-testid=password]", password)
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=devices-empty]")
@@ -305,8 +310,15 @@ async def test_a_wrong_pairing_code_is_explained(
     assert "6 digits" in await text(page, "pair-error")
     await page.fill("[data-testid=pair-code]", "000 000")
     await page.click("[data-testid=pair-submit]")
-    await page.wait_for_selector("[data-testid=pair-error]:has-text('not valid')")
+    await page.wait_for_selector("[data-testid=pair-error]:has-text('not right')")
     await screenshot(page, "app-pair-wrong-code")
+    # Whatever surrounds the six digits (a paste from a message) is not held against them.
+    assert await page.get_attribute("[data-testid=pair-code]", "inputmode") == "numeric"
+    await page.fill("[data-testid=pair-code]", "  Code: 560 176  ")
+    assert await page.input_value("[data-testid=pair-code]") == "  Code: 560 176  "
+    await page.evaluate("document.querySelector('[data-testid=pair-error]').textContent = ''")
+    await page.click("[data-testid=pair-submit]")
+    await page.wait_for_selector("[data-testid=pair-error]:has-text('not right')")
     await context.close()
     assert unexpected(problems) == [], problems.errors
 
@@ -382,12 +394,24 @@ async def test_claim_link_signs_in_first_then_pairs(
     assert await text(page, "paired-name") == "Garage"
     await screenshot(page, "app-claim-paired-phone")
 
-    # The same link again (already ours, code used): refused, in words.
+    # The same link again (used, by its owner): the camera is ours already, with Watch.
     await page.click("[data-testid=to-devices]")
     await page.wait_for_selector("[data-testid=device-card]")
     await page.goto(nginx.url + "/" + fragment)
-    await page.wait_for_selector("[data-testid=claim-failed]")
-    assert await text(page, "pair-error")
+    await page.wait_for_selector("[data-testid=already-yours]")
+    assert await text(page, "paired-name") == "Garage"
+    assert await page.get_attribute("[data-testid=watch-paired]", "href") == (
+        f"#/watch/{camera.device_id}"
+    )
+    await screenshot(page, "app-claim-already-yours-phone")
+    # Somebody else opening it learns nothing about the camera.
+    other = await api.account()
+    context2, page2, problems2 = await open_app(browser, nginx, other)
+    await page2.goto(nginx.url + "/" + fragment)
+    await page2.wait_for_selector("[data-testid=claim-failed]")
+    assert "Garage" not in await text(page2, "pair-error")
+    await context2.close()
+    assert unexpected(problems2) == [], problems2.errors
     await context.close()
     assert unexpected(problems) == [], problems.errors
 
@@ -591,6 +615,12 @@ async def test_watch_through_the_turn_relay_and_camera_going_offline(
         stats = await watch_until_live(page)
         assert stats["path"] == "relay" and stats["localType"] == "relay", stats
         assert "Relayed" in await text(page, "stat-path")
+        assert await text(page, "path-note") == "Relayed — may be slower."
+        assert await page.get_attribute("[data-testid=quality]", "data-quality") in (
+            "good",
+            "fair",
+            "poor",
+        )
         assert await page.is_visible("[data-testid=relay-forced]")
         await screenshot(page, "app-watch-relay-phone")
 

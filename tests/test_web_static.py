@@ -116,7 +116,9 @@ async def test_every_module_loads_under_the_csp(nginx: Nginx, browser: Browser) 
           }
           return out;
         }""",
-        [m for m in modules if m != "js/app.js"],  # app.js runs on import (already running)
+        # app.js runs on import (already running); theme.js is a classic script in <head>
+        # (no exports: a CSP refusal of it would be among the page's problems below).
+        [m for m in modules if m not in ("js/app.js", "js/theme.js")],
     )
     failed = {m: v for m, v in loaded.items() if not isinstance(v, int) or v == 0}
     assert failed == {}, failed
@@ -239,5 +241,5 @@ async def test_client_logic_in_the_browser(nginx: Nginx, browser: Browser) -> No
     assert second["bitrateKbps"] == 1000 and second["fps"] == 30 and second["codec"] == "H264"
     assert result["relayed"]["path"] == "relay"
     assert result["offline"] == "This camera is offline right now."
-    assert result["unknown"] == "The cloud said no."
+    assert "something_new" in result["unknown"] and "said no" not in result["unknown"]
     assert "unpaired" in result["unpaired"]

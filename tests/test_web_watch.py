@@ -118,7 +118,8 @@ async def test_a_refusal_is_matched_to_its_request(page: Page) -> None:
         ("camera_failed", "camera_failed", "image sensor is not working"),
         ("device_busy", "busy", "as many viewers as it can serve"),
         ("stream_stalled", "recovering", "The picture froze"),
-        ("device_unpaired", "failed", "unpaired"),
+        ("device_unpaired", "not_yours", "unpaired"),
+        ("codec_unsupported", "unsupported", "cannot play this camera's video"),
         ("device_disconnected", "waiting_device", "offline"),
     ],
 )
@@ -252,3 +253,201 @@ async def test_a_restarting_cloud_is_rejoined_within_its_window(page: Page) -> N
     assert got["retries"] == [4000, 375]
     assert got["attemptAfterRestart"] == 0
     assert got["parsed"] == [3000, 120_000, None]
+
+
+async def test_one_state_for_each_situation_with_one_action(page: Page) -> None:
+    """pages/watch.js view(): the watch's state, the signaling state and whether frames are on
+    screen make exactly one state, one sentence and one action; never two at once."""
+    got = await page.evaluate(
+        """async () => {
+          const { view } = await import("/js/pages/watch.js");
+          const cases = {
+            live: { state: "connected", signaling: "open", playing: true },
+            liveCloudLost: { state: "connected", signaling: "reconnecting", playing: true },
+            connecting: { state: "connecting", signaling: "open", playing: false },
+            cloudDown: { state: "requesting", signaling: "reconnecting", playing: false },
+            cloudDownOffline: { state: "waiting_device", signaling: "reconnecting" },
+            offline: { state: "waiting_device", signaling: "open", playing: false },
+            notYours: { state: "not_yours", message: "This camera is not on your account.",
+                        signaling: "open", playing: false },
+            unsupported: { state: "unsupported", message: "This browser cannot play …",
+                           signaling: "open", playing: false },
+            cameraFailed: { state: "camera_failed", message: "sensor", signaling: "open" },
+            ended: { state: "ended", signaling: "open", playing: false },
+            busy: { state: "busy", message: "busy", signaling: "open", playing: false },
+          };
+          return Object.fromEntries(Object.entries(cases).map(([k, c]) => [k, view(c)]));
+        }"""
+    )
+    assert got["live"]["key"] == "live" and got["live"]["action"] is None
+    assert not got["live"]["note"]
+    assert got["liveCloudLost"]["key"] == "live"
+    assert "keeps playing" in got["liveCloudLost"]["note"]
+    assert got["cloudDown"]["key"] == got["cloudDownOffline"]["key"] == "cloud_unreachable"
+    assert got["cloudDown"]["action"] == "reconnect"
+    assert "Cannot reach the MuMu cloud" in got["cloudDown"]["sentence"]
+    assert (got["offline"]["key"], got["offline"]["action"]) == ("offline", "back")
+    assert (got["notYours"]["key"], got["notYours"]["action"]) == ("not_yours", "back")
+    assert (got["unsupported"]["key"], got["unsupported"]["action"]) == ("unsupported", "back")
+    assert got["connecting"]["action"] == "stop"
+    assert (got["ended"]["action"], got["busy"]["action"]) == ("retry", "retry")
+    assert got["cameraFailed"]["action"] == "retry"
+    for key, v in got.items():
+        assert v["sentence"] or key.startswith("live"), key
+        assert v["sentence"].count(". ") <= 1, v  # one sentence (and perhaps what happens next)
+
+
+@pytest.mark.parametrize(
+    ("code", "state"),
+    [
+        ("forbidden", "not_yours"),
+        ("not_found", "not_yours"),
+        ("unsupported_codec", "unsupported"),
+        ("device_offline", "waiting_device"),
+    ],
+)
+async def test_refusals_become_states_without_useless_actions(
+    page: Page, code: str, state: str
+) -> None:
+    got = await js(
+        page,
+        f"""watch.start();
+           const id = signaling.sent.at(-1).payload.request_id;
+           signaling.deliver("error", {{ code: "{code}", message: "raw server words",
+                                        ref: "watch_request", request_id: id }});
+           return {{ state: watch.state, message: watch.message }};""",
+    )
+    assert got["state"] == state
+    assert "raw server words" not in got["message"]
+
+
+async def test_the_camera_vanishing_is_said_at_once_and_an_online_camera_is_not_offline(
+    page: Page,
+) -> None:
+    got = await js(
+        page,
+        """watch.start();
+           const id = signaling.sent.at(-1).payload.request_id;
+           signaling.deliver("device_status", { device_id: "cam-1", online: false });
+           const vanished = watch.state;
+           watch.retry();
+           watch.deviceOnline = true;
+           const ends = [];
+           for (let i = 0; i < 3; i++) {
+             const rid = signaling.sent.filter((m) => m.type === "watch_request").at(-1)
+               .payload.request_id;
+             signaling.deliver("watch_ready", { session_id: `s-${i}`, device_id: "cam-1",
+                                                ice_servers: [], request_id: rid });
+             signaling.deliver("watch_ended", { session_id: `s-${i}`, reason: "device_ended" });
+             ends.push(watch.state);
+             if (watch.state === "recovering") watch.request();
+           }
+           watch.dispose();
+           return { vanished, ends };""",
+    )
+    assert got["vanished"] == "waiting_device"
+    # Online and ending every attempt before a picture: not "offline", and not forever.
+    assert got["ends"] == ["recovering", "recovering", "failed"]
+
+
+async def test_packets_without_a_decoded_frame_say_this_browser_cannot_play(page: Page) -> None:
+    """H.264 negotiated, packets arriving, not one frame decoded (a browser without a decoder):
+    within a few seconds the page says so instead of "Live" over a black picture.  The
+    browser's stats are the stand-in here (a real browser without a decoder is not available)."""
+    got = await js(
+        page,
+        """watch.start();
+           const id = signaling.sent.at(-1).payload.request_id;
+           signaling.deliver("watch_ready", { session_id: "s-1", device_id: "cam-1",
+                                              ice_servers: [], request_id: id });
+           let bytes = 0;
+           watch.pc.getStats = async () => {
+             bytes += 40000;
+             return new Map([["V", { type: "inbound-rtp", kind: "video", bytesReceived: bytes,
+                                     packetsReceived: bytes / 1000, framesDecoded: 0,
+                                     timestamp: performance.now() }]]);
+           };
+           const started = performance.now();
+           while (watch.state !== "unsupported" && performance.now() - started < 12000) {
+             await new Promise((r) => setTimeout(r, 200));
+           }
+           return { state: watch.state, message: watch.message,
+                    after: performance.now() - started, pc: watch.pc };""",
+    )
+    assert got["state"] == "unsupported", got
+    assert got["message"].startswith("This browser cannot play this camera's video")
+    assert got["after"] < 9000 and got["pc"] is None
+
+
+async def test_words_for_refusals_codes_and_models(page: Page) -> None:
+    got = await page.evaluate(
+        """async () => {
+          const w = await import("/js/words.js");
+          const { quality } = await import("/js/stats.js");
+          return {
+            limited: w.refusalWords({ code: "rate_limited", status: 429, retryAfter: 56,
+                                      serverMessage: "too many attempts; try again in 56 s" }),
+            taken: w.refusalWords({ code: "email_taken", status: 409,
+                                    serverMessage: "an account with that e-mail exists already" }),
+            weak: w.refusalWords({ code: "invalid_input", status: 422,
+                                   serverMessage: "password: too weak (use more different)" }),
+            unknown: w.refusalWords({ code: "brand_new", status: 418, serverMessage: "raw" }),
+            down: w.refusalWords({ code: "unavailable", status: 503, retryAfter: 5 }),
+            digits: ["560176", " 560 176 ", "Code: 560 176", "560-176", "Code 1: 560 176",
+                     "12", "1234567", "560 176 and 123 456"].map(w.pairingDigits),
+            models: ["Linux x86_64", "Raspberry Pi 4 Model B Rev 1.4", "", "unknown", "test"]
+              .map(w.modelWords),
+            quality: [
+              quality({ framesDecoded: 10, fps: 30, rttMs: 20, lossPercent: 0 }),
+              quality({ framesDecoded: 10, fps: 30, rttMs: 200, lossPercent: 0 }),
+              quality({ framesDecoded: 10, fps: 30, rttMs: 20, lossPercent: 8 }),
+              quality({ framesDecoded: 0, fps: null, rttMs: null, lossPercent: null }),
+            ],
+          };
+        }"""
+    )
+    assert got["limited"] == "Too many attempts. Try again in 56 seconds."
+    assert got["taken"].endswith("Sign in instead.") and "exists already" not in got["taken"]
+    assert got["weak"].startswith("Choose a stronger password")
+    assert "raw" not in got["unknown"] and "418" in got["unknown"]
+    assert got["down"].endswith("Try again in 5 seconds.")
+    assert got["digits"] == [
+        "560176",
+        "560176",
+        "560176",
+        "560176",
+        "560176",
+        None,
+        None,
+        None,
+    ]
+    assert got["models"] == [
+        "A computer (Linux, x86_64)",
+        "Raspberry Pi 4 Model B",
+        "MuMu camera",
+        "MuMu camera",
+        "test",
+    ]
+    assert got["quality"] == ["good", "fair", "poor", None]
+
+
+async def test_a_browser_without_webrtc_is_told_so_and_nothing_is_asked(page: Page) -> None:
+    got = await page.evaluate(
+        """async () => {
+          const { Watch } = await import("/js/watch.js");
+          const sent = [];
+          const signaling = Object.assign(new EventTarget(), {
+            ready: true, send: (type, payload) => sent.push(type) });
+          const real = window.RTCPeerConnection;
+          delete window.RTCPeerConnection;
+          try {
+            const watch = new Watch({ signaling, deviceId: "cam-1" });
+            watch.start();
+            return { state: watch.state, message: watch.message, sent };
+          } finally {
+            window.RTCPeerConnection = real;
+          }
+        }"""
+    )
+    assert got["state"] == "unsupported" and got["sent"] == []
+    assert "no WebRTC" in got["message"]

@@ -270,8 +270,15 @@ class PairingController:
     # --- the display ------------------------------------------------------------------------
 
     def _site(self) -> str:
+        """Where to enter the code: the web app's host, with its port when it is not the
+        scheme's default (a demo on localhost:8080)."""
         url = self._code.claim_url if self._code and self._code.claim_url else self._base_url
-        return urlsplit(url).hostname or ""
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        return f"{parts.hostname}:{port}" if parts.hostname and port else parts.hostname or ""
 
     def _compose(self) -> Screen:
         site = self._site()

@@ -1,7 +1,9 @@
 // The cloud's HTTP API (same origin: nginx proxies /api to the cloud).  Every failure becomes an
-// ApiError whose `message` can be shown to the person as it is.
+// ApiError whose `message` can be shown to the person as it is: the app's own words for its
+// `code` (words.js), never the server's sentence.
 
 import * as session from "./session.js";
+import { refusalWords } from "./words.js";
 
 export class ApiError extends Error {
   constructor(status, code, message, retryAfter = null) {
@@ -23,20 +25,8 @@ function signedOut(message) {
   window.dispatchEvent(new CustomEvent(UNAUTHORIZED_EVENT, { detail: { message } }));
 }
 
-const FALLBACK_MESSAGES = {
-  400: "The request was not accepted.",
-  401: "Your session has expired. Please sign in again.",
-  403: "You are not allowed to do that.",
-  404: "Not found.",
-  409: "That conflicts with something that already exists.",
-  410: "That has expired.",
-  422: "Please check what you entered.",
-  429: "Too many attempts. Please wait a moment and try again.",
-  500: "The MuMu cloud had a problem. Please try again.",
-  502: "The MuMu cloud is not reachable right now. Please try again shortly.",
-  503: "The MuMu cloud is busy or restarting. Please try again shortly.",
-  504: "The MuMu cloud took too long to answer. Please try again.",
-};
+const SIGNED_OUT_WORDS = "Your session has expired. Please sign in again.";
+const NETWORK_WORDS = refusalWords({ code: "network", status: 0 });
 
 /** The bearer token for a request; signs out (and throws) when the sign-in is over. */
 async function bearerToken(force) {
@@ -45,13 +35,13 @@ async function bearerToken(force) {
     if (value) return value;
   } catch (error) {
     if (!(error instanceof session.RefreshRefused)) {
-      throw new ApiError(0, "network", "Cannot reach the MuMu cloud. Check your connection and try again.");
+      throw new ApiError(0, "network", NETWORK_WORDS);
     }
     signedOut(error.message);
     throw new ApiError(401, error.code || "signed_out", error.message);
   }
-  signedOut(FALLBACK_MESSAGES[401]);
-  throw new ApiError(401, "not_authenticated", FALLBACK_MESSAGES[401]);
+  signedOut(SIGNED_OUT_WORDS);
+  throw new ApiError(401, "not_authenticated", SIGNED_OUT_WORDS);
 }
 
 async function request(method, path, body = undefined, { auth = true, retried = false, bearer = null } = {}) {
@@ -70,7 +60,7 @@ async function request(method, path, body = undefined, { auth = true, retried = 
       cache: "no-store",
     });
   } catch {
-    throw new ApiError(0, "network", "Cannot reach the MuMu cloud. Check your connection and try again.");
+    throw new ApiError(0, "network", NETWORK_WORDS);
   }
   if (response.status === 204) return null;
   const data = await response.json().catch(() => null);
@@ -80,22 +70,19 @@ async function request(method, path, body = undefined, { auth = true, retried = 
     return request(method, path, body, { auth, retried: true });
   }
 
-  const retryAfter = Number.parseInt(response.headers.get("Retry-After") || "", 10);
-  const error = data?.error;
-  let message = error?.message || data?.detail || FALLBACK_MESSAGES[response.status] ||
-    `The request failed (HTTP ${response.status}).`;
-  if ((response.status === 429 || response.status === 503) && Number.isFinite(retryAfter)) {
-    message = `${message.replace(/\.?$/, ".")} Try again in ${waitWords(retryAfter)}.`;
-  }
-  const apiError = new ApiError(
-    response.status,
-    error?.code || `http_${response.status}`,
-    message,
-    Number.isFinite(retryAfter) ? retryAfter : null,
-  );
+  const parsed = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+  const retryAfter = Number.isFinite(parsed) ? parsed : null;
+  const code = data?.error?.code || `http_${response.status}`;
+  const message = refusalWords({
+    code,
+    status: response.status,
+    serverMessage: data?.error?.message || "",
+    retryAfter,
+  });
+  const apiError = new ApiError(response.status, code, message, retryAfter);
   if (response.status === 401 && auth) {
     // The token was refused and no new one could be had (a refused refresh says why itself).
-    signedOut(FALLBACK_MESSAGES[401]);
+    signedOut(SIGNED_OUT_WORDS);
   }
   throw apiError;
 }
@@ -105,11 +92,6 @@ export function call(method, path, body = undefined) {
   return request(method, path, body);
 }
 
-function waitWords(seconds) {
-  if (seconds < 90) return `${seconds} second${seconds === 1 ? "" : "s"}`;
-  const minutes = Math.ceil(seconds / 60);
-  return `${minutes} minutes`;
-}
 
 export function register(email, password) {
   return request("POST", "/api/auth/register", { email, password }, { auth: false });

@@ -1,7 +1,8 @@
 // The app shell: hash routes, the signed-in session, the signaling connection, the banner.
 //
 // Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/account
-//         #/rollouts (operators)  #/share/<token> (an invitation link, sharing.js)
+//         #/grid  #/history  #/history/<device_id>  #/rollouts (operators)
+//         #/share/<token> (an invitation link, sharing.js)
 // Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
 
 import * as api from "./api.js";
@@ -10,6 +11,8 @@ import * as session from "./session.js";
 import { Signaling } from "./signaling.js";
 import * as accountPage from "./pages/account.js";
 import * as devicesPage from "./pages/devices.js";
+import * as gridPage from "./pages/grid.js";
+import * as historyPage from "./pages/history.js";
 import * as pairPage from "./pages/pair.js";
 import * as rolloutsPage from "./pages/rollouts.js";
 import * as signinPage from "./pages/signin.js";
@@ -137,9 +140,9 @@ function showConnection({ state, retryInMs }) {
   connection.textContent = words || "";
   connection.title = state === "open" ? "Connected to the MuMu cloud" : "Not connected to the MuMu cloud";
   if (state === "open") quietReconnect = false;
-  if (state === "reconnecting" && (currentWatch?.playing || quietReconnect)) {
-    // Video flows peer to peer, or a new token is on its way: nothing alarming to say; the
-    // connection pill says the rest.
+  if (state === "reconnecting" && (currentWatch || quietReconnect)) {
+    // The watch page says in its own one state what losing the cloud means there (video may
+    // well keep flowing peer to peer), or a new token is on its way: no second message.
   } else if (state === "reconnecting") {
     flash("Connection to the MuMu cloud lost. Reconnecting…", "warning");
     banner.dataset.signaling = "lost";
@@ -214,6 +217,9 @@ const ROUTES = [
   { pattern: /^\/watch\/([^/]+)$/, auth: true, show: (ctx, [id]) => watchPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
   { pattern: /^\/account$/, auth: true, show: (ctx) => accountPage.render(ctx) },
   { pattern: /^\/share\/([A-Za-z0-9_-]+)$/, auth: "share", show: (ctx, [token]) => sharing.renderAccept(ctx, { token }) },
+  { pattern: /^\/grid$/, auth: true, show: (ctx) => gridPage.render(ctx) },
+  { pattern: /^\/history$/, auth: true, show: (ctx) => historyPage.render(ctx) },
+  { pattern: /^\/history\/([^/]+)$/, auth: true, show: (ctx, [id]) => historyPage.render(ctx, { deviceId: decodeURIComponent(id) }) },
 ];
 
 function route() {
@@ -316,6 +322,31 @@ async function showOperatorLink() {
 }
 
 document.getElementById("signout").addEventListener("click", () => signOut());
+
+// --- light or dark (theme.js applies a stored choice before the first paint) -----------------
+
+const themeToggle = document.getElementById("theme");
+const systemDark = window.matchMedia("(prefers-color-scheme: dark)");
+function isDark() {
+  const chosen = document.documentElement.dataset.theme;
+  return chosen ? chosen === "dark" : systemDark.matches;
+}
+function showTheme() {
+  themeToggle.setAttribute("aria-pressed", String(isDark()));
+  document.querySelector("meta[name=theme-color]")?.setAttribute("content", isDark() ? "#0b1220" : "#101828");
+}
+themeToggle.addEventListener("click", () => {
+  const next = isDark() ? "light" : "dark";
+  document.documentElement.dataset.theme = next;
+  try {
+    localStorage.setItem("mumu.theme", next);
+  } catch {
+    // not kept: this page only
+  }
+  showTheme();
+});
+systemDark.addEventListener("change", showTheme);
+showTheme();
 window.addEventListener("hashchange", route);
 if (session.token()) keepSignedIn();
 route();

@@ -1,5 +1,5 @@
-// Human words for the signaling protocol's error codes and session end reasons
-// (protocol.js lists them; the cloud's own message is used for anything not listed here).
+// Human words for the signaling protocol's error codes and session end reasons (protocol.js
+// lists them).  The cloud's own message is never shown: it is written for developers.
 
 const ERROR_WORDS = {
   device_offline: "This camera is offline right now.",
@@ -11,6 +11,9 @@ const ERROR_WORDS = {
   not_session_party: "This viewing session belongs to another window.",
   not_authenticated: "Your session has expired. Please sign in again.",
   internal: "The MuMu cloud had a problem. Please try again.",
+  unavailable: "The MuMu cloud is restarting or busy. Watching starts when it is back.",
+  too_many_connections: "This account has too many windows open. Close some, then try again.",
+  unsupported_codec: "This browser cannot play this camera's video.",
 };
 
 const END_WORDS = {
@@ -32,10 +35,8 @@ const END_WORDS = {
 /** Words for an `error` payload {code, message, ref}. */
 export function describeError(payload) {
   const words = ERROR_WORDS[payload?.code];
-  const message = (payload?.message || "").trim();
   if (words) return words;
-  if (message) return message.charAt(0).toUpperCase() + message.slice(1).replace(/\.?$/, ".");
-  return `The MuMu cloud refused the request (${payload?.code || "unknown error"}).`;
+  return `The MuMu cloud refused this (${payload?.code || "unknown error"}). Please try again.`;
 }
 
 /** Words for a `watch_ended` reason. */

@@ -1,5 +1,6 @@
 // What the watch page shows from RTCPeerConnection.getStats(): the media path (direct or via
-// the TURN relay, from the selected candidate pair), bitrate, frame rate, round-trip time.
+// the TURN relay, from the selected candidate pair), bitrate, frame rate, round-trip time, and
+// from these the connection quality in a word (Good / Fair / Poor).
 
 /** The selected candidate pair of a stats report (Chrome/Safari: transport; Firefox: selected). */
 function selectedPair(report) {
@@ -36,6 +37,9 @@ export function summarize(report, previous = null) {
     width: null,
     height: null,
     packetsLost: null,
+    packetsReceived: null,
+    lossPercent: null, // of the packets since the previous summary
+    quality: null, // "good" | "fair" | "poor" | null (no video yet)
     framesDecoded: null,
     codec: null,
     bytesReceived: null,
@@ -66,6 +70,7 @@ export function summarize(report, previous = null) {
     out.width = stat.frameWidth ?? null;
     out.height = stat.frameHeight ?? null;
     out.packetsLost = stat.packetsLost ?? null;
+    out.packetsReceived = stat.packetsReceived ?? null;
     if (typeof stat.framesPerSecond === "number") out.fps = Math.round(stat.framesPerSecond);
     const codec = stat.codecId ? report.get(stat.codecId) : null;
     out.codec = codec?.mimeType?.replace(/^video\//, "") ?? null;
@@ -79,6 +84,24 @@ export function summarize(report, previous = null) {
     if (out.fps === null && out.framesDecoded !== null && previous.framesDecoded !== null) {
       out.fps = Math.round((out.framesDecoded - previous.framesDecoded) / seconds);
     }
+    if (out.packetsReceived !== null && previous.packetsReceived !== null) {
+      const received = out.packetsReceived - previous.packetsReceived;
+      const lost = Math.max(0, (out.packetsLost ?? 0) - (previous.packetsLost ?? 0));
+      if (received + lost > 0) out.lossPercent = Math.round((1000 * lost) / (received + lost)) / 10;
+    }
   }
+  out.quality = quality(out);
   return out;
+}
+
+/**
+ * Good / Fair / Poor from what the viewer feels: lost packets (smearing, freezes), round trip
+ * (delay), frame rate (jerkiness).  Null until pictures arrive.
+ */
+export function quality({ framesDecoded, fps, rttMs, lossPercent }) {
+  if (!framesDecoded) return null;
+  const loss = lossPercent ?? 0;
+  if (loss > 5 || (rttMs !== null && rttMs > 400) || (fps !== null && fps < 5)) return "poor";
+  if (loss > 1 || (rttMs !== null && rttMs > 150) || (fps !== null && fps < 12)) return "fair";
+  return "good";
 }

@@ -20,7 +20,10 @@
 // Events (EventTarget): "state" detail {state, message}; "stats" detail summary (stats.js);
 // "track" detail MediaStream.
 // States: requesting, connecting, connected, interrupted, recovering, waiting_device, busy,
-// camera_failed, ended, failed.
+// camera_failed, not_yours (not on this account, or unpaired), unsupported (this browser cannot
+// play the camera's video: no H.264, the camera refused the codec, or packets arrive and no
+// frame is ever decoded), ended, failed.  pages/watch.js turns them (with the signaling state)
+// into what the person sees: one sentence and one action.
 
 import { MSG } from "./protocol.js";
 import { backoffDelay } from "./signaling.js";
@@ -36,6 +39,9 @@ const RESUME_RETRIES_MS = [1_000, 2_000, 4_000]; // the cloud does not know the 
 const DEVICE_RETRY_MS = 20_000; // camera offline or busy: try again this often even without news
 const STATS_EVERY_MS = 1_000;
 const FIRST_PICTURE_POLL_MS = 200; // a standby's successor: has it decoded a picture yet?
+const NO_PICTURE_MS = 5_000; // packets arriving this long and not one frame decoded: cannot play
+const NO_PICTURE_BYTES = 20_000; // ... at least this much of them (not a trickle of padding)
+const ENDED_BY_CAMERA_LIMIT = 3; // the camera ended this many attempts in a row: stop asking
 
 const STATE_WORDS = {
   requesting: "Asking the camera…",
@@ -46,9 +52,19 @@ const STATE_WORDS = {
   waiting_device: "The camera is offline. Watching resumes when it is back.",
   busy: "This camera already has as many viewers as it can serve. Watching starts when a place frees up.",
   camera_failed: "The camera is online, but its image sensor is not working. Check the camera's cable, or restart the camera.",
+  not_yours: "This camera is not on your account.",
+  unsupported: "This browser cannot play this camera's video. Open it in Chrome, Edge or Safari, or enable H.264 in this browser.",
+  no_webrtc: "This browser cannot play live video (it has no WebRTC). Open MuMu Camera in Chrome, Edge, Firefox or Safari.",
   ended: "Stopped watching.",
   failed: "Could not watch this camera.",
 };
+
+/** Whether this browser can receive H.264 (null: it cannot say). */
+export function canReceiveH264() {
+  if (typeof RTCRtpReceiver === "undefined" || typeof RTCRtpReceiver.getCapabilities !== "function") return null;
+  const codecs = RTCRtpReceiver.getCapabilities("video")?.codecs || [];
+  return codecs.some((codec) => codec.mimeType.toLowerCase() === "video/h264");
+}
 
 /** A request id: 16 characters of [A-Za-z0-9_-] (the protocol's alphabet). */
 function newRequestId() {
@@ -114,6 +130,8 @@ export class Watch extends EventTarget {
     this.timers = {};
     this.statsTimer = null;
     this.stopped = false;
+    this.deviceOnline = null; // from device_status (and the page's device list): null = unknown
+    this.endedByCamera = 0; // consecutive attempts the camera ended before any picture
     /** Counters for tests and diagnostics. */
     this.counts = { lateReadyEnded: 0, resumed: 0, resumeRefused: 0, standbyTakeovers: 0 };
     this.onMessage = (event) => this.handle(event.detail);
@@ -157,6 +175,11 @@ export class Watch extends EventTarget {
   // --- session lifecycle -----------------------------------------------------------------------
 
   request() {
+    if (typeof RTCPeerConnection === "undefined") {
+      // No WebRTC at all (e.g. WebKitGTK, some embedded browsers): nothing to ask the camera.
+      this.fail(STATE_WORDS.no_webrtc, "unsupported");
+      return;
+    }
     this.clearTimers();
     this.closePeer();
     this.sessionId = null;
@@ -352,10 +375,14 @@ export class Watch extends EventTarget {
         else if (this.standby && payload.session_id === this.standby.sessionId) this.dropStandby();
         break;
       case MSG.DEVICE_STATUS:
-        if (payload.device_id === this.deviceId && payload.online &&
-            (this.state === "waiting_device" || this.state === "busy")) {
+        if (payload.device_id !== this.deviceId) break;
+        this.deviceOnline = Boolean(payload.online);
+        if (payload.online && (this.state === "waiting_device" || this.state === "busy")) {
           this.attempt = 0;
           this.request();
+        } else if (!payload.online && !this.playing &&
+                   ["requesting", "connecting", "recovering", "interrupted"].includes(this.state)) {
+          this.waitForDevice(); // the cloud knows it vanished: say so now, not at a timeout
         }
         break;
       case MSG.ERROR:
@@ -382,8 +409,19 @@ export class Watch extends EventTarget {
 
   ended(reason) {
     this.sessionId = null; // already gone at the cloud: no watch_end
-    if (reason === "device_disconnected" || reason === "device_ended" || reason === "expired") {
-      this.waitForDevice(`${describeEnd(reason)} Watching resumes when it is back.`);
+    const neverLive = this.state !== "connected";
+    if (reason === "device_disconnected" || (reason === "device_ended" && this.deviceOnline === false)) {
+      this.deviceOnline = false;
+      this.waitForDevice();
+    } else if (reason === "device_ended" && neverLive && this.endedBeforePicture()) {
+      // said (cannot play, or gave up)
+    } else if (reason === "device_ended" || reason === "expired") {
+      this.recover("");
+    } else if (reason === "device_unpaired" || reason === "access_revoked") {
+      this.fail(describeEnd(reason), "not_yours");
+    } else if (/codec/.test(reason || "")) {
+      // The camera cannot send this browser a codec it plays ("codec_unsupported").
+      this.fail(STATE_WORDS.unsupported, "unsupported");
     } else if (reason === "device_busy") {
       this.waitForDevice(STATE_WORDS.busy, "busy");
     } else if (reason === "camera_failed") {
@@ -393,6 +431,24 @@ export class Watch extends EventTarget {
     } else {
       this.fail(describeEnd(reason));
     }
+  }
+
+  /**
+   * The camera ended a session before its first picture (refused the offer, or the session was
+   * gone by the time our candidates arrived).  Without H.264 this browser cannot be served;
+   * with it, a few attempts in a row are enough: asking again forever helps nobody.
+   * True when that was said (the watch stopped).
+   */
+  endedBeforePicture() {
+    if (canReceiveH264() === false) {
+      this.fail(STATE_WORDS.unsupported, "unsupported");
+      return true;
+    }
+    if (++this.endedByCamera >= ENDED_BY_CAMERA_LIMIT) {
+      this.fail("The camera could not start the video for this browser. Restart the camera, or try another browser.");
+      return true;
+    }
+    return false;
   }
 
   refused(payload) {
@@ -412,7 +468,16 @@ export class Watch extends EventTarget {
       return;
     }
     const words = describeError(payload);
+    if (/codec/.test(payload.code || "")) {
+      // The camera cannot send a codec this browser plays (e.g. "unsupported_codec").
+      this.fail(STATE_WORDS.unsupported, "unsupported");
+      return;
+    }
     switch (payload.code) {
+      case "forbidden":
+      case "not_found":
+        this.fail(words, "not_yours");
+        break;
       case "device_offline":
         this.waitForDevice(`${words} Watching starts when it comes online.`);
         break;
@@ -420,7 +485,10 @@ export class Watch extends EventTarget {
         this.waitForDevice(STATE_WORDS.busy, "busy");
         break;
       case "session_not_found":
+        // During setup: the camera ended it (its watch_ended may come later, or through
+        // another cloud process).
         this.sessionId = null;
+        if (this.state !== "connected" && this.endedBeforePicture()) break;
         this.recover(words);
         break;
       case "rate_limited":
@@ -560,6 +628,7 @@ export class Watch extends EventTarget {
     switch (pc.connectionState) {
       case "connected":
         this.attempt = 0;
+        this.endedByCamera = 0;
         clearTimeout(this.timers.connect);
         clearTimeout(this.timers.disconnected);
         if (this.standby) {
@@ -590,6 +659,7 @@ export class Watch extends EventTarget {
   startStats(pc) {
     clearInterval(this.statsTimer);
     let previous = null;
+    let firstBytesAt = null; // when packets started to arrive (for the no-picture check)
     this.statsTimer = setInterval(async () => {
       if (pc !== this.pc) return;
       try {
@@ -598,6 +668,13 @@ export class Watch extends EventTarget {
         if (pc !== this.pc) return;
         this.stats = summary;
         this.dispatchEvent(new CustomEvent("stats", { detail: summary }));
+        if (summary.bytesReceived > 0 && firstBytesAt === null) firstBytesAt = Date.now();
+        if (!summary.framesDecoded && firstBytesAt !== null && !this.standby &&
+            Date.now() - firstBytesAt >= NO_PICTURE_MS && summary.bytesReceived >= NO_PICTURE_BYTES) {
+          // Packets keep coming and not one frame was decoded: this browser cannot decode
+          // them (H.264 negotiated without a decoder).  "Live" over a black picture is a lie.
+          this.fail(STATE_WORDS.unsupported, "unsupported");
+        }
       } catch {
         // getStats on a closing connection: nothing to show
       }

@@ -4,6 +4,7 @@ import * as api from "../api.js";
 import { h, replace } from "../dom.js";
 import { MSG } from "../protocol.js";
 import { ago } from "../time.js";
+import { modelWords } from "../words.js";
 import { cardLine, windowForm } from "../updates.js";
 import { cameraThumbnail } from "../snapshots.js";
 import * as sharing from "../sharing.js";
@@ -20,7 +21,9 @@ export function render(ctx) {
     h("section", {},
       h("div", { class: "page-head" },
         h("h1", { "data-testid": "page-title" }, "Your cameras"),
-        h("a", { class: "button primary", href: "#/pair", "data-testid": "add-camera" }, "+ Add camera"),
+        h("div", { class: "row" },
+          h("a", { class: "button", href: "#/grid", "data-testid": "to-grid" }, "Live grid"),
+          h("a", { class: "button primary", href: "#/pair", "data-testid": "add-camera" }, "+ Add camera")),
       ),
       error,
       sharing.invitations(() => refresh()),
@@ -92,28 +95,43 @@ export function render(ctx) {
     const cardError = h("p", { class: "form-error", role: "alert", "data-testid": "device-error", hidden: true });
     const panel = h("div", { class: "inline-panel", hidden: true });
     const update = cardLine();
-    const watchLink = h("a", {
-      class: `button primary${device.online ? "" : " disabled"}`,
-      href: `#/watch/${encodeURIComponent(id)}`,
-      "data-testid": "watch",
-    }, "Watch");
+    const watchHref = `#/watch/${encodeURIComponent(id)}`;
+    // Offline: a Watch that does nothing is not offered as a link (it becomes one when the
+    // camera comes online); the status line says when it was last seen.
+    const watchLink = h("a", { class: "button primary", "data-testid": "watch" }, "Watch");
+    function showWatch(online) {
+      if (online) {
+        watchLink.setAttribute("href", watchHref);
+        watchLink.removeAttribute("aria-disabled");
+        watchLink.classList.remove("disabled");
+        watchLink.textContent = "Watch";
+      } else {
+        watchLink.removeAttribute("href");
+        watchLink.setAttribute("aria-disabled", "true");
+        watchLink.classList.add("disabled");
+        watchLink.textContent = "Offline";
+      }
+    }
+    showWatch(device.online);
 
     const thumb = cameraThumbnail(device); // its latest picture, kept in this browser only
     const card = h("article", { class: "card device-card", "data-testid": "device-card", "data-device-id": id },
-      h("a", { class: "device-thumb", href: `#/watch/${encodeURIComponent(id)}`, "aria-label": `Watch ${device.name}`, tabindex: -1 },
+      h("div", { class: "device-thumb" },
         thumb,
       ),
       h("div", { class: "device-body" },
         name,
-        h("p", { class: "muted small" }, device.model || "MuMu camera"),
+        h("p", { class: "muted small", "data-testid": "device-model" }, modelWords(device.model)),
         status,
         update,
       ),
-      h("div", { class: "device-actions" },
-        watchLink,
-        h("button", { class: "button", type: "button", "data-testid": "rename", "data-owner-only": true, onclick: () => openRename() }, "Rename"),
-        h("button", { class: "button", type: "button", "data-testid": "updates", "data-owner-only": true, onclick: () => openUpdates() }, "Updates"),
-        h("button", { class: "button subtle-danger", type: "button", "data-testid": "unpair", "data-owner-only": true, onclick: () => openUnpair() }, "Unpair"),
+      h("div", { class: "device-actions" }, watchLink),
+      // Everything else is secondary: small, and Unpair last (it asks first).
+      h("div", { class: "device-more", role: "group", "aria-label": `More for ${device.name || "this camera"}` },
+        h("button", { class: "button link", type: "button", "data-testid": "rename", "data-owner-only": true, onclick: () => openRename() }, "Rename"),
+        h("button", { class: "button link", type: "button", "data-testid": "updates", "data-owner-only": true, onclick: () => openUpdates() }, "Updates"),
+        h("a", { class: "button link", href: `#/history/${encodeURIComponent(id)}`, "data-testid": "history" }, "History"),
+        h("button", { class: "button link subtle-danger", type: "button", "data-testid": "unpair", "data-owner-only": true, onclick: () => openUnpair() }, "Unpair"),
       ),
       panel,
       cardError,
@@ -189,7 +207,7 @@ export function render(ctx) {
 
     sharing.decorateCard(card, device, {
       panel,
-      actions: card.querySelector(".device-actions"),
+      actions: card.querySelector(".device-more"),
       showError,
       flash: ctx.flash,
       onGone: () => {
@@ -205,7 +223,7 @@ export function render(ctx) {
       status.className = `status ${online ? "online" : "offline"}`;
       thumb.setOnline(online);
       status.textContent = statusText(device);
-      watchLink.classList.toggle("disabled", !online);
+      showWatch(online);
     };
     return card;
   }

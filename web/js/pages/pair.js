@@ -3,26 +3,32 @@
 
 import * as api from "../api.js";
 import { h, replace } from "../dom.js";
+import { modelWords, pairingDigits } from "../words.js";
 
-/** Words for a refused pairing, by HTTP status (the cloud's own message otherwise). */
+/** Words for a refused pairing: the app's words for its code (api.js), or, for a claim link,
+ * what to do with the QR code instead. */
 function pairingWords(failure, how) {
-  switch (failure.status) {
-    case 400:
-    case 404:
-      return how === "code"
-        ? "That code is not valid. Check the 6 digits on the camera's screen and try again."
-        : "This camera link is not valid. Scan the QR code on the camera again.";
-    case 410:
-      return how === "code"
-        ? "That code has expired. The camera shows a new one: please enter that."
-        : "This camera link has expired. Scan the new QR code on the camera.";
-    case 409:
-      return "This camera belongs to another account. Its owner must unpair it first (or reset the camera).";
-    case 429: // includes "Try again in N seconds." (or: scan the QR code instead)
-      return failure.message.charAt(0).toUpperCase() + failure.message.slice(1);
-    default:
-      return failure.message;
+  if (how === "claim") {
+    if (failure.code === "invalid_code" || failure.status === 404) {
+      return "This camera link is not valid any more. Scan the QR code the camera shows now, or type its code.";
+    }
+    if (failure.code === "code_expired") return "This camera link has expired. Scan the new QR code on the camera.";
   }
+  return failure.message;
+}
+
+/** The camera is on this account already (a used code or link opened again by its owner). */
+function alreadyYours(device) {
+  return h("div", { class: "card center stack", "data-testid": "already-yours" },
+    h("h1", { "data-testid": "page-title" }, "Already on your account"),
+    h("p", { class: "lead" }, [h("strong", { "data-testid": "paired-name" }, device?.name || "This camera"), " is already on your account."]),
+    h("div", { class: "row center" },
+      device?.device_id
+        ? h("a", { class: "button primary", href: `#/watch/${encodeURIComponent(device.device_id)}`, "data-testid": "watch-paired" }, "Watch")
+        : null,
+      h("a", { class: `button${device?.device_id ? "" : " primary"}`, href: "#/devices", "data-testid": "to-devices" }, "All cameras"),
+    ),
+  );
 }
 
 function paired(ctx, device) {
@@ -45,8 +51,8 @@ export function render(ctx) {
     name: "code",
     inputmode: "numeric",
     autocomplete: "one-time-code",
-    maxlength: 7,
-    placeholder: "000000",
+    maxlength: 64, // a pasted "Code: 560 176" fits; the six digits are taken from it
+    placeholder: "000 000",
     "aria-label": "Pairing code",
     "data-testid": "pair-code",
   });
@@ -56,8 +62,8 @@ export function render(ctx) {
 
   const form = h("form", { class: "stack", novalidate: true, "data-testid": "pair-form", onsubmit: async (event) => {
     event.preventDefault();
-    const digits = code.value.replace(/[\s-]/g, "");
-    if (!/^\d{6}$/.test(digits)) {
+    const digits = pairingDigits(code.value);
+    if (!digits) {
       error.textContent = "The pairing code has 6 digits. It is shown on the camera's screen.";
       error.hidden = false;
       return;
@@ -69,6 +75,10 @@ export function render(ctx) {
       const device = await api.pairWithCode(digits);
       replace(card.parentElement, paired(ctx, device));
     } catch (failure) {
+      if (failure.code === "already_yours") {
+        replace(card.parentElement, alreadyYours(null));
+        return;
+      }
       error.textContent = pairingWords(failure, "code");
       error.hidden = false;
       submit.disabled = false;
@@ -129,6 +139,10 @@ export function renderClaim(ctx, { claimToken }) {
         if (live) replace(holder, paired(ctx, device));
       } catch (failure) {
         if (!live || failure.status === 401) return;
+        if (failure.code === "already_yours") {
+          replace(holder, alreadyYours(null));
+          return;
+        }
         error.textContent = pairingWords(failure, "claim");
         error.hidden = false;
         add.disabled = false;
@@ -139,7 +153,7 @@ export function renderClaim(ctx, { claimToken }) {
       h("h1", { "data-testid": "page-title" }, "Add this camera?"),
       h("p", { class: "claim-camera" },
         h("strong", { "data-testid": "claim-name" }, camera.name),
-        h("span", { class: "muted", "data-testid": "claim-model" }, ` · ${camera.model}`),
+        h("span", { class: "muted", "data-testid": "claim-model" }, ` · ${modelWords(camera.model)}`),
       ),
       h("p", {}, "Add it only if it is your own camera and you set it up yourself: whoever owns a camera learns your network address when you watch it."),
       error,
@@ -152,7 +166,9 @@ export function renderClaim(ctx, { claimToken }) {
   }
 
   api.previewClaim(claimToken).then((camera) => {
-    if (live) ask(camera);
+    if (!live) return;
+    if (camera.already_yours) replace(holder, alreadyYours(camera));
+    else ask(camera);
   }, failed);
   return () => {
     live = false;

@@ -1,7 +1,9 @@
 // Sign in (#/signin) and sign up (#/signup).
 
 import * as api from "../api.js";
-import { h } from "../dom.js";
+import { h, replace } from "../dom.js";
+
+const EMAIL_DRAFT = "mumu.emailDraft"; // carried from sign-up to "Sign in instead"
 
 export function render(ctx, { mode }) {
   const signup = mode === "signup";
@@ -59,7 +61,15 @@ export function render(ctx, { mode }) {
       const { access_token: accessToken } = await patiently(() => api.login(address, password.value));
       ctx.signedIn(accessToken, address);
     } catch (failure) {
-      error.textContent = failure.message;
+      // The next step as a link where there is one: an address with an account signs in.
+      const next = failure.code === "email_taken"
+        ? h("a", {
+          href: "#/signin",
+          "data-testid": "signin-instead",
+          onclick: () => sessionStorage.setItem(EMAIL_DRAFT, address),
+        }, "Sign in instead")
+        : null;
+      replace(error, failure.message.replace(/ Sign in instead\.$/, next ? " " : ""), next);
       error.hidden = false;
       submit.disabled = false;
       submit.textContent = signup ? "Create account" : "Sign in";
@@ -83,5 +93,12 @@ export function render(ctx, { mode }) {
       ),
     ),
   );
-  email.focus();
+  const draft = sessionStorage.getItem(EMAIL_DRAFT);
+  sessionStorage.removeItem(EMAIL_DRAFT);
+  if (draft) {
+    email.value = draft;
+    password.focus();
+  } else {
+    email.focus();
+  }
 }
