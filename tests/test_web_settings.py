@@ -68,7 +68,10 @@ async def test_the_owner_changes_settings_is_refused_in_words_and_restarts_the_c
         assert await panel.evaluate("d => d.open && d.matches(':modal')")
         form = panel.locator("[data-testid=settings-form]")
         await form.wait_for()
-        size, fps, hflip = (part(panel, name) for name in ("size", "fps", "hflip"))
+        # found by their labels, as a screen reader names them
+        size = panel.get_by_label("Size", exact=True)
+        fps = panel.get_by_label("Frame rate", exact=True)
+        hflip = panel.get_by_label("Mirror (flip left to right)")
         assert await size.input_value() == "640x360"
         assert await fps.input_value() == "15"
         assert not await hflip.is_checked()
@@ -176,6 +179,23 @@ async def test_not_for_viewers_offline_says_why_and_a_silent_camera_times_out(
         await error.wait_for()
         assert "did not answer" in (await error.text_content() or "")
         assert await panel.locator("[data-testid=settings-retry]").is_visible()
+
+        # the camera goes away while the panel is open: said so, no settings offered
+        await socket.close()
+        await part(panel, "status", "[data-state=offline]").wait_for()
+        assert await part(panel, "form").is_hidden()
+        assert await part(panel, "restart").is_hidden()
+
+        # every refusal the camera or the cloud can give has its words
+        missing = await page.evaluate(
+            """async () => {
+                 const { REFUSAL_WORDS } = await import("/js/camera-settings.js");
+                 const { SETTINGS_REFUSALS } = await import("/js/protocol.js");
+                 return [...SETTINGS_REFUSALS, "forbidden", "device_offline"]
+                   .filter((code) => !REFUSAL_WORDS[code]);
+               }"""
+        )
+        assert missing == []
         await context.close()
         assert unexpected(problems) == [], problems.errors
     finally:

@@ -109,8 +109,13 @@ class SettingsPanel {
 
   build() {
     const titleId = `camera-settings-title-${++sequence}`;
-    const field = (label, control, hint = null) =>
-      h("label", { class: "settings-field" }, label, control, hint ? h("span", { class: "hint" }, hint) : null);
+    const field = (label, control, hint = null) => {
+      const id = `${titleId}-${control.dataset.testid}`;
+      control.id = id;
+      const hintNode = hint ? h("span", { class: "hint", id: `${id}-hint` }, hint) : null;
+      if (hintNode) control.setAttribute("aria-describedby", hintNode.id);
+      return h("div", { class: "settings-field" }, h("label", { for: id }, label), control, hintNode);
+    };
 
     this.size = h("select", { "data-testid": "settings-size", onchange: () => this.sizeChanged() });
     this.fps = h("select", { "data-testid": "settings-fps", onchange: () => this.changed() });
@@ -377,7 +382,7 @@ class SettingsPanel {
     this.clearPending();
     this.online = true;
     this.answer = answer;
-    this.show_(answer);
+    this.render(answer);
     this.busy(false);
     this.retry.hidden = true;
     if (!mine) return; // news from another tab: the values are now true, nothing else to say
@@ -423,7 +428,7 @@ class SettingsPanel {
   // --- the form -----------------------------------------------------------------------------
 
   /** Shows the camera's answer: its settings as they are, what it offers, its software. */
-  show_(answer) {
+  render(answer) {
     const settings = answer.settings;
     const modes = [...(answer.modes || [])];
     if (!modes.some((m) => m.width === settings.width && m.height === settings.height)) {
