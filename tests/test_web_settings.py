@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from device.settings import SETTINGS_FILE
 from tests.agent_inprocess import pair, running_agent, until
-from tests.browser import screenshot
+from tests.browser import PHONE_VIEWPORT, screenshot
 from tests.signaling_client import device as device_socket
 from tests.test_web_app import (  # the same real cloud, nginx and coturn
     api,
@@ -124,6 +124,9 @@ async def test_the_owner_changes_settings_is_refused_in_words_and_restarts_the_c
         await part(panel, "status", "[data-state=back]").wait_for(timeout=30_000)
         assert await fps.input_value() == "10" and await hflip.is_checked()
         assert again.hub is not None and again.hub.config.fps == 10 and again.hub.config.hflip
+
+        await page.set_viewport_size(PHONE_VIEWPORT)
+        await screenshot(page, "app-camera-settings-phone")
 
         # Escape closes the panel and gives the focus back to its button
         await page.keyboard.press("Escape")
