@@ -8,6 +8,7 @@ import { modelWords } from "../words.js";
 import { cardLine, windowForm } from "../updates.js";
 import { cameraThumbnail } from "../snapshots.js";
 import * as sharing from "../sharing.js";
+import { settingsButton } from "../camera-settings.js";
 
 const REFRESH_MS = 30_000;
 
@@ -216,6 +217,7 @@ export function render(ctx) {
         if (cards.size === 0) replace(list, empty());
       },
     });
+    settingsButton(card, device, ctx); // the owner's camera settings (camera-settings.js)
     card.setUpdate = (payload) => update.set(payload);
     card.setStatus = (online) => {
       device.online = online;
