@@ -404,7 +404,9 @@ async def test_a_browser_without_h264_is_told_so_and_does_not_retry(
         await context.add_init_script(NO_H264)
         await watch(page, stack.url, device_id)
         await page.reload()
-        await page.wait_for_selector("[data-testid=watch-state][data-state=failed]", timeout=20_000)
+        await page.wait_for_selector(
+            "[data-testid=watch-state][data-state=unsupported]", timeout=20_000
+        )
         words = await text_of(page, "watch-message")
         assert "cannot play this camera" in words, words
         # Failed for good: no request waiting for an answer, no session, no retry scheduled.
@@ -412,7 +414,7 @@ async def test_a_browser_without_h264_is_told_so_and_does_not_retry(
             "(() => { const w = window.__mumu.watch;"
             " return { state: w.state, awaiting: w.awaiting, session: w.sessionId }; })()"
         )
-        assert watch_now == {"state": "failed", "awaiting": None, "session": None}
+        assert watch_now == {"state": "unsupported", "awaiting": None, "session": None}
     finally:
         await context.close()
 

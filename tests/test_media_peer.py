@@ -121,3 +121,43 @@ async def test_track_attached_after_reading_the_offer_is_narrowed_to_h264(hub: M
         track.stop()
         await pc.close()
         await viewer.close()
+
+
+#: The video section of Firefox ESR's offer as it writes it: every ``a=fmtp`` before the
+#: ``a=rtpmap`` lines they belong to.
+FIREFOX_OFFER = "\r\n".join(
+    [
+        "v=0",
+        "o=mozilla...THIS_IS_SDPARTA-128.0 1 0 IN IP4 0.0.0.0",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "m=video 9 UDP/TLS/RTP/SAVPF 120 121 126 97",
+        "c=IN IP4 0.0.0.0",
+        "a=recvonly",
+        "a=fmtp:126 profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1",
+        "a=fmtp:97 profile-level-id=42e01f;level-asymmetry-allowed=1",
+        "a=fmtp:120 max-fs=12288;max-fr=60",
+        "a=ice-pwd:0123456789abcdef0123456789abcdef",
+        "a=ice-ufrag:abcd",
+        "a=mid:0",
+        "a=rtcp-mux",
+        "a=rtpmap:120 VP8/90000",
+        "a=rtpmap:121 VP9/90000",
+        "a=rtpmap:126 H264/90000",
+        "a=rtpmap:97 H264/90000",
+        "a=setup:actpass",
+        "",
+    ]
+)
+
+
+def test_firefox_s_offer_is_read_whatever_the_order_of_its_lines() -> None:
+    from device.media.peer import can_play, offered_video_codecs
+
+    codecs = offered_video_codecs(FIREFOX_OFFER)
+    assert [name for name, _ in codecs] == ["VP8", "VP9", "H264", "H264"]
+    assert codecs[2][1]["packetization-mode"] == "1"
+    assert can_play(FIREFOX_OFFER)
+    without_h264 = FIREFOX_OFFER.replace("packetization-mode=1", "packetization-mode=0")
+    assert not can_play(without_h264)

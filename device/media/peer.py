@@ -56,24 +56,19 @@ def h264_preferences() -> list[RTCRtpCodecCapability]:
 
 
 def offered_video_codecs(sdp: str) -> list[tuple[str, dict[str, str]]]:
-    """The video codecs of an offer, in its order: ``(name, fmtp parameters)``."""
-    codecs: dict[str, tuple[str, dict[str, str]]] = {}
-    in_video = False
-    for line in sdp.splitlines():
-        line = line.strip()
-        if line.startswith("m="):
-            in_video = line.startswith("m=video ")
-        elif in_video and line.startswith("a=rtpmap:"):
-            pt, _, rest = line[len("a=rtpmap:") :].partition(" ")
-            codecs[pt] = (rest.split("/", 1)[0], {})
-        elif in_video and line.startswith("a=fmtp:"):
-            pt, _, rest = line[len("a=fmtp:") :].partition(" ")
-            if pt in codecs:
-                for item in rest.split(";"):
-                    key, _, value = item.strip().partition("=")
-                    if key:
-                        codecs[pt][1][key.lower()] = value
-    return list(codecs.values())
+    """The video codecs of an offer, in its order: ``(name, fmtp parameters)``.  Read by
+    aiortc's own SDP parser (Firefox writes every ``a=fmtp`` before the ``a=rtpmap`` lines)."""
+    from aiortc.sdp import SessionDescription
+
+    codecs: list[tuple[str, dict[str, str]]] = []
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind != "video":
+            continue
+        for codec in media.rtp.codecs:
+            name = codec.mimeType.split("/", 1)[-1]
+            params = {str(k).lower(): str(v) for k, v in codec.parameters.items()}
+            codecs.append((name, params))
+    return codecs
 
 
 def can_play(sdp: str) -> bool:
