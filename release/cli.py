@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--constraints",
         type=Path,
         help="a pip constraints file pinning the dependencies (image/build pins them to the "
-        "versions its own environment runs)",
+        "versions its own environment runs); default: none, the newest allowed versions",
     )
 
     i = sub.add_parser("init", help="create a repository and its keys (offline machine)")
