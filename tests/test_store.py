@@ -17,8 +17,6 @@ from cloud import migrate
 from cloud.schema import devices, users
 from cloud.store import ClaimOutcome, DuplicateError, SignIn, SqlStore, engine_args
 
-HEAD = "0003"
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest) -> str:
