@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -113,13 +114,15 @@ class Demo:
         }
         argv = [str(BIN / "mumu-cloud"), "serve", "--host", self.host, "--port", str(self.port)]
         # Its own session: Ctrl-C reaches the demo only, which stops the children in order.
-        self.cloud = subprocess.Popen(
-            [*argv, "--log-level", "warning"],
-            env=env,
-            stdout=self.log("cloud"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        log = self.log("cloud")
+        with interrupts_held():
+            self.cloud = subprocess.Popen(
+                [*argv, "--log-level", "warning"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while not ready(self.local):
             if self.cloud.poll() is not None:
@@ -132,15 +135,19 @@ class Demo:
             time.sleep(0.2)
 
     def start_agent(self) -> None:
+        # The agent logs to its stdout, which goes to agent.log; the console display (state,
+        # code, QR) writes to its stderr, which is this terminal.
+        config = self.state / "agent.yaml"
+        config.write_text("displays:\n  - backend: console\n    stream: stderr\n")
         argv = [
             str(BIN / "mumu-agent"),
             "run",
+            "--config",
+            str(config),
             "--cloud",
             self.local,
             "--camera",
             "synthetic",
-            "--display",
-            "console",
             "--state-dir",
             str(self.state / "agent"),
             "--name",
@@ -148,8 +155,9 @@ class Demo:
             "--log-level",
             "warning",
         ]
-        # The console display (code, QR) on this terminal; log lines to agent.log.
-        self.agent = subprocess.Popen(argv, stderr=self.log("agent"), start_new_session=True)
+        log = self.log("agent")
+        with interrupts_held():
+            self.agent = subprocess.Popen(argv, stdout=log, start_new_session=True)
 
     def stop_agent(self) -> None:
         stop(self.agent)
@@ -204,6 +212,24 @@ def wait_for_enter(timeout: float, interactive: bool) -> bool:
         sys.stdin = open(os.devnull)  # noqa: SIM115 (lives as long as the demo)
         return False
     return True
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) arriving while a child starts takes effect once the child is
+    recorded: interrupted inside ``Popen`` the child would run on, unknown to ``stop()``."""
+    held: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, _frame: held.append(signum))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            raise KeyboardInterrupt
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:

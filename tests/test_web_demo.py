@@ -33,6 +33,19 @@ def demo_module() -> ModuleType:
     return module
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that contain ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
 class Demo:
     """``scripts/demo.py`` in a subprocess, its output read line by line."""
 
@@ -137,6 +150,8 @@ def test_demo_port_code_camera_offline_ctrl_c_and_restart(tmp_path: Path) -> Non
         for noise in ("Traceback", "WARNING", "a process exited"):
             assert noise not in output, output
         assert "demo: stopped." in output
+        # nothing it started runs on (Ctrl-C while it was starting the camera, here)
+        assert not processes_mentioning(str(tmp_path / "state")), output
 
         # At once again, on the same port (its old connections in TIME_WAIT do not move it),
         # and the camera is known to be paired: nobody is told to type a code.
