@@ -50,6 +50,19 @@ class Client:
                     return dict(message)
                 self.inbox.append(message)
 
+    async def became(self, device_id: str, online: bool, timeout: float = 5.0) -> None:
+        """Wait for ``device_status`` saying ``device_id`` is ``online``.  A status published
+        just before this viewer connected can still reach it (Redis delivers to whoever is
+        subscribed when the message arrives): earlier statuses may say the opposite, which was
+        true then."""
+        async with asyncio.timeout(timeout):
+            while True:
+                status = (await self.recv("device_status", timeout))["payload"]
+                assert status["device_id"] == device_id, status
+                if status["online"] is online:
+                    assert status == {"device_id": device_id, "online": online}
+                    return
+
     async def error(self, timeout: float = 5.0) -> dict[str, Any]:
         payload: dict[str, Any] = (await self.recv("error", timeout))["payload"]
         return payload
