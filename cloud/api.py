@@ -436,6 +436,7 @@ async def generate_code(
             )
         except DuplicateError:
             continue
+        svc.metrics.pairing_codes_issued.inc()
         origin = svc.settings.public_url or str(request.base_url).rstrip("/")
         return PairingCode(code=code, expires_at=expires_at, claim_url=f"{origin}/#/claim/{claim}")
     raise ApiError(503, "busy", "could not allocate a pairing code; try again")

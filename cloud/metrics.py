@@ -84,6 +84,11 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.pairing_codes_issued = Counter(
+            "mumu_pairing_codes_issued",
+            "Pairing codes given to cameras (each replaces the camera's previous one)",
+            registry=self.registry,
+        )
         self.db_latency = Histogram(
             "mumu_db_query_seconds",
             "Database transaction latency",

@@ -39,8 +39,9 @@ devices = Table(
 pairing_codes = Table(
     "pairing_codes",
     metadata,
-    Column("device_id", String(64), ForeignKey("devices.id"), primary_key=True),
-    Column("code_hash", String(128), nullable=False, unique=True),
+    Column("device_id", String(64), ForeignKey("devices.id"), nullable=False, index=True),
+    #: One row per code: a camera's earlier codes stay a while after it shows a new one.
+    Column("code_hash", String(128), primary_key=True),
     Column("claim_hash", String(128), nullable=False, unique=True),
     Column("expires_at", Float, nullable=False),
     Column("created_at", Float, nullable=False),

@@ -141,9 +141,15 @@ class HistoryScope:
     viewer_id: str | None
 
 
-#: How long a used or expired pairing code is remembered (unless its camera gets a new one first):
-#: long enough to tell "expired" and "already yours" from a wrong code.
+#: How long a used or expired pairing code is remembered: long enough to tell "expired" and
+#: "already yours" from a wrong code.
 SPENT_CODE_RETENTION_S = 24 * 3600.0
+#: How long a camera's codes are remembered once expired when it asks for a new one (a person
+#: who read the old code and came back later)...
+REPLACED_CODE_RETENTION_S = 3600.0
+#: ...and how many of them at most, the oldest forgotten first: an hour of codes at one per
+#: PAIRING_TTL_S, and no more however often a camera asks.
+REPLACED_CODES_KEPT = 12
 
 
 def unowned_name(device_id: str) -> str:
@@ -661,12 +667,16 @@ class SqlStore:
     ) -> None:
         try:
             async with self._tx() as conn:
-                # Codes of any device that expired (or were used) long ago go too, and an
-                # expired one with the same hash: once expired, a hash is free again.
+                # This camera's codes that expired a while ago go, codes of any camera that
+                # expired (or were used) long ago too, and an expired one with the same hash:
+                # once expired, a hash is free again.
                 await conn.execute(
                     delete(pairing_codes).where(
                         or_(
-                            pairing_codes.c.device_id == device_id,
+                            and_(
+                                pairing_codes.c.device_id == device_id,
+                                pairing_codes.c.expires_at <= now - REPLACED_CODE_RETENTION_S,
+                            ),
                             pairing_codes.c.expires_at <= now - SPENT_CODE_RETENTION_S,
                             and_(
                                 pairing_codes.c.expires_at <= now,
@@ -678,6 +688,12 @@ class SqlStore:
                         )
                     )
                 )
+                # The camera's earlier codes are replaced: expired from now on, kept to say so.
+                await conn.execute(
+                    update(pairing_codes)
+                    .where(pairing_codes.c.device_id == device_id, pairing_codes.c.expires_at > now)
+                    .values(expires_at=now)
+                )
                 await conn.execute(
                     insert(pairing_codes).values(
                         device_id=device_id,
@@ -685,6 +701,18 @@ class SqlStore:
                         claim_hash=claim_hash,
                         expires_at=expires_at,
                         created_at=now,
+                    )
+                )
+                newest = (
+                    select(pairing_codes.c.code_hash)
+                    .where(pairing_codes.c.device_id == device_id)
+                    .order_by(pairing_codes.c.created_at.desc())
+                    .limit(REPLACED_CODES_KEPT + 1)
+                )
+                await conn.execute(
+                    delete(pairing_codes).where(
+                        pairing_codes.c.device_id == device_id,
+                        pairing_codes.c.code_hash.not_in(newest.scalar_subquery()),
                     )
                 )
         except IntegrityError:
@@ -695,9 +723,10 @@ class SqlStore:
     ) -> ClaimResult:
         """Pair the device a live code (or claim token) belongs to with ``user_id``; single use.
 
-        A used code is kept (spent: expired at once) until its camera asks for a new one, so
-        that its owner entering it again learns the camera is theirs already (ALREADY_YOURS)
-        while anybody else learns nothing (NO_SUCH_CODE); an expired code says so (EXPIRED)."""
+        A used code is kept (spent: expired at once), so that its owner entering it again
+        learns the camera is theirs already (ALREADY_YOURS) while anybody else learns nothing
+        (NO_SUCH_CODE); an expired code of a camera nobody owns says so (EXPIRED), also when
+        the camera shows a newer one."""
         column = pairing_codes.c.code_hash if code_hash is not None else pairing_codes.c.claim_hash
         value = code_hash if code_hash is not None else claim_hash
         async with self._tx() as conn:
@@ -739,7 +768,7 @@ class SqlStore:
                 await drop_shares(conn, [row.device_id])
             await conn.execute(
                 update(pairing_codes)
-                .where(pairing_codes.c.device_id == row.device_id)
+                .where(pairing_codes.c.device_id == row.device_id, pairing_codes.c.expires_at > now)
                 .values(expires_at=now)
             )
         return ClaimResult(ClaimOutcome.PAIRED, device)

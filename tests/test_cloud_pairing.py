@@ -228,6 +228,24 @@ async def test_session_history_belongs_to_the_current_pairing(
     await device.close()
 
 
+async def test_a_code_the_camera_replaced_says_it_expired(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    """A person who read the code, and types it after the camera showed a new one, is told it
+    expired (the next step: the new code), not that it is wrong."""
+    h = api.http
+    person = await api.account()
+    camera = await api.camera("Porch")
+    first = await api.code(camera)
+    second = await api.code(camera)
+    token = first["claim_url"].rsplit("/", 1)[1]
+    for body in ({"code": first["code"]}, {"claim_token": token}):
+        r = await h.post("/api/devices/pair", json=body, headers=person.auth)
+        assert (r.status_code, r.json()["error"]["code"]) == (410, "code_expired"), r.text
+    r = await h.post("/api/devices/pair", json={"code": second["code"]}, headers=person.auth)
+    assert r.status_code == 200, r.text
+
+
 async def test_a_used_code_or_link_tells_its_owner_and_nobody_else(
     cloud: CloudProcess, api: ApiClient
 ) -> None:

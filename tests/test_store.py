@@ -15,7 +15,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from cloud import migrate
 from cloud.schema import devices, users
-from cloud.store import ClaimOutcome, DuplicateError, SignIn, SqlStore, engine_args
+from cloud.store import (
+    REPLACED_CODE_RETENTION_S,
+    REPLACED_CODES_KEPT,
+    ClaimOutcome,
+    DuplicateError,
+    SignIn,
+    SqlStore,
+    engine_args,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -53,7 +61,9 @@ async def test_pairing_is_single_use_and_replaced(store: SqlStore) -> None:
     await store.replace_pairing_code("d1", "code-a", "claim-a", 100.0, 2.0)
     await store.replace_pairing_code("d1", "code-b", "claim-b", 100.0, 3.0)  # replaces a
     old = await store.claim(code_hash="code-a", claim_hash=None, user_id="u1", now=4.0)
-    assert old.outcome is ClaimOutcome.NO_SUCH_CODE
+    assert old.outcome is ClaimOutcome.EXPIRED, "a replaced code says it expired"
+    wrong = await store.claim(code_hash="nope", claim_hash=None, user_id="u1", now=4.0)
+    assert wrong.outcome is ClaimOutcome.NO_SUCH_CODE
     won = await store.claim(code_hash="code-b", claim_hash=None, user_id="u1", now=4.0)
     assert won.outcome is ClaimOutcome.PAIRED and won.device is not None
     assert won.device.owner_id == "u1" and won.device.paired_at == 4.0
@@ -67,13 +77,42 @@ async def test_pairing_is_single_use_and_replaced(store: SqlStore) -> None:
     for code, claim in (("code-b", None), (None, "claim-b")):
         other = await store.claim(code_hash=code, claim_hash=claim, user_id="u2", now=5.0)
         assert other.outcome is ClaimOutcome.NO_SUCH_CODE
-    # Unpaired: the spent code pairs nobody, and a new code replaces it.
+    # Unpaired: the spent code pairs nobody, and a new code replaces it; the old ones say they
+    # expired for an hour, then are forgotten.
     assert await store.unpair("d1", "u1")
     late = await store.claim(code_hash="code-b", claim_hash=None, user_id="u2", now=6.0)
     assert late.outcome is ClaimOutcome.EXPIRED
     await store.replace_pairing_code("d1", "code-c", "claim-c", 100.0, 7.0)
-    gone = await store.claim(code_hash="code-b", claim_hash=None, user_id="u2", now=8.0)
-    assert gone.outcome is ClaimOutcome.NO_SUCH_CODE
+    for code in ("code-a", "code-b"):
+        gone = await store.claim(code_hash=code, claim_hash=None, user_id="u2", now=8.0)
+        assert gone.outcome is ClaimOutcome.EXPIRED
+    later = 8.0 + REPLACED_CODE_RETENTION_S
+    await store.replace_pairing_code("d1", "code-d", "claim-d", later + 300, later)
+    for code in ("code-a", "code-b"):
+        gone = await store.claim(code_hash=code, claim_hash=None, user_id="u2", now=later)
+        assert gone.outcome is ClaimOutcome.NO_SUCH_CODE
+    still = await store.claim(code_hash="code-c", claim_hash=None, user_id="u2", now=later)
+    assert still.outcome is ClaimOutcome.EXPIRED, "replaced within the hour: remembered"
+    won = await store.claim(code_hash="code-d", claim_hash=None, user_id="u2", now=later)
+    assert won.outcome is ClaimOutcome.PAIRED
+
+
+async def test_a_camera_asking_for_codes_in_a_loop_keeps_a_bounded_few(
+    store: SqlStore,
+) -> None:
+    await store.create_device("d1", "Porch", "pi4", "tok", 1.0)
+    await store.create_device("d2", "Shed", "pi4", "tok", 1.0)
+    await store.replace_pairing_code("d2", "other", "other-claim", 1000.0, 1.0)
+    asked = REPLACED_CODES_KEPT + 8
+    for i in range(asked):
+        await store.replace_pairing_code("d1", f"code-{i}", f"claim-{i}", 1000.0, 2.0 + i)
+    kept = [
+        i
+        for i in range(asked)
+        if (await store.pairing_target(code_hash=f"code-{i}", claim_hash=None)) is not None
+    ]
+    assert kept == list(range(asked - REPLACED_CODES_KEPT - 1, asked)), "the newest, and no more"
+    assert await store.pairing_target(code_hash="other", claim_hash=None) is not None
 
 
 async def test_claim_token_expiry_and_foreign_owner(store: SqlStore) -> None:
@@ -287,6 +326,17 @@ async def test_migrating_an_older_database_keeps_its_rows(db_url: str) -> None:
                 created_at=1.0,
             )
         )
+        await conn.execute(
+            insert(devices).values(
+                id="d2", name="Spare", model="pi3", token_hash="t2", created_at=1.0
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO pairing_codes (device_id, code_hash, claim_hash, expires_at, "
+                "created_at) VALUES ('d2', 'code', 'claim', 1000.0, 3.0)"
+            )
+        )
     await engine.dispose()
 
     await old.open()  # runs the newer migrations
@@ -298,6 +348,11 @@ async def test_migrating_an_older_database_keeps_its_rows(db_url: str) -> None:
         user = await old.user_by_email("old@example.com")
         assert user is not None and user.last_login_at is None
         assert [d.name for d in await old.devices_of("u1")] == ["Old cam"]
+        # the code the spare camera showed still pairs it (0006 keyed codes by code)
+        target = await old.pairing_target(code_hash="code", claim_hash=None)
+        assert target is not None and target.device.id == "d2" and target.expires_at == 1000.0
+        won = await old.claim(code_hash="code", claim_hash=None, user_id="u1", now=4.0)
+        assert won.outcome is ClaimOutcome.PAIRED
         async with old.engine.connect() as conn:
             count = (await conn.execute(select(users.c.id))).all()
         assert len(count) == 1

@@ -10,7 +10,7 @@ const CODE_WORDS = {
   rate_limited: "Too many attempts.",
   code_pairing_paused:
     "Too many codes were tried recently, so for now a code works only from the camera's own network. Scan the QR code on the camera instead, or connect to the camera's network.",
-  invalid_code: "That code is not right, or the camera shows a new one by now. Type the 6 digits it shows now.",
+  invalid_code: "That code is not right. Type the 6 digits the camera shows now.",
   code_expired: "That code has expired. Type the new code the camera shows now.",
   owned_by_other:
     "This camera is on another account. Ask its owner to unpair it, or reset the camera (hold its button while it starts).",
