@@ -118,6 +118,9 @@ class SessionOut(msgspec.Struct):
     started_at: str
     ended_at: str | None
     end_reason: str | None
+    #: "direct" (peer to peer) or "relay" (through TURN, for some or all of it), as the
+    #: viewer's browser saw it; None when it never said (ended before the video flowed).
+    media_path: str | None
 
 
 class SessionList(msgspec.Struct):
@@ -406,6 +409,7 @@ async def _sessions_out(svc: Services, rows: list[WatchSession]) -> list[Session
             started_at=_iso(r.started_at) or "",
             ended_at=_iso(r.ended_at),
             end_reason=r.end_reason,
+            media_path=r.media_path,
         )
         for r in rows
     ]

@@ -56,6 +56,9 @@ watch_sessions = Table(
     Column("started_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
     Column("end_reason", String(32), nullable=True),
+    #: "direct" or "relay", as the viewer reported it (relayed once: "relay"); NULL: never
+    #: reported (it ended before the video flowed, or an older web app).
+    Column("media_path", String(8), nullable=True),
     Index("ix_watch_sessions_device_started", "device_id", "started_at"),
     Index("ix_watch_sessions_active", "ended_at"),
 )

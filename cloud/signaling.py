@@ -71,6 +71,7 @@ from protocol.messages import (
     ViewerHello,
     ViewerToCloud,
     WatchEnd,
+    WatchPath,
     WatchReady,
     WatchReadyPayload,
     WatchRequest,
@@ -523,6 +524,8 @@ class SignalingHub:
         elif isinstance(message, WatchEnd):
             # a device may say why (camera_failed, device_busy, ...)
             await self.watch.end_by(party, message.payload.session_id, message.payload.reason)
+        elif isinstance(message, WatchPath):  # viewers only (ViewerToCloud)
+            await self.watch.media_path(party, message.payload.session_id, message.payload.path)
         elif isinstance(message, UpdateStatus):
             if self.updates is not None:
                 await self.updates.status(conn.principal, message.payload)

@@ -118,6 +118,8 @@ class WatchSession:
     started_at: float
     ended_at: float | None
     end_reason: str | None
+    #: "direct" or "relay" as its viewer reported it; None: never reported.
+    media_path: str | None = None
 
 
 Role = Literal["owner", "viewer"]
@@ -255,6 +257,8 @@ class Store(Protocol):
     ) -> list[WatchSession]:
         """Newest first; ``since``: only sessions started at or after it."""
         ...
+
+    async def record_media_path(self, session_id: str, path: str) -> None: ...
 
     async def session_history(
         self, scopes: list[HistoryScope], limit: int
@@ -813,6 +817,22 @@ class SqlStore:
             )
             return bool(done.rowcount == 1)
 
+    async def record_media_path(self, session_id: str, path: str) -> None:
+        """A live session's media path as its viewer reports it; "relay" is never replaced
+        (part of the session was relayed), and an ended session is left as it was."""
+        column = watch_sessions.c.media_path
+        changeable = column.is_(None) if path == "direct" else or_(column.is_(None), column != path)
+        async with self._tx() as conn:
+            await conn.execute(
+                update(watch_sessions)
+                .where(
+                    watch_sessions.c.id == session_id,
+                    watch_sessions.c.ended_at.is_(None),
+                    changeable,
+                )
+                .values(media_path=path)
+            )
+
     async def session(self, session_id: str) -> WatchSession | None:
         if not storable(session_id):
             return None
@@ -979,5 +999,11 @@ def _session(row: Row[Any] | None) -> WatchSession | None:
     if row is None:
         return None
     return WatchSession(
-        row.id, row.device_id, row.viewer_id, row.started_at, row.ended_at, row.end_reason
+        row.id,
+        row.device_id,
+        row.viewer_id,
+        row.started_at,
+        row.ended_at,
+        row.end_reason,
+        row.media_path,
     )

@@ -42,6 +42,7 @@ from protocol.messages import (
     DeviceWatchRequestPayload,
     EndReason,
     IceServer,
+    MediaPath,
     PeerStatus,
     PeerStatusPayload,
     SignalAnswer,
@@ -216,6 +217,12 @@ class WatchService:
             return
         if not await self.live.publish(f"device:{session.device_id}", text):
             raise ProtocolError("device_offline", "the camera is offline", session.session_id)
+
+    async def media_path(self, viewer: Party, session_id: str, path: MediaPath) -> None:
+        """``watch_path`` from the session's viewer: recorded for the history (one conditional
+        database update; relayed once, the record stays relayed)."""
+        session = await self.party_session(viewer, session_id, "watch_path")
+        await self.store.record_media_path(session.session_id, path)
 
     # --- ending --------------------------------------------------------------------------------
 

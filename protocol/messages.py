@@ -189,6 +189,19 @@ class WatchEndPayload(_Payload):
     reason: DeviceEndReason | None = None
 
 
+#: How a session's video travels: straight between the browser and the camera, or through
+#: the TURN relay.
+MediaPath = Literal["direct", "relay"]
+
+
+class WatchPathPayload(_Payload):
+    """Viewer -> cloud: the path its video takes (the browser's selected candidate pair), sent
+    when first known and when it changes; recorded in the session's history."""
+
+    session_id: Id
+    path: MediaPath
+
+
 class WatchEndedPayload(_Payload):
     session_id: Id
     reason: EndReason
@@ -433,6 +446,10 @@ class WatchEnd(_Message, tag="watch_end"):
     payload: WatchEndPayload
 
 
+class WatchPath(_Message, tag="watch_path"):
+    payload: WatchPathPayload
+
+
 class WatchEnded(_Message, tag="watch_ended"):
     payload: WatchEndedPayload
 
@@ -494,6 +511,7 @@ ViewerToCloud = (
     | SignalAnswer
     | SignalIce
     | WatchEnd
+    | WatchPath
     | DeviceSettingsRequest
 )
 #: What the cloud sends to a device.
@@ -556,4 +574,5 @@ ERROR_CODES: Final[tuple[str, ...]] = ErrorCode.__args__  # type: ignore[attr-de
 END_REASONS: Final[tuple[str, ...]] = EndReason.__args__  # type: ignore[attr-defined]
 UPDATE_STATES: Final[tuple[str, ...]] = UpdateState.__args__  # type: ignore[attr-defined]
 DEVICE_END_REASONS: Final[tuple[str, ...]] = DeviceEndReason.__args__  # type: ignore[attr-defined]
+MEDIA_PATHS: Final[tuple[str, ...]] = MediaPath.__args__  # type: ignore[attr-defined]
 SETTINGS_REFUSALS: Final[tuple[str, ...]] = SettingsRefusal.__args__  # type: ignore[attr-defined]

@@ -175,14 +175,14 @@ async def test_device_registration_and_pairing_codes(api: ApiClient) -> None:
     assert first["claim_url"].startswith("https://cams.example.org/#/claim/")
     assert len(first["claim_url"].rsplit("/", 1)[1]) >= 40
 
-    second = await api.code(camera)  # replaces the first
+    second = await api.code(camera)  # replaces the first, which says it expired
+    assert second["code"] != first["code"], "a replaced code is not handed out again at once"
     account = await api.account()
-    if first["code"] != second["code"]:
-        assert_error(
-            await h.post("/api/devices/pair", json={"code": first["code"]}, headers=account.auth),
-            404,
-            "invalid_code",
-        )
+    assert_error(
+        await h.post("/api/devices/pair", json={"code": first["code"]}, headers=account.auth),
+        410,
+        "code_expired",
+    )
     r = await h.post("/api/devices/pair", json={"code": second["code"]}, headers=account.auth)
     assert r.status_code == 200, r.text
     assert r.json()["device"]["device_id"] == camera.device_id

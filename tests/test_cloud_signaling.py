@@ -385,3 +385,48 @@ async def test_a_dropped_socket_may_come_back_and_resume(
     assert (await other.error())["code"] == "session_not_found"
     await other.close()
     await device.close()
+
+
+async def test_the_history_records_how_the_video_travelled(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    """``watch_path`` from the session's own viewer socket is recorded (relayed once: relayed);
+    from anybody else it is refused and changes nothing."""
+    owner, camera, device, viewer = await owner_watching(cloud, api)
+    url = f"/api/devices/{camera.device_id}/sessions"
+
+    async def paths() -> dict[str, str | None]:
+        # the cloud reads a socket's frames in order: a heartbeat answered means the
+        # watch_path before it was handled
+        await viewer.send("heartbeat")
+        await viewer.recv("heartbeat_ack")
+        r = await api.http.get(url, headers=owner.auth)
+        assert r.status_code == 200, r.text
+        return {s["session_id"]: s["media_path"] for s in r.json()["sessions"]}
+
+    direct = await watch(viewer, device, camera.device_id)
+    relayed = await watch(viewer, device, camera.device_id)
+    assert await paths() == {direct: None, relayed: None}, "nothing said yet"
+    await viewer.send("watch_path", {"session_id": direct, "path": "direct"})
+    await viewer.send("watch_path", {"session_id": relayed, "path": "direct"})
+    await viewer.send("watch_path", {"session_id": relayed, "path": "relay"})  # ICE restart
+    await viewer.send("watch_path", {"session_id": relayed, "path": "direct"})
+    assert await paths() == {direct: "direct", relayed: "relay"}
+
+    # another socket of the same account, the camera, a bad path: refused, nothing changes
+    other_tab = await sig.viewer(cloud.ws_url, owner.token)
+    await other_tab.send("watch_path", {"session_id": direct, "path": "relay"})
+    assert (await other_tab.error())["code"] == "not_session_party"
+    await device.send("watch_path", {"session_id": direct, "path": "relay"})
+    assert (await device.error())["code"] == "unknown_type"
+    await viewer.send("watch_path", {"session_id": direct, "path": "carrier-pigeon"})
+    assert (await viewer.error())["code"] == "invalid_message"
+    assert await paths() == {direct: "direct", relayed: "relay"}
+
+    # an ended session keeps what it had
+    await viewer.send("watch_end", {"session_id": direct})
+    await viewer.send("watch_path", {"session_id": direct, "path": "relay"})
+    assert (await viewer.error())["code"] == "session_not_found"
+    assert await paths() == {direct: "direct", relayed: "relay"}
+    for client in (other_tab, device, viewer):
+        await client.close()

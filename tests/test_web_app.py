@@ -643,6 +643,13 @@ async def test_watch_through_the_turn_relay_and_camera_going_offline(
         await page.wait_for_selector("[data-testid=signaling-state][data-state=reconnecting]")
         await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
         await watch_until_live(page)
+
+        # The history says these sessions were relayed.
+        await page.goto(f"{nginx.url}/?relay=1#/history/{camera.device_id}")
+        relayed = page.locator("[data-testid=history-path][data-path=relay]")
+        await relayed.first.wait_for()
+        assert await relayed.first.inner_text() == "Relayed"
+        assert await page.locator("[data-testid=history-path][data-path=direct]").count() == 0
         await context.close()
         assert unexpected(problems) == [], problems.errors
     finally:

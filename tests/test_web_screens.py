@@ -160,6 +160,8 @@ async def test_every_screen_is_accessible_and_photographed(
     await page.click("[data-testid=nav-history]")
     await page.wait_for_selector("[data-testid=history-row]")
     assert await page.locator("[data-testid=history-row]").count() >= 1
+    # the browser told the cloud how the video travelled (here: straight from the camera)
+    await page.wait_for_selector("[data-testid=history-path][data-path=direct]")
     await check(page, f"screen-history-{suffix}", problems)
 
     await page.click("[data-testid=nav-account]")

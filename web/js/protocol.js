@@ -23,6 +23,7 @@ export const MSG = Object.freeze({
   UPDATE_STATUS: "update_status",
   WATCH_END: "watch_end",
   WATCH_ENDED: "watch_ended",
+  WATCH_PATH: "watch_path",
   WATCH_READY: "watch_ready",
   WATCH_REQUEST: "watch_request",
   WATCH_RESUME: "watch_resume",
@@ -32,7 +33,7 @@ export const MSG = Object.freeze({
 /** Which types may travel which way. */
 export const DIRECTIONS = Object.freeze({
   device_to_cloud: Object.freeze(["hello", "heartbeat", "signal_offer", "signal_answer", "signal_ice", "watch_end", "update_status", "device_settings"]),
-  viewer_to_cloud: Object.freeze(["hello", "heartbeat", "watch_request", "watch_resume", "signal_offer", "signal_answer", "signal_ice", "watch_end", "device_settings_request"]),
+  viewer_to_cloud: Object.freeze(["hello", "heartbeat", "watch_request", "watch_resume", "signal_offer", "signal_answer", "signal_ice", "watch_end", "watch_path", "device_settings_request"]),
   cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "pairing_status", "update_offer", "device_settings_request", "error"]),
   cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "device_update", "device_settings", "error"]),
 });

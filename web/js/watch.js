@@ -660,6 +660,7 @@ export class Watch extends EventTarget {
     clearInterval(this.statsTimer);
     let previous = null;
     let firstBytesAt = null; // when packets started to arrive (for the no-picture check)
+    let toldPath = null; // the media path the cloud last heard of (for the history)
     this.statsTimer = setInterval(async () => {
       if (pc !== this.pc) return;
       try {
@@ -668,6 +669,10 @@ export class Watch extends EventTarget {
         if (pc !== this.pc) return;
         this.stats = summary;
         this.dispatchEvent(new CustomEvent("stats", { detail: summary }));
+        if (summary.path && summary.path !== toldPath && this.sessionId &&
+            this.signaling.send(MSG.WATCH_PATH, { session_id: this.sessionId, path: summary.path })) {
+          toldPath = summary.path;
+        }
         if (summary.bytesReceived > 0 && firstBytesAt === null) firstBytesAt = Date.now();
         if (!summary.framesDecoded && firstBytesAt !== null && !this.standby &&
             Date.now() - firstBytesAt >= NO_PICTURE_MS && summary.bytesReceived >= NO_PICTURE_BYTES) {

@@ -1,6 +1,6 @@
 // Watch history (#/history for every camera, #/history/<device_id> for one): who watched, when,
-// for how long and how it ended, from the sessions the cloud records (since the current pairing;
-// the cloud does not record the media path, so direct or relayed is not shown).
+// for how long, direct or relayed, and how it ended, from the sessions the cloud records (since
+// the current pairing; the path as each viewer's browser reported it).
 
 import * as api from "../api.js";
 import { h, replace } from "../dom.js";
@@ -16,6 +16,11 @@ const HOW_ENDED = {
   camera_failed: "Camera's sensor failed",
   device_busy: "Camera busy",
   stream_stalled: "Picture froze",
+};
+
+const HOW_CARRIED = {
+  direct: "Direct",
+  relay: "Relayed",
 };
 
 /** "4 min 12 s", "1 h 3 min", "8 s". */
@@ -40,7 +45,7 @@ export function render(ctx, { deviceId = null } = {}) {
         title,
         h("a", { class: "button", href: "#/devices", "data-testid": "back" }, "‹ Cameras"),
       ),
-      h("p", { class: "muted" }, "Who watched, when and for how long, since each camera was added to your account."),
+      h("p", { class: "muted" }, "Who watched, when, for how long and how the video travelled, since each camera was added to your account."),
       body,
     ),
   );
@@ -71,6 +76,7 @@ export function render(ctx, { deviceId = null } = {}) {
         h("th", { scope: "col" }, "Who"),
         h("th", { scope: "col" }, "Started"),
         h("th", { scope: "col" }, "How long"),
+        h("th", { scope: "col" }, "Video"),
         h("th", { scope: "col" }, "How it ended"))),
       h("tbody", {}, rows.map((r) => {
         const seconds = ((r.ended_at ? Date.parse(r.ended_at) : Date.now()) - Date.parse(r.started_at)) / 1000;
@@ -79,6 +85,8 @@ export function render(ctx, { deviceId = null } = {}) {
           h("td", {}, r.viewer_id === me ? "You" : "Another account"),
           h("td", {}, when(r.started_at)),
           h("td", {}, r.ended_at ? durationWords(seconds) : `${durationWords(seconds)} so far`),
+          h("td", { "data-testid": "history-path", "data-path": r.media_path || "" },
+            HOW_CARRIED[r.media_path] || "—"),
           h("td", { "data-testid": "history-end" }, r.ended_at ? HOW_ENDED[r.end_reason] || "Ended" : "Watching now"));
       })),
     )));
