@@ -26,16 +26,18 @@ from protocol.messages import (
 from tests import signaling_client
 from tests.agent_inprocess import pair, running_agent, until
 from tests.agent_process import CloudViewer
+from tests.cloud_fixtures import BACKENDS, start_cloud
 from tests.cloud_process import ApiClient, CloudProcess
 from tests.test_agent_watch import CLOUD_ENV
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudProcess]:
-    with CloudProcess(tmp_path_factory.mktemp("cloud"), env=CLOUD_ENV) as cloud:
-        yield cloud
+@pytest.fixture(scope="module", params=BACKENDS)
+def cloud(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudProcess]:
+    yield from start_cloud(request, tmp_path_factory.mktemp("cloud"), request.param, **CLOUD_ENV)
 
 
 def request_id() -> str:
@@ -97,8 +99,12 @@ async def test_the_owner_reads_the_settings_and_anybody_else_is_refused(
     api = ApiClient(cloud.url)
     try:
         stranger = await api.account()
+        # the owner's other camera, not connected: the cloud says so
+        unplugged = await api.owned_camera(setup["account"], "Shed")
     finally:
         await api.aclose()
+    offline = await ask(owner, unplugged.device_id, "get")
+    assert offline["type"] == "error" and offline["payload"]["code"] == "device_offline"
     intruder = await signaling_client.viewer(cloud.ws_url, stranger.token)
     before = dict(agent.settings.answered)
     refused = await ask(intruder, device_id, "set", rotation=180)
@@ -210,6 +216,35 @@ async def test_a_camera_that_fails_with_new_settings_gets_its_old_ones_back(
                 if hub.state.value == "running" and unit.keyframe:
                     break
         assert hub.capabilities is not None and hub.capabilities.width == 640
+    finally:
+        track.stop()
+        await service.close()
+        await hub.close()
+
+
+async def test_a_second_change_while_one_is_applied_is_refused_in_progress(
+    tmp_path: Path,
+) -> None:
+    hub = MediaHub(SyntheticCamera, CameraConfig(width=640, height=360, fps=15, bitrate=300_000))
+    sent: list[DeviceSettings] = []
+    service = DeviceSettingsService(hub, sent.append, tmp_path)
+    track = hub.subscribe()
+    try:
+        await track.recv_unit()
+        for rid, fps in (("first", 10), ("second", 12)):
+            service.request(
+                DeviceSettingsRequestPayload(
+                    device_id="d",
+                    request_id=rid,
+                    action="set",
+                    settings=CameraSettings(fps=fps),
+                )
+            )
+        await until(lambda: len(sent) == 2, 20, "both answers")
+        answers = {m.payload.request_id: m.payload for m in sent}
+        assert answers["first"].ok, answers
+        assert answers["second"].refusal == "in_progress" and answers["second"].message
+        assert hub.config.fps == 10, "the first change, and only it, applied"
     finally:
         track.stop()
         await service.close()

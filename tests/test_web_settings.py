@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from device.settings import SETTINGS_FILE
 from tests.agent_inprocess import pair, running_agent, until
-from tests.browser import PHONE_VIEWPORT, screenshot
+from tests.browser import PHONE_VIEWPORT, accessibility_problems, screenshot
 from tests.signaling_client import device as device_socket
 from tests.test_web_app import (  # the same real cloud, nginx and coturn
     api,
@@ -24,6 +24,7 @@ from tests.test_web_app import (  # the same real cloud, nginx and coturn
     nginx,
     open_app,
     unexpected,
+    watch_until_live,
 )
 
 __all__ = ["api", "browser", "cloud", "coturn", "nginx"]
@@ -81,6 +82,7 @@ async def test_the_owner_changes_settings_is_refused_in_words_and_restarts_the_c
         assert await panel.locator("[data-testid=settings-version]").text_content() not in ("", "—")
         assert await panel.locator("[data-testid=settings-update]").text_content()
         assert await panel.locator("[data-testid=settings-apply]").is_disabled(), "nothing changed"
+        assert await accessibility_problems(page) == []
         await screenshot(page, "app-camera-settings")
 
         # a change: the agent applies it, keeps it, and the page says what is now true
@@ -109,6 +111,7 @@ async def test_the_owner_changes_settings_is_refused_in_words_and_restarts_the_c
         assert await part(panel, "status").get_attribute("data-state") == "refused"
         assert agent.hub.config == config
         assert await fps.input_value() == "10"
+        assert await accessibility_problems(page) == []
         await screenshot(page, "app-camera-settings-refused")
 
         # restart, confirmed first; the agent stops as systemd would restart it
@@ -126,6 +129,7 @@ async def test_the_owner_changes_settings_is_refused_in_words_and_restarts_the_c
         assert again.hub is not None and again.hub.config.fps == 10 and again.hub.config.hflip
 
         await page.set_viewport_size(PHONE_VIEWPORT)
+        assert await accessibility_problems(page) == []
         await screenshot(page, "app-camera-settings-phone")
 
         # Escape closes the panel and gives the focus back to its button
@@ -183,6 +187,37 @@ async def test_not_for_viewers_offline_says_why_and_a_silent_camera_times_out(
         assert "did not answer" in (await error.text_content() or "")
         assert await panel.locator("[data-testid=settings-retry]").is_visible()
 
+        # asked again, it answers (a camera scripted by this test); then it refuses a change
+        # for each reason a camera has, and each shows its words with the form kept as it is
+        words = await page.evaluate(
+            """async () => (await import("/js/camera-settings.js")).REFUSAL_WORDS"""
+        )
+        await part(panel, "retry").click()
+        request = await socket.recv("device_settings_request", timeout=10)
+        settings = {"rotation": 0, "hflip": False, "vflip": False}
+        settings |= {"width": 640, "height": 360, "fps": 15}
+        answer = {"ok": True, "settings": settings, "flips": True, "version": "1.2.3"}
+        answer |= {"arch": "aarch64", "modes": [{"width": 640, "height": 360, "max_fps": 30}]}
+        await socket.send(
+            "device_settings", {**answer, "request_id": request["payload"]["request_id"]}
+        )
+        fps = panel.get_by_label("Frame rate", exact=True)
+        await part(panel, "form").wait_for()
+        for refusal in ("invalid", "camera_failed", "in_progress"):
+            await fps.select_option("30")
+            await part(panel, "apply").click()
+            request = await socket.recv("device_settings_request", timeout=10)
+            assert request["payload"]["action"] == "set"
+            assert request["payload"]["settings"]["fps"] == 30
+            refused = {"ok": False, "refusal": refusal, "message": "the camera's own words"}
+            refused |= {"request_id": request["payload"]["request_id"]}
+            await socket.send("device_settings", {**answer, **refused})
+            error = part(panel, "error", f"[data-refusal={refusal}]")
+            await error.wait_for()
+            assert (await error.text_content() or "").strip() == words[refusal]
+            assert await part(panel, "status").get_attribute("data-state") == "refused"
+            assert await fps.input_value() == "15", "the form shows what is true"
+
         # the camera goes away while the panel is open: said so, no settings offered
         await socket.close()
         await part(panel, "status", "[data-state=offline]").wait_for()
@@ -203,3 +238,40 @@ async def test_not_for_viewers_offline_says_why_and_a_silent_camera_times_out(
         assert unexpected(problems) == [], problems.errors
     finally:
         await socket.close()
+
+
+async def test_settings_beside_the_live_video_change_the_picture_and_keep_the_session(
+    cloud: CloudProcess, nginx: Nginx, browser: Browser, tmp_path: Path
+) -> None:
+    """The owner watching opens Settings on the watch page; a new size shows in the video that
+    keeps playing (the same session).  A viewer of a shared camera has no Settings there."""
+    async with running_agent(cloud.url, tmp_path / "state") as agent:
+        account, device_id = await pair(agent, cloud.url)
+        context, page, problems = await open_app(browser, nginx, account)
+        await page.goto(f"{nginx.url}/#/watch/{device_id}")
+        await watch_until_live(page)
+        assert (
+            await page.evaluate("document.querySelector('[data-testid=video]').videoWidth") == 640
+        )
+        session = await page.evaluate("window.__mumu.watch.sessionId")
+
+        button = page.locator("[data-testid=watch-controls] [data-testid=camera-settings]")
+        await button.click()
+        panel = page.locator(f"dialog[data-testid=settings-panel][data-device-id='{device_id}']")
+        await part(panel, "form").wait_for()
+        assert await accessibility_problems(page) == []
+        await screenshot(page, "app-watch-settings")
+        await panel.get_by_label("Size", exact=True).select_option("1280x720")
+        await part(panel, "apply").click()
+        await part(panel, "status", "[data-state=applied]").wait_for()
+        await page.wait_for_function(
+            "() => document.querySelector('[data-testid=video]').videoWidth === 1280",
+            timeout=20_000,
+        )
+        assert await page.evaluate("window.__mumu.watch.sessionId") == session
+        await panel.locator("[data-testid=settings-close]").click()
+        await panel.wait_for(state="detached")
+        assert await page.evaluate("document.activeElement?.dataset.testid") == "camera-settings"
+        assert await page.is_visible("[data-testid=watch-state][data-state=connected]")
+        await context.close()
+        assert unexpected(problems) == [], problems.errors

@@ -11,7 +11,13 @@ import pytest
 
 from release import keys
 from release.repo import UpdateRepository
-from tests.browser import Nginx, launch_chromium, nginx_server, screenshot
+from tests.browser import (
+    Nginx,
+    accessibility_problems,
+    launch_chromium,
+    nginx_server,
+    screenshot,
+)
 from tests.cloud_fixtures import RELAXED
 from tests.cloud_process import ApiClient, CloudProcess
 from tests.signaling_client import device
@@ -103,6 +109,7 @@ async def test_a_camera_card_says_its_version_and_update_state(
     )
     await state.filter(has_text="did not work and was undone").wait_for()
     assert await state.get_attribute("data-state") == "rolled_back"
+    assert await accessibility_problems(page) == []
     await screenshot(page, "app-camera-update-rolled-back")
 
     # a reload shows the same (from the API, not only from live messages)
@@ -151,6 +158,7 @@ async def test_the_rollout_page_is_for_operators(
         .filter(has_text="paused by an operator")
         .wait_for()
     )
+    assert await accessibility_problems(page) == []
     await screenshot(page, "app-rollouts-paused")
     await row.locator("[data-testid=resume]").click()
     await row.locator("[data-testid=rollout-state]").filter(has_text="active").wait_for()
