@@ -276,14 +276,16 @@ async def retire_device(request: Request[Any, Any, Any], state: State, device_id
     leaves its owner's account, its sessions end, and its token is refused from then on."""
     svc = services(state)
     token = _bearer(request)
-    result = await svc.store.retire_device(
-        _device_id(device_id), auth.hash_device_token(token), time.time()
-    )
+    device_id = _device_id(device_id)
+    viewers = (await svc.store.viewers_of([device_id])).get(device_id, [])
+    result = await svc.store.retire_device(device_id, auth.hash_device_token(token), time.time())
     if not result.retired:
         raise ApiError(403, "forbidden", "only the camera itself may retire its identity")
     if result.newly:
         svc.metrics.devices_retired.inc()
     await svc.hub.device_unpaired(device_id)
+    if result.newly:
+        await svc.hub.devices_changed([result.previous_owner, *viewers], device_id)
     await svc.live.publish(f"device:{device_id}", KICK)
 
 
@@ -335,9 +337,11 @@ async def unpair_device(request: Request[Any, Any, Any], state: State, device_id
     svc = services(state)
     user_id = await current_user(request, svc)
     await _owned_device(svc, device_id, user_id, "unpair it")
+    viewers = (await svc.store.viewers_of([device_id])).get(device_id, [])
     if not await svc.store.unpair(device_id, user_id):
         raise ApiError(404, "not_found", "no such camera on your account")
     await svc.hub.device_unpaired(device_id)
+    await svc.hub.devices_changed([user_id, *viewers], device_id)
 
 
 @get("/api/devices/{device_id:str}/sessions", tags=["devices"], security=BEARER)

@@ -49,6 +49,7 @@ from cloud.api_accounts import _email
 from cloud.errors import ApiError
 from cloud.services import Services
 from cloud.sharing_store import AcceptOutcome, AcceptResult, Invite, InviteOutcome
+from cloud.store import User
 
 # --- bodies ------------------------------------------------------------------------------------
 
@@ -177,8 +178,19 @@ def _refusal(svc: Services, outcome: AcceptOutcome) -> ApiError | None:
     return None
 
 
-async def _accepted(svc: Services, result: AcceptResult) -> PairedOut:
-    """The answer to an accepted invitation (the camera as the viewer's list shows it)."""
+async def _accepting_user(svc: Services, request: Request[Any, Any, Any]) -> User:
+    """The account accepting an invitation (within its token limits)."""
+    user_id = await current_user(request, svc)
+    await _token_limits(svc, request, user_id)
+    me = await svc.store.user_by_id(user_id)
+    if me is None:
+        raise ApiError(401, "unauthorized", "that account no longer exists")
+    return me
+
+
+async def _accepted(svc: Services, result: AcceptResult, user_id: str) -> PairedOut:
+    """The answer to an accepted invitation (the camera as the viewer's list shows it); the
+    owner's lists (its viewer count) and the viewer's other tabs hear of it."""
     refusal = _refusal(svc, result.outcome)
     if refusal is not None:
         raise refusal
@@ -186,6 +198,7 @@ async def _accepted(svc: Services, result: AcceptResult) -> PairedOut:
     assert device is not None and device.owner_id is not None
     if result.outcome is AcceptOutcome.ACCEPTED:
         svc.metrics.share_events.labels("accepted").inc()
+        await svc.hub.devices_changed([device.owner_id, user_id], device.id)
     owner = (await svc.sharing.emails_of([device.owner_id])).get(device.owner_id, "")
     return PairedOut(device=(await _device_out(svc, [device], shared={device.id: owner}))[0])
 
@@ -335,6 +348,7 @@ async def remove_viewer(
         raise ApiError(404, "not_found", "that account does not view this camera")
     svc.metrics.share_events.labels(event).inc()
     await svc.hub.watch.end_viewer_sessions(access.device.id, target, "access_revoked")
+    await svc.hub.devices_changed([target, access.device.owner_id], access.device.id)
 
 
 # --- the invitee's side ------------------------------------------------------------------------
@@ -367,19 +381,15 @@ async def received_invites(request: Request[Any, Any, Any], state: State) -> Rec
 async def accept_invite(request: Request[Any, Any, Any], state: State, invite_id: str) -> PairedOut:
     """Accept an invitation to the caller's e-mail address: the camera joins its list."""
     svc = services(state)
-    user_id = await current_user(request, svc)
-    await _token_limits(svc, request, user_id)
-    me = await svc.store.user_by_id(user_id)
-    if me is None:
-        raise ApiError(401, "unauthorized", "that account no longer exists")
+    me = await _accepting_user(svc, request)
     result = await svc.sharing.accept(
         invite_id=invite_id,
-        user_id=user_id,
+        user_id=me.id,
         email=me.email,
         now=time.time(),
         max_viewers=svc.settings.max_viewers_per_device,
     )
-    return await _accepted(svc, result)
+    return await _accepted(svc, result, me.id)
 
 
 @post(
@@ -431,19 +441,15 @@ async def preview_link(
 async def accept_link(request: Request[Any, Any, Any], state: State, data: LinkToken) -> PairedOut:
     """Accept an invitation link (single use): the camera joins the caller's list."""
     svc = services(state)
-    user_id = await current_user(request, svc)
-    await _token_limits(svc, request, user_id)
-    me = await svc.store.user_by_id(user_id)
-    if me is None:
-        raise ApiError(401, "unauthorized", "that account no longer exists")
+    me = await _accepting_user(svc, request)
     result = await svc.sharing.accept(
         token_hash=svc.pairing.hash(data.token.strip()),
-        user_id=user_id,
+        user_id=me.id,
         email=me.email,
         now=time.time(),
         max_viewers=svc.settings.max_viewers_per_device,
     )
-    return await _accepted(svc, result)
+    return await _accepted(svc, result, me.id)
 
 
 SHARING_ROUTES = [

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from litestar import WebSocket
@@ -52,6 +52,8 @@ from protocol.close_codes import restart_reason
 from protocol.messages import (
     HEARTBEAT_INTERVAL_S,
     DeviceHello,
+    DevicesChanged,
+    DevicesChangedPayload,
     DeviceSettings,
     DeviceSettingsRequest,
     DeviceStatus,
@@ -599,6 +601,12 @@ class SignalingHub:
         await self.live.publish(f"user:{owner_id}", text)
         for viewer_id in await self._viewers.get(device_id) or ():
             await self.live.publish(f"user:{viewer_id}", text)
+
+    async def devices_changed(self, user_ids: Iterable[str | None], device_id: str) -> None:
+        """Tell each of the accounts (every socket) that its camera list changed."""
+        text = encode(DevicesChanged(payload=DevicesChangedPayload(device_id=device_id)))
+        for user_id in dict.fromkeys(u for u in user_ids if u is not None):
+            await self.live.publish(f"user:{user_id}", text)
 
     async def device_paired(self, device_id: str, owner_id: str) -> None:
         """After a claim committed: sessions of anyone else end, the device and owner hear."""

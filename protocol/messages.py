@@ -214,6 +214,13 @@ class DeviceStatusPayload(_Payload):
     online: bool
 
 
+class DevicesChangedPayload(_Payload):
+    """Cloud -> viewer: the account's camera list changed by somebody else's action or in
+    another tab (sharing revoked or left, a viewer joined, the camera unpaired or reset)."""
+
+    device_id: Id
+
+
 class PeerStatusPayload(_Payload):
     """Cloud -> the other party: the signaling socket of a session's peer dropped (it has the
     resume grace to come back; video may still be flowing peer to peer), or it is back."""
@@ -458,6 +465,10 @@ class DeviceStatus(_Message, tag="device_status"):
     payload: DeviceStatusPayload
 
 
+class DevicesChanged(_Message, tag="devices_changed"):
+    payload: DevicesChangedPayload
+
+
 class PeerStatus(_Message, tag="peer_status"):
     payload: PeerStatusPayload
 
@@ -541,6 +552,7 @@ CloudToViewer = (
     | WatchEnded
     | PeerStatus
     | DeviceStatus
+    | DevicesChanged
     | DeviceUpdate
     | DeviceSettings
     | Error

@@ -591,3 +591,43 @@ async def test_watch_requests_racing_revoke_leave_no_session(
     finally:
         await device.close()
         await watcher.close()
+
+
+async def test_camera_lists_are_told_when_sharing_changes_them(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    """``devices_changed`` reaches the accounts whose list somebody else changed: the owner when
+    a viewer joins or leaves, the viewer when it is revoked, both when the camera is unpaired;
+    nobody else."""
+    owner, family, other = await api.account(), await api.account(), await api.account()
+    camera = await api.owned_camera(owner, "Porch")
+    owner_tab = await sig.viewer(cloud.ws_url, owner.token)
+    family_tab = await sig.viewer(cloud.ws_url, family.token)
+    other_tab = await sig.viewer(cloud.ws_url, other.token)
+    changed = {"device_id": camera.device_id}
+
+    async def told(tab: sig.Client) -> None:
+        assert (await tab.recv("devices_changed"))["payload"] == changed
+
+    await share(api, owner, camera, family)  # joins: the owner's count, the viewer's other tabs
+    await told(owner_tab)
+    await told(family_tab)
+    r = await api.http.delete(
+        f"/api/devices/{camera.device_id}/viewers/{family.user_id}", headers=owner.auth
+    )
+    assert r.status_code == 204, r.text
+    await told(family_tab)
+    await told(owner_tab)
+
+    await share(api, owner, camera, family)
+    await told(owner_tab)
+    await told(family_tab)
+    r = await api.http.delete(f"/api/devices/{camera.device_id}", headers=owner.auth)
+    assert r.status_code == 204, r.text
+    await told(owner_tab)
+    await told(family_tab)
+    assert camera.device_id not in await devices(api, family)
+
+    await other_tab.nothing()
+    for tab in (owner_tab, family_tab, other_tab):
+        await tab.close()

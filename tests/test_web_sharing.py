@@ -80,14 +80,16 @@ async def test_invite_accept_watch_revoke_ended(
         for owner_only in ("rename", "unpair", "updates", "share"):
             assert await shared.locator(f"[data-testid={owner_only}]").count() == 0
         assert await shared.locator("[data-testid=leave]").count() == 1
-        await list_page.close()
 
-        # the owner sees them and revokes them
-        await owner_page.reload()
-        await card.locator("[data-testid=viewer-count]").filter(has_text="1 person").wait_for()
-        await card.locator("[data-testid=share]").click()
+        # the owner sees them in the panel still open (told by the cloud: no reload), and
+        # revokes them
+        await (
+            card.locator("[data-testid=viewer-count]")
+            .filter(has_text="1 person")
+            .wait_for(timeout=10_000)
+        )
         viewer = panel.locator("[data-testid=viewer]").filter(has_text=family.email)
-        await viewer.wait_for()
+        await viewer.wait_for(timeout=10_000)
         await viewer.locator("[data-testid=viewer-remove]").click()
         await panel.locator("[data-testid=viewers]").filter(has_text="Nobody else").wait_for()
 
@@ -104,6 +106,9 @@ async def test_invite_accept_watch_revoke_ended(
         assert session_id not in cam.peers
         assert (session_id, "device_unpaired") in cam.ended
         await screenshot(page, "app-share-revoked-phone")
+        # and their camera list drops it at once (told by the cloud, not its 30 s refresh)
+        await shared.wait_for(state="detached", timeout=10_000)
+        await list_page.close()
         await family_ctx.close()
         await owner_ctx.close()
         assert unexpected(owner_problems) == [], owner_problems.errors

@@ -9,6 +9,7 @@ export const MSG = Object.freeze({
   DEVICE_SETTINGS_REQUEST: "device_settings_request",
   DEVICE_STATUS: "device_status",
   DEVICE_UPDATE: "device_update",
+  DEVICES_CHANGED: "devices_changed",
   ERROR: "error",
   HEARTBEAT: "heartbeat",
   HEARTBEAT_ACK: "heartbeat_ack",
@@ -35,7 +36,7 @@ export const DIRECTIONS = Object.freeze({
   device_to_cloud: Object.freeze(["hello", "heartbeat", "signal_offer", "signal_answer", "signal_ice", "watch_end", "update_status", "device_settings"]),
   viewer_to_cloud: Object.freeze(["hello", "heartbeat", "watch_request", "watch_resume", "signal_offer", "signal_answer", "signal_ice", "watch_end", "watch_path", "device_settings_request"]),
   cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "pairing_status", "update_offer", "device_settings_request", "error"]),
-  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "device_update", "device_settings", "error"]),
+  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "devices_changed", "device_update", "device_settings", "error"]),
 });
 
 /** WebSocket close codes the cloud sends (docs/protocol.md says what each means). */

@@ -221,7 +221,7 @@ function sharePanel(device, { flash, count }) {
   } }, email, sendButton);
 
   load();
-  return h("div", { class: "stack share-panel", "data-testid": "share-panel" },
+  const panel = h("div", { class: "stack share-panel", "data-testid": "share-panel" },
     h("h3", {}, `Share ${name}`),
     h("p", { class: "muted small" }, "People you share with can watch, and nothing else: they cannot rename, unpair or share the camera, or see who else watches."),
     people,
@@ -231,6 +231,8 @@ function sharePanel(device, { flash, count }) {
     linkOut,
     error,
   );
+  panel.reload = load; // the cloud said its viewers changed (devices_changed)
+  return panel;
 }
 
 /** Invitations to this account's e-mail address, above the camera list; `changed()` after one

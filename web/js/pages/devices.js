@@ -33,10 +33,20 @@ export function render(ctx) {
   );
   replace(list, h("p", { class: "muted loading" }, "Loading your cameras…"));
 
+  // The list is drawn anew on a refresh: not while the person is in the middle of something
+  // in it (a panel open, typing, a dialog opened from it); the periodic refresh catches up.
+  function busy() {
+    const active = document.activeElement;
+    const typing = active && list.contains(active) && active.matches("input, select, textarea");
+    const panelOpen = [...list.querySelectorAll(".inline-panel")].some((panel) => !panel.hidden);
+    return Boolean(typing || panelOpen || document.querySelector("dialog[open]"));
+  }
+
   async function refresh() {
     try {
       const devices = await api.listDevices();
       error.hidden = true;
+      if (loaded && busy()) return;
       draw(devices);
       showUpdates();
     } catch (failure) {
@@ -230,11 +240,19 @@ export function render(ctx) {
     return card;
   }
 
-  // Live state: device_status messages, a periodic refresh, and a refresh after reconnecting.
+  // Live state: device_status and devices_changed messages, a periodic refresh, and a refresh
+  // after reconnecting.
   const onMessage = (event) => {
     const message = event.detail;
     if (message.type === MSG.DEVICE_UPDATE) {
       cards.get(message.payload.device_id)?.card.setUpdate(message.payload);
+      return;
+    }
+    if (message.type === MSG.DEVICES_CHANGED) {
+      // shared, revoked, left, unpaired or reset by someone else (or another tab): an open
+      // share panel reads its viewers again, the list is read again
+      cards.get(message.payload.device_id)?.card.querySelector("[data-testid=share-panel]")?.reload?.();
+      refresh();
       return;
     }
     if (message.type !== MSG.DEVICE_STATUS) return;
