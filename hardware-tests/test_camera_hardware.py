@@ -62,3 +62,31 @@ async def test_webrtc_session_from_the_picked_camera() -> None:
         await viewer.close()
         await device.close()
         await hub.close()
+
+
+@pytest.mark.skipif(not _found("v4l2"), reason="no V4L2 capture device")
+def test_a_usb_camera_lists_its_sizes_and_each_listed_size_opens() -> None:
+    """The sizes a real UVC camera lists (``VIDIOC_ENUM_FRAMESIZES``) are what the settings
+    panel offers: each one, asked for, opens and delivers pictures."""
+    import asyncio
+
+    from device.hal import v4l2
+    from device.media import MediaHub
+
+    device = v4l2.find_devices()[0]
+    assert device.modes, f"{device.card} lists no discrete sizes in {device.best_format}"
+    for mode in device.modes[:3]:
+        config = CameraConfig(width=mode.width, height=mode.height, fps=min(mode.max_fps, 30))
+
+        async def pictures(config: CameraConfig = config) -> int:
+            hub = MediaHub(lambda c: v4l2.V4L2Camera(c, device), config)
+            track = hub.subscribe()
+            try:
+                for _ in range(10):
+                    await asyncio.wait_for(track.recv_unit(), 20)
+                return 10
+            finally:
+                track.stop()
+                await hub.close()
+
+        assert asyncio.run(pictures()) == 10, mode

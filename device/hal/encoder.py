@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from device.hal.camera import TIME_BASE, AccessUnit, CameraConfig, CameraError
 from device.hal.h264 import StreamNormalizer, parameter_sets_from_extradata
 
+#: Largest picture a Pi encodes in software (libx264) at 30 fps with headroom for the rest.
+SOFTWARE_MAX: Final = (1280, 720, 30)
+
 if TYPE_CHECKING:
     import av
     from av.video.codeccontext import VideoCodecContext

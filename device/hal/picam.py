@@ -36,6 +36,7 @@ from device.hal.camera import (
     CameraMode,
     Capabilities,
 )
+from device.hal.encoder import SOFTWARE_MAX
 from device.hal.h264 import StreamNormalizer
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 NAME = "picamera2"
 
 MODEL_PATH: Final = Path("/proc/device-tree/model")
-#: Largest picture a Pi 5 encodes in software at 30 fps with headroom for the rest.
-SOFTWARE_MAX: Final = (1280, 720, 30)
 
 _VIDIOC_S_CTRL: Final = 0xC008561C  # _IOWR('V', 28, struct v4l2_control)
 _CID_FORCE_KEY_FRAME: Final = 0x009909E5  # V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME

@@ -4,8 +4,9 @@ If the camera offers H.264 itself, its access units are passed through (re-stamp
 before each keyframe, see :mod:`device.hal.h264`); otherwise MJPEG or YUYV pictures are decoded
 and encoded with ``h264_v4l2m2m`` where such a hardware encoder exists, else ``libx264``.
 
-Devices are found with two read-only ioctls (``VIDIOC_QUERYCAP``, ``VIDIOC_ENUM_FMT``) on
-``/dev/video*``; nothing is opened at import time.
+Devices are found with read-only ioctls on ``/dev/video*`` (``VIDIOC_QUERYCAP``,
+``VIDIOC_ENUM_FMT``; the sizes and frame rates of the format used with
+``VIDIOC_ENUM_FRAMESIZES`` and ``VIDIOC_ENUM_FRAMEINTERVALS``); nothing is opened at import time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -25,9 +27,10 @@ from device.hal.camera import (
     AccessUnitSink,
     CameraConfig,
     CameraError,
+    CameraMode,
     Capabilities,
 )
-from device.hal.encoder import H264SoftwareEncoder, m2m_encoder_present
+from device.hal.encoder import SOFTWARE_MAX, H264SoftwareEncoder, m2m_encoder_present
 from device.hal.h264 import StreamNormalizer, parameter_sets_from_extradata
 from device.hal.worker import CameraThread
 
@@ -40,6 +43,10 @@ NAME = "v4l2"
 
 _VIDIOC_QUERYCAP: Final = 0x80685600  # _IOR('V', 0, struct v4l2_capability), 104 bytes
 _VIDIOC_ENUM_FMT: Final = 0xC0405602  # _IOWR('V', 2, struct v4l2_fmtdesc), 64 bytes
+_VIDIOC_ENUM_FRAMESIZES: Final = 0xC02C564A  # _IOWR('V', 74, struct v4l2_frmsizeenum), 44 bytes
+_VIDIOC_ENUM_FRAMEINTERVALS: Final = 0xC034564B  # _IOWR('V', 75, struct v4l2_frmivalenum), 52
+_FRMSIZE_TYPE_DISCRETE: Final = 1
+_FRMIVAL_TYPE_DISCRETE: Final = 1
 _CAP_VIDEO_CAPTURE: Final = 0x00000001
 _CAP_DEVICE_CAPS: Final = 0x80000000
 _BUF_TYPE_VIDEO_CAPTURE: Final = 1
@@ -60,10 +67,55 @@ class V4L2Device:
     #: ``rawvideo``) and its options.
     demuxer: str = "v4l2"
     demuxer_options: dict[str, str] = field(default_factory=dict)
+    #: The sizes (each with its highest frame rate) the device offers in ``best_format``; empty
+    #: when it does not list them (a size range: the size asked for is tried as it is).
+    modes: tuple[CameraMode, ...] = ()
 
     @property
     def best_format(self) -> str | None:
         return next((f for f in INPUT_FORMATS if f in self.formats), None)
+
+
+Ioctl = Callable[[int, int, bytearray], object]
+
+
+def frame_modes(fd: int, fourcc: str, ioctl: Ioctl = fcntl.ioctl) -> tuple[CameraMode, ...]:
+    """The discrete sizes a device offers in ``fourcc``, each with its highest frame rate,
+    largest first (``VIDIOC_ENUM_FRAMESIZES``, ``VIDIOC_ENUM_FRAMEINTERVALS``)."""
+    code = int.from_bytes(fourcc.ljust(4).encode("ascii"), "little")
+    modes: set[CameraMode] = set()
+    for index in range(64):
+        size = bytearray(44)
+        struct.pack_into("<II", size, 0, index, code)
+        try:
+            ioctl(fd, _VIDIOC_ENUM_FRAMESIZES, size)
+        except OSError:
+            break
+        kind, width, height = struct.unpack_from("<III", size, 8)
+        if kind != _FRMSIZE_TYPE_DISCRETE:
+            return ()  # a range of sizes (stepwise, continuous): no list to offer
+        fps = _max_fps(fd, code, width, height, ioctl)
+        if fps > 0:
+            modes.add(CameraMode(width, height, fps))
+    return tuple(sorted(modes, key=lambda m: (m.width * m.height, m.max_fps), reverse=True))
+
+
+def _max_fps(fd: int, code: int, width: int, height: int, ioctl: Ioctl) -> int:
+    best = 0.0
+    for index in range(64):
+        interval = bytearray(52)
+        struct.pack_into("<IIII", interval, 0, index, code, width, height)
+        try:
+            ioctl(fd, _VIDIOC_ENUM_FRAMEINTERVALS, interval)
+        except OSError:
+            break
+        # discrete: the interval; stepwise/continuous: the shortest one comes first
+        kind, numerator, denominator = struct.unpack_from("<III", interval, 16)
+        if numerator > 0:
+            best = max(best, denominator / numerator)
+        if kind != _FRMIVAL_TYPE_DISCRETE:
+            break
+    return min(240, int(best + 0.01))  # 30000/1001 -> 29
 
 
 def _query(path: str) -> V4L2Device | None:
@@ -90,7 +142,9 @@ def _query(path: str) -> V4L2Device | None:
                 break
             (fourcc,) = struct.unpack_from("<I", desc, 44)
             formats.append(fourcc.to_bytes(4, "little").decode(errors="replace").strip())
-        return V4L2Device(path, card, tuple(formats))
+        best = next((f for f in INPUT_FORMATS if f in formats), None)
+        modes = frame_modes(fd, best) if best is not None else ()
+        return V4L2Device(path, card, tuple(formats), modes=modes)
     except OSError:
         return None
     finally:
@@ -137,6 +191,18 @@ class V4L2Camera(CameraThread):
             fps=float(self.config.fps),
             # UVC cameras have no standard way to ask for an IDR: a viewer waits for the next.
             keyframe_on_request=not self.passthrough,
+            modes=self.modes(),
+        )
+
+    def modes(self) -> tuple[CameraMode, ...]:
+        """The device's sizes; encoded in software, only those a Pi encodes in time."""
+        if self._encoder_name != "libx264":
+            return self.device.modes
+        w, h, fps = SOFTWARE_MAX
+        return tuple(
+            CameraMode(m.width, m.height, min(m.max_fps, fps))
+            for m in self.device.modes
+            if m.width * m.height <= w * h
         )
 
     def start(self, sink: AccessUnitSink) -> None:

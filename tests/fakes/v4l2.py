@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from device.hal import CameraMode
 from device.hal.synthetic import PatternGenerator
 from device.hal.v4l2 import V4L2Device
 
@@ -54,7 +55,11 @@ class FakeUvcCamera:
         }
         demuxer, options = demuxers[self.fourcc]
         options = {**options, "probesize": "32", "analyzeduration": "0"}
-        return V4L2Device(str(self.path), "Fake UVC Camera", (self.fourcc,), demuxer, options)
+        # the one size it sends, as a camera lists its sizes (VIDIOC_ENUM_FRAMESIZES)
+        modes = (CameraMode(self.width, self.height, self.fps),)
+        return V4L2Device(
+            str(self.path), "Fake UVC Camera", (self.fourcc,), demuxer, options, modes=modes
+        )
 
     def _encoder(self) -> Any:
         import av
