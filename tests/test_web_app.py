@@ -425,14 +425,14 @@ class TestCamera:
 
     __test__ = False
 
-    def __init__(self, ws: Client) -> None:
+    def __init__(self, ws: Client, open_camera: Any = None) -> None:
         from device.hal.camera import CameraConfig
         from device.hal.synthetic import open_synthetic
         from device.media import MediaHub
 
         self.ws = ws
         config = CameraConfig(width=640, height=360, fps=15, bitrate=600_000)
-        self.hub = MediaHub(open_synthetic, config)
+        self.hub = MediaHub(open_camera or open_synthetic, config)
         self.ice: dict[str, list[dict[str, Any]]] = {}
         self.peers: dict[str, Any] = {}
         self.ended: list[tuple[str, str]] = []
@@ -440,8 +440,8 @@ class TestCamera:
         self.task = asyncio.create_task(self.run())
 
     @classmethod
-    async def connect(cls, ws_url: str, camera: Camera) -> TestCamera:
-        return cls(await device(ws_url, camera.hello()))
+    async def connect(cls, ws_url: str, camera: Camera, open_camera: Any = None) -> TestCamera:
+        return cls(await device(ws_url, camera.hello()), open_camera)
 
     async def run(self) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -597,6 +597,50 @@ async def test_watch_live_video_then_end(nginx: Nginx, browser: Browser, api: Ap
         assert session_id not in cam.peers and len(cam.peers) == 1
         await context.close()
         assert unexpected(problems) == [], problems.errors
+    finally:
+        await cam.close()
+
+
+def open_undecodable(config: Any) -> Any:
+    """The synthetic camera, each picture's bytes replaced by an IDR slice no decoder can read
+    (no SPS/PPS, noise for slice data): what a browser without an H.264 decoder sees."""
+    import dataclasses
+    import random
+
+    from device.hal.synthetic import SyntheticCamera
+
+    noise = random.Random(7)
+
+    class Undecodable(SyntheticCamera):
+        def start(self, sink: Any) -> None:
+            def garble(unit: Any) -> None:
+                slice_data = noise.randbytes(max(1000, len(unit.data)))
+                slice_data = slice_data.replace(b"\x00\x00", b"\x00\x01")  # no start codes
+                sink(dataclasses.replace(unit, data=b"\x00\x00\x00\x01\x65" + slice_data))
+
+            super().start(garble)
+
+    return Undecodable(config)
+
+
+@pytest.mark.slow
+async def test_packets_no_browser_can_decode_are_said_so_not_shown_live(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    """H.264 negotiated and packets arriving in a real Chromium, not one frame decoded: within
+    seconds the page says this browser cannot play the camera, not "Live" over black."""
+    account = await api.account()
+    camera = await api.owned_camera(account, "Garbled")
+    cam = await TestCamera.connect(nginx.ws_url, camera, open_undecodable)
+    try:
+        context, page, _ = await open_app(browser, nginx, account)
+        await page.goto(f"{nginx.url}/#/watch/{camera.device_id}")
+        await page.wait_for_selector(
+            "[data-testid=watch-state][data-state=unsupported]", timeout=30_000
+        )
+        assert "cannot play" in await text(page, "watch-message")
+        assert await page.is_hidden("[data-testid=retry]"), "no retrying what cannot work"
+        await context.close()
     finally:
         await cam.close()
 

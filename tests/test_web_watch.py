@@ -352,8 +352,8 @@ async def test_the_camera_vanishing_is_said_at_once_and_an_online_camera_is_not_
 
 async def test_packets_without_a_decoded_frame_say_this_browser_cannot_play(page: Page) -> None:
     """H.264 negotiated, packets arriving, not one frame decoded (a browser without a decoder):
-    within a few seconds the page says so instead of "Live" over a black picture.  The
-    browser's stats are the stand-in here (a real browser without a decoder is not available)."""
+    within a few seconds the page says so instead of "Live" over a black picture.  Fed stats
+    here; ``test_web_app.py`` shows it in Chromium receiving H.264 no decoder can read."""
     got = await js(
         page,
         """watch.start();
