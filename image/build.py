@@ -213,7 +213,6 @@ def base_key(packages: list[str]) -> str:
 def base_rootfs(cache: Path, progress: Progress, log: Path, rebuild: bool = False) -> Path:
     """The cached base rootfs (made if missing).  Builds of several checkouts or test runs may
     share the cache: one makes a base while the others wait for it (a lock per base)."""
-    import fcntl
 
     packages = base_packages()
     key = base_key(packages)
@@ -231,18 +230,13 @@ def base_rootfs(cache: Path, progress: Progress, log: Path, rebuild: bool = Fals
 def _base_rootfs(
     cache: Path, final: Path, packages: list[str], progress: Progress, log: Path, rebuild: bool
 ) -> Path:
+    """Called with the base's lock held (``base_rootfs``): a second lock of the same file here
+    would wait for itself forever (flock locks belong to each open of the file)."""
     if final.is_dir() and not rebuild:
         progress.note(f"cached: {final}")
         os.utime(final)  # recently used: kept by the clean-up below
         return final
-    cache.mkdir(parents=True, exist_ok=True)
-    # Several checkouts (or test runs) may share the cache: one builds, the others wait for it.
-    with open(cache / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if final.is_dir() and not rebuild:
-            progress.note(f"built meanwhile by another run: {final}")
-            return final
-        return _build_base(cache, final, packages, log)
+    return _build_base(cache, final, packages, log)
 
 
 def _build_base(cache: Path, final: Path, packages: list[str], log: Path) -> Path:
