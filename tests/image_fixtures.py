@@ -69,6 +69,11 @@ def image_tools_missing() -> list[str]:
     return missing
 
 
+#: A cold build here takes ~10 min (the base rootfs is debootstrapped for arm64 under qemu); a
+#: build that hangs fails the run with its output rather than stalling it.
+BUILD_TIMEOUT_S = 2400
+
+
 def build_image(out: Path) -> BuiltImage:
     """A signed update repository (``mumu-release init``'s work), then ``image/build --out out
     --update-repo it`` (its progress goes to our stdout); what it made."""
@@ -76,21 +81,30 @@ def build_image(out: Path) -> BuiltImage:
 
     UpdateRepository.create(out / "update-repo", out / "update-keys")
     started = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "image.build",
-            "--out",
-            str(out),
-            "--update-repo",
-            str(out / "update-repo"),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "image.build",
+                "--out",
+                str(out),
+                "--update-repo",
+                str(out / "update-repo"),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out_text = exc.stdout
+        if isinstance(out_text, bytes):
+            out_text = out_text.decode(errors="replace")
+        raise AssertionError(
+            f"image/build did not finish in {BUILD_TIMEOUT_S} s:\n{(out_text or '')[-6000:]}"
+        ) from None
     print(done.stdout)
     if done.returncode != 0:
         raise AssertionError(f"image/build failed ({done.returncode}):\n{done.stdout[-6000:]}")
