@@ -250,10 +250,14 @@ export function invitations(changed) {
     box.hidden = found.length === 0;
     replace(box, found.map((invite) => {
       const error = h("p", { class: "form-error", role: "alert", hidden: true });
+      let article = null;
       const act = (doing) => async (event) => {
         event.currentTarget.disabled = true;
         try {
           await doing(invite.invite_id);
+          // answered: gone at once, before the camera list shows what changed
+          article.remove();
+          box.hidden = !box.querySelector("[data-testid=received-invite]");
           changed();
         } catch (failure) {
           error.textContent = words(failure);
@@ -261,12 +265,13 @@ export function invitations(changed) {
         }
         load();
       };
-      return h("article", { class: "card stack", "data-testid": "received-invite" },
+      article = h("article", { class: "card stack", "data-testid": "received-invite" },
         h("p", {}, h("strong", {}, invite.owner_email), " invites you to watch ", h("strong", {}, invite.name), "."),
         h("div", { class: "row" },
           h("button", { class: "button primary", type: "button", "data-testid": "received-accept", onclick: act(acceptInvite) }, "Accept"),
           h("button", { class: "button", type: "button", "data-testid": "received-decline", onclick: act(declineInvite) }, "Decline")),
         error);
+      return article;
     }));
   }
 
