@@ -146,7 +146,9 @@ async def test_three_viewers_share_one_camera_and_a_fourth_is_told_it_is_busy(
 ) -> None:
     await watch(cloud, paired, viewers)
     await until(lambda: paired.hub.state is HubState.RUNNING)
-    starts = paired.hub.starts
+    # starts that the hub's watchdog made (a camera starved of CPU on a loaded machine and
+    # restarted) are its own business; a viewer never starts a camera of its own
+    starts = paired.hub.starts - paired.hub.failures
     more = await asyncio.gather(*(watch(cloud, paired, viewers) for _ in range(2)))
     for viewer in [viewers[0], *more]:
         assert viewer.peer is not None
@@ -154,7 +156,7 @@ async def test_three_viewers_share_one_camera_and_a_fourth_is_told_it_is_busy(
         assert {(f.width, f.height) for f in viewer.peer.frames} == {(WIDTH, HEIGHT)}
         assert all(f.timecode is not None for f in viewer.peer.frames)
     await until(lambda: paired.sessions.viewers == 3)
-    assert paired.hub.starts == starts, "one camera for every viewer"
+    assert paired.hub.starts - paired.hub.failures == starts, "one camera for every viewer"
     # The agent's cap (max_sessions: 3) reaches the fourth viewer in words.
     fourth = CloudViewer(cloud.ws_url, paired.account.token)
     viewers.append(fourth)

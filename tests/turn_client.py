@@ -74,7 +74,10 @@ class TurnClient:
         if ipv6_relay:
             attrs.append(attribute(REQUESTED_ADDRESS_FAMILY, bytes([2, 0, 0, 0])))
         kind, found = self.request(ALLOCATE, attrs)
-        assert kind == ALLOCATE | ERROR and error_code(found) == 401
+        code = error_code(found) if ERROR_CODE in found else None
+        assert (kind, code) == (ALLOCATE | ERROR, 401), (
+            f"unauthenticated Allocate: {kind:#06x} {code}"
+        )
         realm, nonce = found[REALM], found[NONCE]
         self.key = hashlib.md5(f"{username}:{realm.decode()}:{password}".encode()).digest()
         self.auth = [
