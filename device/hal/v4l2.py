@@ -11,6 +11,7 @@ Devices are found with read-only ioctls on ``/dev/video*`` (``VIDIOC_QUERYCAP``,
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import glob
 import logging
@@ -142,9 +143,10 @@ def _query(path: str) -> V4L2Device | None:
                 break
             (fourcc,) = struct.unpack_from("<I", desc, 44)
             formats.append(fourcc.to_bytes(4, "little").decode(errors="replace").strip())
-        best = next((f for f in INPUT_FORMATS if f in formats), None)
-        modes = frame_modes(fd, best) if best is not None else ()
-        return V4L2Device(path, card, tuple(formats), modes=modes)
+        device = V4L2Device(path, card, tuple(formats))
+        if device.best_format is None:
+            return device
+        return dataclasses.replace(device, modes=frame_modes(fd, device.best_format))
     except OSError:
         return None
     finally:

@@ -63,18 +63,28 @@ export function frameRates(max, current = null) {
  * viewer of a shared camera gets nothing: only the owner may see or change the settings.
  */
 export function settingsButton(card, device, ctx) {
+  const button = ownerSettingsButton(device, ctx, { className: "button link" });
+  if (!button) return null;
+  // Beside Rename and Updates, among the card's secondary actions; Unpair stays last.
+  const more = card.querySelector(".device-more") || card.querySelector(".device-actions");
+  if (more) more.insertBefore(button, more.querySelector("[data-testid=unpair]"));
+  return button;
+}
+
+/**
+ * "Settings" for the owner of `device` (null for a viewer), opening its panel; `current()`
+ * gives the device as it is when clicked (e.g. with the online state the page knows now).
+ */
+export function ownerSettingsButton(device, ctx, { className = "button", current = () => device } = {}) {
   if (device.role === "viewer") return null;
   const button = h("button", {
-    class: "button link",
+    class: className,
     type: "button",
     "data-testid": "camera-settings",
     "data-owner-only": true,
     "aria-haspopup": "dialog",
-    onclick: () => open(device, ctx, button),
+    onclick: () => open(current(), ctx, button),
   }, "Settings");
-  // Beside Rename and Updates, among the card's secondary actions; Unpair stays last.
-  const more = card.querySelector(".device-more") || card.querySelector(".device-actions");
-  if (more) more.insertBefore(button, more.querySelector("[data-testid=unpair]"));
   return button;
 }
 

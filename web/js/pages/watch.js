@@ -10,7 +10,7 @@ import { h } from "../dom.js";
 import { MSG } from "../protocol.js";
 import { Watch } from "../watch.js";
 import { snapshotButton } from "../snapshots.js";
-import { open as openSettings } from "../camera-settings.js";
+import { ownerSettingsButton } from "../camera-settings.js";
 
 export function forceRelay() {
   return new URLSearchParams(window.location.search).get("relay") === "1";
@@ -176,17 +176,11 @@ export function render(ctx, { deviceId }) {
       title.textContent = device ? device.name || "Camera" : "Unknown camera";
       document.title = `${title.textContent} · MuMu Camera`;
       if (device && watch.deviceOnline === null) watch.deviceOnline = device.online;
-      if (device && device.role !== "viewer") {
-        // The owner's camera settings, beside the video: a change shows in the picture at once.
-        const settings = h("button", {
-          class: "button",
-          type: "button",
-          "data-testid": "camera-settings",
-          "aria-haspopup": "dialog",
-          onclick: () => openSettings({ ...device, online: watch.deviceOnline ?? device.online }, ctx, settings),
-        }, "Settings");
-        controls.append(settings);
-      }
+      // The owner's camera settings, beside the video: a change shows in the picture at once.
+      const settings = device && ownerSettingsButton(device, ctx, {
+        current: () => ({ ...device, online: watch.deviceOnline ?? device.online }),
+      });
+      if (settings) controls.append(settings);
       if (!device && !watch.stopped) {
         // Not on this account (any more): say so rather than ask the cloud in a loop.
         watch.fail("This camera is not on your account.", "not_yours");
