@@ -32,14 +32,36 @@ def xor_peer(ip: str, tid: bytes, port: int = 9) -> bytes:
     return struct.pack("!BBH", 0, family, port ^ (MAGIC >> 16)) + packed
 
 
+_used: set[tuple[str, int, int]] = set()
+
+
+def fresh_socket(server: str, port: int) -> socket.socket:
+    """A UDP socket connected to ``server``:``port`` from a local port no earlier client of this
+    process used with that server.  coturn keys an allocation by its 5-tuple and may still hold
+    an earlier client's (its release is best-effort): an Allocate from a reused port would get
+    ``437 Allocation Mismatch`` instead of the ``401`` challenge, one run in many."""
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    taken: list[socket.socket] = []  # kept open until the end, so the kernel moves on
+    try:
+        while True:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.connect((server, port))
+            key = (server, port, sock.getsockname()[1])
+            if key not in _used:
+                _used.add(key)
+                return sock
+            taken.append(sock)
+    finally:
+        for sock in taken:
+            sock.close()
+
+
 class TurnClient:
     """One client transport (a UDP socket) talking to coturn at ``server``:``port``."""
 
     def __init__(self, port: int, server: str = "127.0.0.1") -> None:
-        family = socket.AF_INET6 if ":" in server else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock = fresh_socket(server, port)
         self.sock.settimeout(5)
-        self.sock.connect((server, port))
         self.key = b""
         self.auth: list[bytes] = []
 
