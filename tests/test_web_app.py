@@ -635,10 +635,21 @@ async def test_packets_no_browser_can_decode_are_said_so_not_shown_live(
     try:
         context, page, _ = await open_app(browser, nginx, account)
         await page.goto(f"{nginx.url}/#/watch/{camera.device_id}")
+        await page.evaluate(
+            """() => {
+              window.__views = [];
+              new MutationObserver((records) => {
+                for (const r of records) window.__views.push(r.target.dataset.view);
+              }).observe(document.body, {
+                subtree: true, attributes: true, attributeFilter: ["data-view"] });
+            }"""
+        )
         await page.wait_for_selector(
             "[data-testid=watch-state][data-state=unsupported]", timeout=30_000
         )
         assert "cannot play" in await text(page, "watch-message")
+        views = await page.evaluate("window.__views")
+        assert "live" not in views, f"connected without a picture was shown as Live: {views}"
         assert await page.is_hidden("[data-testid=retry]"), "no retrying what cannot work"
         await context.close()
     finally:

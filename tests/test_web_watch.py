@@ -262,7 +262,9 @@ async def test_one_state_for_each_situation_with_one_action(page: Page) -> None:
         """async () => {
           const { view } = await import("/js/pages/watch.js");
           const cases = {
-            live: { state: "connected", signaling: "open", playing: true },
+            live: { state: "connected", signaling: "open", playing: true, pictured: true },
+            starting: { state: "connected", signaling: "open", playing: false, pictured: false },
+            tapToPlay: { state: "connected", signaling: "open", playing: false, pictured: true },
             liveCloudLost: { state: "connected", signaling: "reconnecting", playing: true },
             connecting: { state: "connecting", signaling: "open", playing: false },
             cloudDown: { state: "requesting", signaling: "reconnecting", playing: false },
@@ -282,6 +284,10 @@ async def test_one_state_for_each_situation_with_one_action(page: Page) -> None:
     assert got["live"]["key"] == "live" and got["live"]["action"] is None
     assert not got["live"]["note"]
     assert got["liveCloudLost"]["key"] == "live"
+    # connected, but no picture yet: not "Live" until one is on screen (or autoplay was refused
+    # and the person is asked to tap)
+    assert (got["starting"]["key"], got["starting"]["action"]) == ("connecting", "stop")
+    assert got["tapToPlay"]["key"] == "live"
     assert "keeps playing" in got["liveCloudLost"]["note"]
     assert got["cloudDown"]["key"] == got["cloudDownOffline"]["key"] == "cloud_unreachable"
     assert got["cloudDown"]["action"] == "reconnect"
@@ -293,7 +299,7 @@ async def test_one_state_for_each_situation_with_one_action(page: Page) -> None:
     assert (got["ended"]["action"], got["busy"]["action"]) == ("retry", "retry")
     assert got["cameraFailed"]["action"] == "retry"
     for key, v in got.items():
-        assert v["sentence"] or key.startswith("live"), key
+        assert v["sentence"] or v["key"] == "live", key
         assert v["sentence"].count(". ") <= 1, v  # one sentence (and perhaps what happens next)
 
 

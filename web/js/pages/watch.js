@@ -32,10 +32,16 @@ function kbps(value) {
  * What the person sees: {key, pill, sentence, action, note}.  `action` is one of "stop",
  * "retry", "back", "reconnect" or null (live: the controls beside the video are the actions).
  * Inputs: the Watch's (shown) state and message, the signaling state ("open", "connecting",
- * "reconnecting", "closed"), and whether video plays (frames on screen now).
+ * "reconnecting", "closed"), whether video plays (frames on screen now) and whether this
+ * connection has put a picture on screen yet (`pictured`; also true when the browser refused to
+ * autoplay it, so that "Tap to play" can be offered).  "Live" waits for that first picture: a
+ * connection over which nothing plays is still "Starting the video…".
  */
-export function view({ state, message, signaling, playing }) {
+export function view({ state, message, signaling, playing, pictured = true }) {
   const cloudDown = signaling !== "open";
+  if (state === "connected" && !pictured) {
+    return { key: "connecting", pill: "Connecting", sentence: "Starting the video…", action: "stop" };
+  }
   if (state === "connected") {
     return {
       key: "live",
@@ -193,6 +199,7 @@ export function render(ctx, { deviceId }) {
   fullButton.before(shotButton);
   let shown = { state: "requesting", message: "" };
   let framesOnScreen = false; // frames presented recently (video really plays)
+  let pictured = false; // a frame of this connection has been on screen
   let autoplayRefused = false;
 
   function play() {
@@ -242,6 +249,7 @@ export function render(ctx, { deviceId }) {
       message: shown.message,
       signaling: ctx.signaling?.state ?? "closed",
       playing: watch.playing && framesOnScreen,
+      pictured: pictured || autoplayRefused,
     });
     const live = v.key === "live";
     stage.dataset.state = shown.state;
@@ -274,6 +282,7 @@ export function render(ctx, { deviceId }) {
   });
   watch.addEventListener("state", (event) => {
     shown = event.detail;
+    if (shown.state !== "connected") pictured = false;
     if (["ended", "failed", "camera_failed", "not_yours", "unsupported"].includes(shown.state)) {
       video.srcObject = null;
       framesOnScreen = false;
@@ -286,15 +295,23 @@ export function render(ctx, { deviceId }) {
 
   // Frames on screen: the browser presents them (requestVideoFrameCallback where it exists,
   // else the play position moving).
+  // The first picture of a connection turns "Starting the video…" into "Live" at once.
   let lastFrameAt = 0;
+  const presented = () => {
+    lastFrameAt = performance.now();
+    if (!pictured && shown.state === "connected") {
+      pictured = framesOnScreen = true;
+      draw();
+    }
+  };
   if (video.requestVideoFrameCallback) {
     const onFrame = () => {
-      lastFrameAt = performance.now();
+      presented();
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
   } else {
-    video.addEventListener("timeupdate", () => (lastFrameAt = performance.now()));
+    video.addEventListener("timeupdate", presented);
   }
   const frameWatch = setInterval(() => {
     const now = performance.now() - lastFrameAt < 2_000;
