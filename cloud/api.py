@@ -321,6 +321,8 @@ async def rename_device(
     device = await svc.store.rename_device(_device_id(device_id), user_id, name)
     if device is None:
         raise ApiError(404, "not_found", "no such camera on your account")
+    viewers = (await svc.store.viewers_of([device.id])).get(device.id, [])
+    await svc.hub.devices_changed([user_id, *viewers], device.id)  # its new name, everywhere
     counts = await svc.sharing.viewer_counts([device.id])
     return (await _device_out(svc, [device], viewer_counts=counts))[0]
 

@@ -413,13 +413,19 @@ async def delete_account(
     svc = services_of(state)
     identity = await current_identity(request, svc)
     user = await _confirm_password(svc, request, identity, data.password)
+    # who must hear that their list changed: the viewers of its cameras, the owners of the
+    # cameras it viewed (read before the rows go)
+    viewers = await svc.store.viewers_of([d.id for d in await svc.store.devices_of(user.id)])
     deleted = await svc.store.delete_user(user.id)
     if deleted is None:
         raise ApiError(401, "unauthorized", "that account no longer exists")
+    owners = await svc.store.owners_of(deleted.viewed)
     for device_id in deleted.owned:
         await svc.hub.device_unpaired(device_id)
+        await svc.hub.devices_changed(viewers.get(device_id, []), device_id)
     for device_id in deleted.viewed:
         await svc.hub.watch.end_viewer_sessions(device_id, user.id, "access_revoked")
+        await svc.hub.devices_changed([owners.get(device_id)], device_id)
     await svc.hub.close_viewer_sockets(user.id)
     svc.metrics.auth_events.labels("account_deleted").inc()
     return Response(None, status_code=204, cookies=[_refresh_cookie(svc, request, None)])

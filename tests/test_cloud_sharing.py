@@ -597,8 +597,8 @@ async def test_camera_lists_are_told_when_sharing_changes_them(
     cloud: CloudProcess, api: ApiClient
 ) -> None:
     """``devices_changed`` reaches the accounts whose list somebody else changed: the owner when
-    a viewer joins or leaves, the viewer when it is revoked, both when the camera is unpaired;
-    nobody else."""
+    a viewer joins or leaves, the viewer when it is revoked, both when the camera is renamed or
+    unpaired, the other side when an account is deleted; nobody else."""
     owner, family, other = await api.account(), await api.account(), await api.account()
     camera = await api.owned_camera(owner, "Porch")
     owner_tab = await sig.viewer(cloud.ws_url, owner.token)
@@ -622,12 +622,36 @@ async def test_camera_lists_are_told_when_sharing_changes_them(
     await share(api, owner, camera, family)
     await told(owner_tab)
     await told(family_tab)
+    r = await api.http.patch(
+        f"/api/devices/{camera.device_id}", json={"name": "Front door"}, headers=owner.auth
+    )
+    assert r.status_code == 200, r.text
+    await told(owner_tab)
+    await told(family_tab)
     r = await api.http.delete(f"/api/devices/{camera.device_id}", headers=owner.auth)
     assert r.status_code == 204, r.text
     await told(owner_tab)
     await told(family_tab)
     assert camera.device_id not in await devices(api, family)
-
     await other_tab.nothing()
+
+    # account deletion: a viewer's tells the owner, an owner's tells the viewers
+    garden = await api.owned_camera(owner, "Garden")
+    changed = {"device_id": garden.device_id}
+    for viewer, tab in ((family, family_tab), (other, other_tab)):
+        await share(api, owner, garden, viewer)
+        await told(owner_tab)
+        await told(tab)
+    r = await api.http.post(
+        "/api/account/delete", json={"password": family.password}, headers=family.auth
+    )
+    assert r.status_code == 204, r.text
+    await told(owner_tab)
+    r = await api.http.post(
+        "/api/account/delete", json={"password": owner.password}, headers=owner.auth
+    )
+    assert r.status_code == 204, r.text
+    await told(other_tab)
+    assert garden.device_id not in await devices(api, other)
     for tab in (owner_tab, family_tab, other_tab):
         await tab.close()
