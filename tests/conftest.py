@@ -45,12 +45,55 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mumu.db'}"
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The figures the SD-image tests measured (build steps, boot to pairing code)."""
+# --- two workers (pytest-xdist, as scripts/test runs the suite) ---------------------------------
+
+#: Modules that build or boot the SD image or share its caches (the image build, the OTA rootfs,
+#: the release wheel cache): one worker runs them all, first, while the other starts on the rest.
+#: Two workers building the image at once would each spend minutes on the same build.
+IMAGE_GROUP = frozenset(
+    {
+        "test_hardware_runner.py",
+        "test_image.py",
+        "test_image_update.py",
+        "test_update_e2e.py",
+        "test_release.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each module is one unit of work (its module-scoped servers start once), the image modules
+    one unit together, handed out first (``--dist loadgroup --no-loadscope-reorder``)."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("image" if name in IMAGE_GROUP else name))
+    items.sort(key=lambda item: item.path.name not in IMAGE_GROUP)  # stable: order kept
+
+
+_image_timings: dict[str, float] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker hands the image figures it measured to the controller, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["image_timings"] = dict(_measured_image_timings())
+
+
+def pytest_testnodedown(node: object, error: object) -> None:
+    _image_timings.update(getattr(node, "workeroutput", {}).get("image_timings", {}))
+
+
+def _measured_image_timings() -> dict[str, float]:
     import sys
 
     fixtures = sys.modules.get("tests.image_fixtures")
-    timings = getattr(fixtures, "TIMINGS", None)
+    return dict(getattr(fixtures, "TIMINGS", None) or {})
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures the SD-image tests measured (build steps, boot to pairing code)."""
+    timings = _measured_image_timings() | _image_timings
     if timings:
         terminalreporter.section("SD image: measured here")
         for name, value in timings.items():

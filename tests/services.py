@@ -34,10 +34,24 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"{what} is missing (scripts/test installs it)")
 
 
+def _worker() -> tuple[int, int]:
+    """(this pytest-xdist worker's index, how many workers); (0, 1) without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name.removeprefix("gw")), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port for a server a test starts.  Each worker takes only ports of its own share,
+    so that between our closing the port and the server binding it the other worker cannot pick
+    it too for a server of its own (its test would then talk to ours).  The share is of
+    ``port // 2``: Linux hands out even ports to ``bind(0)`` (odd ones to ``connect``)."""
+    index, count = _worker()
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port // 2 % count == index:
+            return port
 
 
 def wait_for_port(
