@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,12 +63,25 @@ IMAGE_GROUP = frozenset(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each module is one unit of work (its module-scoped servers start once), the image modules
-    one unit together, handed out first (``--dist loadgroup --no-loadscope-reorder``)."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("image" if name in IMAGE_GROUP else name))
-    items.sort(key=lambda item: item.path.name not in IMAGE_GROUP)  # stable: order kept
+    """The image modules first (stable otherwise): their unit of work is the longest."""
+    items.sort(key=lambda item: item.path.name not in IMAGE_GROUP)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Each module is one unit of work (its module-scoped servers start once); the image
+    modules are one unit together, handed out first (in collection order, not by size).
+    (xdist's ``loadgroup`` cannot express this on pytest 9.2: it rewrites a node id field that
+    pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "image" if Path(module).name in IMAGE_GROUP else module
+
+    config.option.loadscopereorder = False
+    return ModuleScheduling(config, log)
 
 
 _image_timings: dict[str, float] = {}
