@@ -292,7 +292,7 @@ class CloudViewer:
                     if candidate is not None:
                         await self.peer.pc.addIceCandidate(candidate)
 
-    async def wait_ended(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_ended(self, timeout: float = 15.0) -> dict[str, Any]:
         """The payload of ``watch_ended`` (waiting for it)."""
         await asyncio.wait_for(self._ended.wait(), timeout)
         assert self.ended is not None

@@ -13,6 +13,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+#: How long an expected message may take.  Generous: only a failing test waits it out, and a
+#: CI machine running both workers beside other jobs can stall a process for seconds.
+WAIT_S = 15.0
+
 
 class Client:
     def __init__(self, ws: ClientConnection) -> None:
@@ -38,7 +42,7 @@ class Client:
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
 
-    async def recv(self, kind: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    async def recv(self, kind: str | None = None, timeout: float = WAIT_S) -> dict[str, Any]:
         """The next message (of ``kind``, if given; others are kept for later)."""
         for i, message in enumerate(self.inbox):
             if kind is None or message["type"] == kind:
@@ -50,7 +54,7 @@ class Client:
                     return dict(message)
                 self.inbox.append(message)
 
-    async def became(self, device_id: str, online: bool, timeout: float = 5.0) -> None:
+    async def became(self, device_id: str, online: bool, timeout: float = WAIT_S) -> None:
         """Wait for ``device_status`` saying ``device_id`` is ``online``.  A status published
         just before this viewer connected can still reach it (Redis delivers to whoever is
         subscribed when the message arrives): earlier statuses may say the opposite, which was
@@ -63,7 +67,7 @@ class Client:
                     assert status == {"device_id": device_id, "online": online}
                     return
 
-    async def error(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def error(self, timeout: float = WAIT_S) -> dict[str, Any]:
         payload: dict[str, Any] = (await self.recv("error", timeout))["payload"]
         return payload
 
@@ -75,7 +79,7 @@ class Client:
             return
         raise AssertionError(f"unexpected message {message!r}")
 
-    async def closed(self, timeout: float = 5.0) -> int | None:
+    async def closed(self, timeout: float = WAIT_S) -> int | None:
         """Wait for the server to close the socket; its close code (1006: dropped, no code)."""
         try:
             async with asyncio.timeout(timeout):
