@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -46,43 +45,7 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mumu.db'}"
 
 
-# --- two workers (pytest-xdist, as scripts/test runs the suite) ---------------------------------
-
-#: Modules that build or boot the SD image or share its caches (the image build, the OTA rootfs,
-#: the release wheel cache): one worker runs them all, first, while the other starts on the rest.
-#: Two workers building the image at once would each spend minutes on the same build.
-IMAGE_GROUP = frozenset(
-    {
-        "test_hardware_runner.py",
-        "test_image.py",
-        "test_image_update.py",
-        "test_update_e2e.py",
-        "test_release.py",
-    }
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The image modules first (stable otherwise): their unit of work is the longest."""
-    items.sort(key=lambda item: item.path.name not in IMAGE_GROUP)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Each module is one unit of work (its module-scoped servers start once); the image
-    modules are one unit together, handed out first (in collection order, not by size).
-    (xdist's ``loadgroup`` cannot express this on pytest 9.2: it rewrites a node id field that
-    pytest no longer reads.)"""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModuleScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "image" if Path(module).name in IMAGE_GROUP else module
-
-    config.option.loadscopereorder = False
-    return ModuleScheduling(config, log)
-
+# --- pytest-xdist workers (scripts/test) ---------------------------------------------------------
 
 _image_timings: dict[str, float] = {}
 

@@ -20,7 +20,7 @@ from tests.services import require
 
 __all__ = ["built_image"]  # fixture
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -29,7 +29,7 @@ from tests.image_fixtures import (
 
 __all__ = ["built_image", "camera_factory"]  # fixtures
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 WIFI_PASSWORD = "correct-horse-battery"
 

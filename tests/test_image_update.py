@@ -30,7 +30,7 @@ from tests.update_world import OPERATOR, World, account, pair
 
 __all__ = ["built_image", "camera_factory"]  # fixtures
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 #: Under qemu-user an agent takes tens of seconds to reach the cloud after a restart; the
 #: probation is short so that the test commits in reasonable time.

@@ -18,6 +18,8 @@ from device.update import install as installer
 from tests.update_fixtures import tiny_bundle
 from tests.update_world import OTA_CACHE
 
+pytestmark = pytest.mark.image  # shares the OTA wheel cache with the image and OTA tests
+
 BIN = Path(sys.executable).parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -51,7 +51,7 @@ from tests.update_world import (
 
 ARTIFACTS = ROOT / "artifacts"
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
