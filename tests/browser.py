@@ -358,6 +358,29 @@ def _free_udp_range(size: int = 100) -> int:
     return 40000 + (os.getpid() * 7919 + int(time.monotonic() * 1000)) % 200 * size
 
 
+def wait_for_stun(
+    host: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0
+) -> None:
+    """Until a STUN Binding request to ``host``:``port`` over UDP is answered."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"coturn exited with {proc.returncode} before listening")
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.5)
+            request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+            try:
+                sock.sendto(request, (host, port))
+                if sock.recv(2048)[8:20] == request[8:20]:
+                    return
+            except OSError:  # refused (nothing listens yet) or no answer in time
+                time.sleep(0.05)
+    raise TimeoutError(f"coturn did not answer STUN on {host}:{port} within {timeout} s")
+
+
 @contextlib.contextmanager
 def coturn_server(
     secret: str, realm: str = "mumu.test", as_shipped: bool = False
@@ -392,6 +415,9 @@ def coturn_server(
         )
         try:
             wait_for_port(port, proc=proc)  # its TCP listener on the same port
+            # and each UDP listener: coturn opens them one by one, ::1's can come a moment later
+            for host in ("127.0.0.1", "::1") if as_shipped else ("127.0.0.1",):
+                wait_for_stun(host, port, proc)
             yield Coturn(port, secret, realm, prefix)
         finally:
             stop(proc)

@@ -123,7 +123,7 @@ async def test_password_work_overflowing_answers_503_with_retry_after(
 ) -> None:
     limits = {"MUMU_PASSWORD_WORKERS": "1", "MUMU_PASSWORD_QUEUE": "1"}
     for cloud in start_cloud(request, tmp_path, kind, **limits):
-        async with httpx.AsyncClient(base_url=cloud.url, timeout=60) as h:
+        async with httpx.AsyncClient(base_url=cloud.url, timeout=90) as h:
             answers = await asyncio.gather(
                 *(
                     h.post(

@@ -125,7 +125,7 @@ async def test_x_forwarded_for_is_not_believed_by_default(cloud: CloudProcess) -
     """Any local forwarder passing the header would otherwise pick the address that every
     per-address limit counts."""
     # (timeout: a wrong password is still checked, by argon2 at the lowest CPU priority)
-    async with httpx.AsyncClient(base_url=cloud.url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=cloud.url, timeout=90) as http:
         codes = []
         for i in range(4):
             r = await http.post(
@@ -147,7 +147,7 @@ async def test_trusted_proxies_forward_the_client_address(
         MUMU_TRUSTED_PROXIES="127.0.0.1",
         MUMU_LOGIN_RATE_PER_ADDRESS="3/minute",
     ):
-        async with httpx.AsyncClient(base_url=cloud.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=cloud.url, timeout=90) as http:
 
             async def login(address: str, n: int) -> int:
                 r = await http.post(
