@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 #: How long an expected message may take.  Generous: only a failing test waits it out, and a
-#: CI machine running both workers beside other jobs can stall a process for seconds.
+#: busy CI machine (other jobs beside the suite) can stall a process for seconds.
 WAIT_S = 15.0
 
 
