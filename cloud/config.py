@@ -77,6 +77,8 @@ class Settings:
     web_dir: Path | None = None
     # over-the-air updates (cloud/updates/)
     update_repo_dir: Path | None = None
+    update_downloads_per_address: int = 4
+    update_downloads: int = 64
     operators: tuple[str, ...] = ()
     rollout_poll_s: float = 5.0
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -144,6 +146,10 @@ VARIABLES: dict[str, str] = {
     "their request head after 1 s (default 64, per process)",
     "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
     "MUMU_UPDATE_REPO_DIR": "serve this signed update repository (mumu-release) at /updates/",
+    "MUMU_UPDATE_DOWNLOADS_PER_ADDRESS": "update repository transfers at a time from one client "
+    "address; more get 429 (default 4, per process)",
+    "MUMU_UPDATE_DOWNLOADS": "update repository transfers at a time in all; more get 503 "
+    "(default 64, per process)",
     "MUMU_OPERATORS": "comma-separated e-mail addresses of the accounts that manage rollouts",
     "MUMU_ROLLOUT_POLL": "seconds between looks for rollout changes made by mumu-cloud (5)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
@@ -228,6 +234,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         web_dir=web_dir,
         update_repo_dir=update_repo_dir,
+        update_downloads_per_address=_int(
+            merged, "MUMU_UPDATE_DOWNLOADS_PER_ADDRESS", 4, 1, 10_000
+        ),
+        update_downloads=_int(merged, "MUMU_UPDATE_DOWNLOADS", 64, 1, 100_000),
         operators=tuple(
             e.strip().lower() for e in merged.get("MUMU_OPERATORS", "").split(",") if e.strip()
         ),

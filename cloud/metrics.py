@@ -119,6 +119,11 @@ class Metrics:
             buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
             registry=self.registry,
         )
+        self.update_downloads = Gauge(
+            "mumu_update_downloads_in_flight",
+            "Transfers of the update repository's files being sent",
+            registry=self.registry,
+        )
         self.password_inflight = Gauge(
             "mumu_password_jobs_in_flight",
             "argon2 jobs running or waiting for a worker",

@@ -16,6 +16,7 @@ from cloud.ratelimit import RateLimits
 from cloud.sharing_store import SharingStore
 from cloud.signaling import SignalingHub
 from cloud.store import SqlStore, Store
+from cloud.updates.downloads import DownloadSlots
 from cloud.updates.service import UpdateService
 from cloud.updates.store import UpdateStore
 
@@ -34,6 +35,7 @@ class Services:
     hub: SignalingHub
     updates: UpdateService
     sharing: SharingStore
+    downloads: DownloadSlots
     _gc: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
@@ -85,6 +87,9 @@ class Services:
             hub=hub,
             updates=updates,
             sharing=SharingStore(store),
+            downloads=DownloadSlots(
+                settings.update_downloads_per_address, settings.update_downloads, metrics
+            ),
         )
 
     async def start(self) -> None:

@@ -5,6 +5,8 @@ repository's files served with byte ranges."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -53,6 +55,8 @@ def cloud(
         MUMU_UPDATE_REPO_DIR=str(repo_dir),
         MUMU_OPERATORS=OPERATOR,
         MUMU_ROLLOUT_POLL="1",
+        MUMU_UPDATE_DOWNLOADS_PER_ADDRESS="2",
+        MUMU_UPDATE_DOWNLOADS="3",
     )
 
 
@@ -333,6 +337,78 @@ async def test_the_repository_is_served_with_byte_ranges(
         ):
             r = await http.get(bad)
             assert r.status_code == 404, bad
+
+
+async def in_flight(http: httpx.AsyncClient) -> float:
+    text = (await http.get("/metrics")).text
+    found = re.search(r"^mumu_update_downloads_in_flight (\S+)$", text, flags=re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
+async def until_in_flight(http: httpx.AsyncClient, transfers: int) -> None:
+    async def settled() -> bool:
+        return await in_flight(http) == transfers
+
+    await wait_for(settled)
+
+
+@pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # one code path
+async def test_repository_transfers_are_bounded_per_address_and_in_all(
+    cloud: CloudProcess, repo_dir: Path
+) -> None:
+    """Anybody may download from /updates/: this cloud lets one address hold 2 transfers and
+    everybody 3.  A transfer holds its slot while its body is sent — 32 MB that the client does
+    not read, more than loopback's socket buffers take — and gives it back when the client
+    hangs up or has read it all."""
+    big = repo_dir / "targets" / "transfer-bounds-test.tar"
+    data = bytes(32 * 1024 * 1024)
+    big.write_bytes(data)
+    try:
+        await _bounded_transfers(cloud, f"/updates/targets/{big.name}", data)
+    finally:
+        big.unlink()
+
+
+async def _bounded_transfers(cloud: CloudProcess, url: str, data: bytes) -> None:
+
+    def from_address(host: str) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(local_address=host)
+        return httpx.AsyncClient(base_url=cloud.url, transport=transport, timeout=30)
+
+    async with (
+        contextlib.AsyncExitStack() as held,
+        from_address("127.0.0.1") as first,
+        from_address("127.0.0.2") as second,
+        httpx.AsyncClient(base_url=cloud.url, timeout=30) as http,
+    ):
+        one = await held.enter_async_context(first.stream("GET", url))
+        two = await held.enter_async_context(first.stream("GET", url))
+        assert one.status_code == two.status_code == 200
+        refused = await first.get(url)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "too_many_downloads"
+        assert int(refused.headers["retry-after"]) > 0
+
+        three = await held.enter_async_context(second.stream("GET", url))
+        assert three.status_code == 200
+        full = await second.get(url)
+        assert full.status_code == 503, full.text
+        assert full.json()["error"]["code"] == "busy"
+        assert int(full.headers["retry-after"]) > 0
+        assert await in_flight(http) == 3
+        metrics = (await http.get("/metrics")).text
+        assert 'mumu_http_refusals_total{code="too_many_downloads",status="429"}' in metrics
+
+        await one.aclose()  # hangs up mid-body: its slot comes back
+        await until_in_flight(http, 2)
+        resumed = await first.get(url, headers={"Range": f"bytes={len(data) - 1000}-"})
+        assert resumed.status_code == 206 and resumed.content == data[-1000:]
+
+        assert len(await two.aread()) == len(data)  # read to the end: its slot comes back
+        await until_in_flight(http, 1)
+    async with httpx.AsyncClient(base_url=cloud.url) as http:
+        await until_in_flight(http, 0)
 
 
 @pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # the commands are one code path

@@ -4,9 +4,12 @@ page (and that nobody else gets it)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from release import keys
@@ -164,3 +167,36 @@ async def test_the_rollout_page_is_for_operators(
     await row.locator("[data-testid=rollout-state]").filter(has_text="active").wait_for()
     await context.close()
     assert unexpected(problems) == [], problems.errors
+
+
+async def test_cameras_fetch_the_repository_through_nginx_a_few_at_a_time_per_address(
+    cloud: CloudProcess, nginx: Nginx
+) -> None:
+    """The cameras' default repository, `<cloud>/updates/`, through the shipped nginx: served
+    with byte ranges, and nginx passes the client's address on and does not buffer, so the
+    cloud's bound on transfers per address (4 by default) holds behind it."""
+    repo = Path(cloud.env["MUMU_UPDATE_REPO_DIR"])
+    big = repo / "targets" / "nginx-transfer-test.tar"
+    data = bytes(32 * 1024 * 1024)  # more than loopback's socket buffers on both hops take
+    big.write_bytes(data)
+    url = f"/updates/targets/{big.name}"
+    stranger = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+    try:
+        async with (
+            httpx.AsyncClient(base_url=nginx.url, transport=stranger, timeout=30) as http,
+            httpx.AsyncClient(base_url=nginx.url, timeout=30) as camera,
+            contextlib.AsyncExitStack() as held,
+        ):
+            meta = await camera.get("/updates/metadata/timestamp.json")
+            assert meta.status_code == 200 and meta.json()["signed"]["_type"] == "timestamp"
+            for _ in range(4):
+                transfer = await held.enter_async_context(http.stream("GET", url))
+                assert transfer.status_code == 200
+            refused = await http.get(url)
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"]
+            # another address is not held up by the stranger's transfers
+            part = await camera.get(url, headers={"Range": "bytes=-100"})
+            assert part.status_code == 206 and part.content == data[-100:]
+    finally:
+        big.unlink()

@@ -4,6 +4,7 @@ systemd for the agent unit."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -170,7 +171,10 @@ class RepoHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        # A client may hang up mid-body (the updater stops reading a target longer than its
+        # signed length): that is the client's right, not a fault of this server.
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            self.wfile.write(body)
 
 
 class RepoServer(ThreadingHTTPServer):

@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, patch, post, put
+from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.response import Stream
 from litestar.status_codes import HTTP_201_CREATED
 
-from cloud.api import BEARER, _owned_device, current_user, services
+from cloud.api import BEARER, _client, _owned_device, current_user, services
 from cloud.errors import ApiError
 from cloud.services import Services
 from cloud.updates import repo as repo_files
@@ -103,8 +104,10 @@ class FleetOut(msgspec.Struct):
 async def repository_file(
     request: Request[Any, Any, Any], state: State, path: str
 ) -> Response[Any]:
-    """A file of the signed update repository (TUF metadata or a bundle), with byte ranges."""
-    repo_dir = services(state).settings.update_repo_dir
+    """A file of the signed update repository (TUF metadata or a bundle), with byte ranges;
+    a bounded number of transfers at a time per address and in all (cloud/updates/downloads.py)."""
+    svc = services(state)
+    repo_dir = svc.settings.update_repo_dir
     if repo_dir is None:
         raise ApiError(404, "not_found", "this cloud serves no update repository")
     try:
@@ -136,11 +139,15 @@ async def repository_file(
     }
     if wanted is not None:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    address = _client(request)
+    svc.downloads.take(address)
+    body = svc.downloads.held(address, repo_files.read_range(file, start, end))
     return Stream(
-        repo_files.read_range(file, start, end),
+        body,
         status_code=206 if wanted is not None else 200,
         media_type=kind,
         headers=headers,
+        background=BackgroundTask(body.aclose),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio
@@ -67,7 +67,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-async def read_range(file: Path, start: int, end: int) -> AsyncIterator[bytes]:
+async def read_range(file: Path, start: int, end: int) -> AsyncGenerator[bytes, None]:
     async with await anyio.open_file(file, "rb") as f:
         await f.seek(start)
         left = end - start + 1
