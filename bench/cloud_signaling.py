@@ -390,6 +390,10 @@ def run_cloud(
         "MUMU_DATABASE_URL": database_url,
         "MUMU_JWT_SECRET": "bench-secret-" + "x" * 40,
         "MUMU_LOGIN_RATE": "1000/minute",
+        # One viewer socket stands in for many at --rate messages a second: the per-socket
+        # budget (50/s by default) would drop nearly all of them.
+        "MUMU_WS_MESSAGE_RATE": "100000",
+        "MUMU_WS_MESSAGE_BURST": "100000",
     }
     with CloudProcess(tmp / label, env=env) as cloud:
         token = httpx.post(
