@@ -10,6 +10,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import (
     HTTPException,
+    InternalServerException,
     NotAuthorizedException,
     NotFoundException,
     ValidationException,
@@ -20,6 +21,9 @@ from cloud.faults import failed_dependency
 from cloud.passwords import PasswordBusy
 
 log = logging.getLogger(__name__)
+
+#: What Litestar raises (a 500) when the client hangs up before its request body has arrived.
+CLIENT_GONE = "client disconnected prematurely"
 
 
 class ApiError(HTTPException):
@@ -87,6 +91,10 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         code, message = "unauthorized", str(exc.detail or "sign in first")
     elif isinstance(exc, NotFoundException):
         code, message = "not_found", "no such resource"
+    elif isinstance(exc, InternalServerException) and exc.detail == CLIENT_GONE:
+        # Nobody reads this answer; counted as what it is, not as a failure of ours (a slow
+        # body cut off by MUMU_HTTP_BODY_TIMEOUT ends here too).
+        status, code, message = 499, "client_disconnected", "the request body never ended"
     else:
         code = _CODES.get(status, "error")
         message = str(exc.detail or code.replace("_", " "))
