@@ -12,7 +12,9 @@ For each backend (embedded SQLite + in-process; PostgreSQL + Redis) and, as the 
 3. for each cloud, the same relay measurement again while a separate process makes failed
    logins (``--logins`` a second, default 4, each from a different 127.0.0.x source address and
    for a different e-mail, so that no per-address or per-account limit stops them): every one
-   costs an argon2id verification, which must not stall signaling.
+   costs an argon2id verification, which must not stall signaling.  For the floor, the same
+   number of argon2id verifications a second in a process beside it (lowest CPU priority, as
+   the cloud runs them): what that CPU- and memory-hard work costs any relay on this machine.
 
 Prints a table (``--json`` for machine-readable output).  Targets on a 2-core machine:
 10,000 devices under 1 GiB RSS, p99 relay latency under 10 ms at 1,000 messages/s, and with 4
@@ -250,6 +252,26 @@ def fail_logins(base_url: str, per_s: float, stop: Any, outcomes: Any) -> None:
     asyncio.run(main())
 
 
+def verify_beside(per_s: float, stop: Any) -> None:
+    """The floor's neighbour: ``per_s`` argon2id verifications a second (the cloud's parameters),
+    at the lowest CPU priority as the cloud's password workers run them, in a process of its own:
+    what the same password work costs the machine, with no login handling at all."""
+    from cloud import auth
+    from cloud.passwords import lowest_priority
+
+    lowest_priority()
+    known = auth.hash_password("the right password")
+    start = time.perf_counter()
+    n = 0
+    while not stop.is_set():
+        delay = start + n / per_s - time.perf_counter()
+        if delay > 0:
+            stop.wait(min(delay, 0.2))
+            continue
+        auth.verify_password(known, "not the password")
+        n += 1
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -299,6 +321,33 @@ def measure(
     cpu1 = server.cpu_times()
     rows = [row(label, ids, connect_s, rss, quiet, cpu0, cpu1, args)]
     rows[0]["hellos_retried"] = retried.value
+    if bare and args.logins > 0:
+        # The floor again with the same password work on the machine, in another process.
+        stop_verifying = ctx.Event()
+        neighbour = ctx.Process(
+            target=verify_beside, args=(args.logins, stop_verifying), daemon=True
+        )
+        neighbour.start()
+        time.sleep(2)
+        cpu2 = server.cpu_times()
+        loaded = relay_runs()
+        cpu3 = server.cpu_times()
+        stop_verifying.set()
+        neighbour.join(30)
+        beside = row(
+            f"{label} + {args.logins:g} argon2 verifications/s beside it",
+            ids,
+            connect_s,
+            rss,
+            loaded,
+            cpu2,
+            cpu3,
+            args,
+        )
+        beside["p99_vs_quiet"] = round(
+            beside["relay_p99_ms"] / max(rows[0]["relay_p99_ms"], 0.01), 2
+        )
+        rows.append(beside)
     if not bare and args.logins > 0:
         # The same measurement while an attacker fails logins from many addresses.
         outcomes = ctx.Queue()
@@ -399,6 +448,7 @@ def run_cloud(
         token = httpx.post(
             f"{cloud.url}/api/auth/login",
             json={"email": "bench@example.com", "password": "bench pass 1"},
+            timeout=90,  # argon2 runs at the lowest CPU priority: slow on a busy machine
         ).json()
         viewer_hello = {"type": "hello", "payload": {"token": token["access_token"]}}
         assert cloud.proc is not None
