@@ -321,71 +321,43 @@ def measure(
     cpu1 = server.cpu_times()
     rows = [row(label, ids, connect_s, rss, quiet, cpu0, cpu1, args)]
     rows[0]["hellos_retried"] = retried.value
-    if bare and args.logins > 0:
-        # The floor again with the same password work on the machine, in another process.
-        stop_verifying = ctx.Event()
-        neighbour = ctx.Process(
-            target=verify_beside, args=(args.logins, stop_verifying), daemon=True
-        )
-        neighbour.start()
-        time.sleep(2)
-        cpu2 = server.cpu_times()
-        loaded = relay_runs()
-        cpu3 = server.cpu_times()
-        stop_verifying.set()
-        neighbour.join(30)
-        beside = row(
-            f"{label} + {args.logins:g} argon2 verifications/s beside it",
-            ids,
-            connect_s,
-            rss,
-            loaded,
-            cpu2,
-            cpu3,
-            args,
-        )
-        beside["p99_vs_quiet"] = round(
-            beside["relay_p99_ms"] / max(rows[0]["relay_p99_ms"], 0.01), 2
-        )
-        rows.append(beside)
-    if not bare and args.logins > 0:
-        # The same measurement while an attacker fails logins from many addresses.
+    if args.logins > 0:
+        # The same measurement under password work: for a cloud, an attacker failing logins
+        # from many addresses; for the floor, the same argon2 work in a process beside it.
+        stop_load = ctx.Event()
         outcomes = ctx.Queue()
-        stop_logins = ctx.Event()
-        base_url = ws_base.replace("ws://", "http://")
-        attacker = ctx.Process(
-            target=fail_logins, args=(base_url, args.logins, stop_logins, outcomes), daemon=True
-        )
-        attacker.start()
-        time.sleep(2)  # the first logins are in flight
+        if bare:
+            suffix = f" + {args.logins:g} argon2 verifications/s beside it"
+            load = ctx.Process(target=verify_beside, args=(args.logins, stop_load), daemon=True)
+        else:
+            suffix = f" + {args.logins:g} failed logins/s"
+            base_url = ws_base.replace("ws://", "http://")
+            load = ctx.Process(
+                target=fail_logins, args=(base_url, args.logins, stop_load, outcomes), daemon=True
+            )
+        load.start()
+        time.sleep(2)  # the load is under way
         cpu2 = server.cpu_times()
         loaded = relay_runs()
         cpu3 = server.cpu_times()
-        stop_logins.set()
+        stop_load.set()
         answers = []
-        while (item := outcomes.get(timeout=120)) is not None:
-            answers.append(item)
-        attacker.join(30)
-        loaded_row = row(
-            f"{label} + {args.logins:g} failed logins/s",
-            ids,
-            connect_s,
-            rss,
-            loaded,
-            cpu2,
-            cpu3,
-            args,
-        )
-        statuses: dict[str, int] = {}
-        for status, _ in answers:
-            statuses[str(status)] = statuses.get(str(status), 0) + 1
-        loaded_row["login_answers"] = statuses
-        loaded_row["login_p50_ms"] = round(
-            statistics.median(seconds for _, seconds in answers) * 1000, 1
-        )
+        if not bare:
+            while (item := outcomes.get(timeout=120)) is not None:
+                answers.append(item)
+        load.join(30)
+        loaded_row = row(label + suffix, ids, connect_s, rss, loaded, cpu2, cpu3, args)
         loaded_row["p99_vs_quiet"] = round(
             loaded_row["relay_p99_ms"] / max(rows[0]["relay_p99_ms"], 0.01), 2
         )
+        if answers:
+            statuses: dict[str, int] = {}
+            for status, _ in answers:
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+            loaded_row["login_answers"] = statuses
+            loaded_row["login_p50_ms"] = round(
+                statistics.median(seconds for _, seconds in answers) * 1000, 1
+            )
         rows.append(loaded_row)
     stop.set()
     holder.join(30)
