@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +21,7 @@ from release.repo import UpdateRepository
 from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, start_cloud
 from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
+from tests.test_cloud_invariants import metric
 from tests.update_fixtures import tiny_bundle
 
 OPERATOR = "operator@example.com"
@@ -339,16 +339,13 @@ async def test_the_repository_is_served_with_byte_ranges(
             assert r.status_code == 404, bad
 
 
-async def in_flight(http: httpx.AsyncClient) -> float:
-    text = (await http.get("/metrics")).text
-    found = re.search(r"^mumu_update_downloads_in_flight (\S+)$", text, flags=re.MULTILINE)
-    assert found is not None
-    return float(found.group(1))
+async def in_flight(cloud: CloudProcess) -> float:
+    return await metric(cloud.url, "mumu_update_downloads_in_flight")
 
 
-async def until_in_flight(http: httpx.AsyncClient, transfers: int) -> None:
+async def until_in_flight(cloud: CloudProcess, transfers: int) -> None:
     async def settled() -> bool:
-        return await in_flight(http) == transfers
+        return await in_flight(cloud) == transfers
 
     await wait_for(settled)
 
@@ -396,19 +393,18 @@ async def _bounded_transfers(cloud: CloudProcess, url: str, data: bytes) -> None
         assert full.status_code == 503, full.text
         assert full.json()["error"]["code"] == "busy"
         assert int(full.headers["retry-after"]) > 0
-        assert await in_flight(http) == 3
+        assert await in_flight(cloud) == 3
         metrics = (await http.get("/metrics")).text
         assert 'mumu_http_refusals_total{code="too_many_downloads",status="429"}' in metrics
 
         await one.aclose()  # hangs up mid-body: its slot comes back
-        await until_in_flight(http, 2)
+        await until_in_flight(cloud, 2)
         resumed = await first.get(url, headers={"Range": f"bytes={len(data) - 1000}-"})
         assert resumed.status_code == 206 and resumed.content == data[-1000:]
 
         assert len(await two.aread()) == len(data)  # read to the end: its slot comes back
-        await until_in_flight(http, 1)
-    async with httpx.AsyncClient(base_url=cloud.url) as http:
-        await until_in_flight(http, 0)
+        await until_in_flight(cloud, 1)
+    await until_in_flight(cloud, 0)
 
 
 @pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # the commands are one code path
