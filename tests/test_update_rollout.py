@@ -22,7 +22,7 @@ from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, start_cloud
 from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
 from tests.test_cloud_invariants import metric
-from tests.update_fixtures import tiny_bundle
+from tests.update_fixtures import tiny_bundle, unread_body_size
 
 OPERATOR = "operator@example.com"
 FLEET = 200
@@ -355,11 +355,11 @@ async def test_repository_transfers_are_bounded_per_address_and_in_all(
     cloud: CloudProcess, repo_dir: Path
 ) -> None:
     """Anybody may download from /updates/: this cloud lets one address hold 2 transfers and
-    everybody 3.  A transfer holds its slot while its body is sent — 32 MB that the client does
-    not read, more than loopback's socket buffers take — and gives it back when the client
+    everybody 3.  A transfer holds its slot while its body is sent — a body that the client does
+    not read, larger than loopback's socket buffers take — and gives it back when the client
     hangs up or has read it all."""
     big = repo_dir / "targets" / "transfer-bounds-test.tar"
-    data = bytes(32 * 1024 * 1024)
+    data = bytes(unread_body_size(hops=1))
     big.write_bytes(data)
     try:
         await _bounded_transfers(cloud, f"/updates/targets/{big.name}", data)
@@ -368,16 +368,15 @@ async def test_repository_transfers_are_bounded_per_address_and_in_all(
 
 
 async def _bounded_transfers(cloud: CloudProcess, url: str, data: bytes) -> None:
-
     def from_address(host: str) -> httpx.AsyncClient:
         transport = httpx.AsyncHTTPTransport(local_address=host)
         return httpx.AsyncClient(base_url=cloud.url, transport=transport, timeout=30)
 
     async with (
-        contextlib.AsyncExitStack() as held,
         from_address("127.0.0.1") as first,
         from_address("127.0.0.2") as second,
         httpx.AsyncClient(base_url=cloud.url, timeout=30) as http,
+        contextlib.AsyncExitStack() as held,  # the transfers held open, closed first
     ):
         one = await held.enter_async_context(first.stream("GET", url))
         two = await held.enter_async_context(first.stream("GET", url))

@@ -25,7 +25,7 @@ from tests.cloud_fixtures import RELAXED
 from tests.cloud_process import ApiClient, CloudProcess
 from tests.signaling_client import device
 from tests.test_web_app import open_app, unexpected
-from tests.update_fixtures import tiny_bundle
+from tests.update_fixtures import tiny_bundle, unread_body_size
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -177,7 +177,7 @@ async def test_cameras_fetch_the_repository_through_nginx_a_few_at_a_time_per_ad
     cloud's bound on transfers per address (4 by default) holds behind it."""
     repo = Path(cloud.env["MUMU_UPDATE_REPO_DIR"])
     big = repo / "targets" / "nginx-transfer-test.tar"
-    data = bytes(32 * 1024 * 1024)  # more than loopback's socket buffers on both hops take
+    data = bytes(unread_body_size(hops=2))  # client - nginx - cloud
     big.write_bytes(data)
     url = f"/updates/targets/{big.name}"
     stranger = httpx.AsyncHTTPTransport(local_address="127.0.0.3")

@@ -56,6 +56,22 @@ def tiny_bundle(out: Path, version: str, *, arch: str = ARCH, size: int = 64 * 1
     return bundle
 
 
+def unread_body_size(hops: int) -> int:
+    """Bytes of a response that a client which does not read cannot have taken in full over
+    ``hops`` TCP connections on loopback: a receive buffer grows only as its application reads,
+    so each hop holds at most about its initial receive buffer and the largest send buffer
+    (``net.ipv4.tcp_rmem``/``tcp_wmem``); twice that per hop, and 8 MiB more, at least 32 MiB."""
+
+    def sysctl(name: str, field: int) -> int:
+        try:
+            return int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[field])
+        except (OSError, ValueError, IndexError):
+            return 32 * 1024 * 1024
+
+    per_hop = sysctl("tcp_rmem", 1) + sysctl("tcp_wmem", 2)
+    return max(32 * 1024 * 1024, 2 * hops * per_hop + 8 * 1024 * 1024)
+
+
 def stage_release(bundle: Path, root: Path) -> installer.Manifest:
     """Stands in for the pip install (tested on its own with a real bundle): a complete-looking
     release directory with the bundle's manifest."""
