@@ -139,9 +139,7 @@ async def repository_file(
     }
     if wanted is not None:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    address = _client(request)
-    svc.downloads.take(address)
-    body = svc.downloads.held(address, repo_files.read_range(file, start, end))
+    body = svc.downloads.hold(_client(request), repo_files.read_range(file, start, end))
     return Stream(
         body,
         status_code=206 if wanted is not None else 200,

@@ -34,8 +34,9 @@ class DownloadSlots:
         self._in_flight = 0
         metrics.update_downloads.set_function(lambda: self._in_flight)
 
-    def take(self, address: str) -> None:
-        """Hold a slot for ``address`` or raise the refusal; give it back with :meth:`give`."""
+    def hold(self, address: str, body: AsyncGenerator[bytes, None]) -> Held:
+        """``body``, holding a slot of ``address``'s until the client has read it all or hung
+        up (pass :meth:`Held.aclose` as the response's background task); or the refusal."""
         if self._by_address[address] >= self.per_address:
             raise ApiError(
                 429,
@@ -52,17 +53,13 @@ class DownloadSlots:
             )
         self._by_address[address] += 1
         self._in_flight += 1
+        return Held(self, address, body)
 
     def give(self, address: str) -> None:
         self._in_flight -= 1
         self._by_address[address] -= 1
         if self._by_address[address] <= 0:
             del self._by_address[address]
-
-    def held(self, address: str, body: AsyncGenerator[bytes, None]) -> Held:
-        """``body``, holding ``address``'s slot (taken already) until the client has read it
-        all or hung up; pass :meth:`Held.aclose` as the response's background task."""
-        return Held(self, address, body)
 
 
 class Held:
