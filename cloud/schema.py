@@ -19,6 +19,8 @@ users = Table(
     Column("password_hash", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("last_login_at", Float, nullable=True),
+    #: When the person proved the address (a link mailed to it was opened); NULL: not yet.
+    Column("email_verified_at", Float, nullable=True),
 )
 
 devices = Table(
@@ -34,6 +36,10 @@ devices = Table(
     Column("last_seen", Float, nullable=True),
     #: Set when a factory reset retired the device: it has no owner and its token is refused.
     Column("retired_at", Float, nullable=True),
+    #: The owner before the last unpairing and the name it gave: the same owner pairing it
+    #: again gets its name back; another owner does not see it.
+    Column("former_owner_id", String(64), nullable=True),
+    Column("former_name", String(128), nullable=True),
 )
 
 pairing_codes = Table(
@@ -111,4 +117,30 @@ share_invites = Table(
     Column("token_hash", String(128), nullable=True, unique=True),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+#: One-time links mailed to an address: ``purpose`` "verify" (prove the account's address),
+#: "reset" (choose a new password) or "email" (prove a new address before it replaces the old).
+#: Only a SHA-256 hash of the link's token is kept; a link is spent (``used_at``) or expires.
+account_links = Table(
+    "account_links",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(64), ForeignKey("users.id"), nullable=False),
+    Column("purpose", String(16), nullable=False),
+    #: The address the link was mailed to (for "email": the new address it proves).
+    Column("email", String(320), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+    Index("ix_account_links_user_purpose", "user_id", "purpose"),
+)
+
+#: Accounts with operator rights (releases and rollouts), granted on the server with
+#: ``mumu-cloud operator add`` to an existing account whose address is verified.
+operators = Table(
+    "operators",
+    metadata,
+    Column("user_id", String(64), ForeignKey("users.id"), primary_key=True),
+    Column("added_at", Float, nullable=False),
 )

@@ -1,0 +1,112 @@
+"""The words of every mail, as plain text and HTML, with the product's name and the one link."""
+
+from __future__ import annotations
+
+from html import escape
+
+from cloud.mail.message import Mail, MailKind
+
+PRODUCT = "MuMu Camera"
+
+
+def _mail(kind: MailKind, to: str, subject: str, lines: list[str], link: str, action: str) -> Mail:
+    text = "\n\n".join([*lines, f"{action}: {link}", f"— {PRODUCT}"]) + "\n"
+    paragraphs = "".join(f"<p>{escape(line)}</p>" for line in lines)
+    html = (
+        '<!doctype html><html><body style="font-family:sans-serif">'
+        f"<h1>{escape(PRODUCT)}</h1>{paragraphs}"
+        f'<p><a href="{escape(link, quote=True)}">{escape(action)}</a></p>'
+        f'<p style="color:#666">{escape(link)}</p></body></html>'
+    )
+    return Mail(to=to, kind=kind, subject=f"{PRODUCT}: {subject}", text=text, html=html, link=link)
+
+
+def verify_address(to: str, link: str, hours: int) -> Mail:
+    return _mail(
+        "verify",
+        to,
+        "confirm your address",
+        [
+            f"Welcome to {PRODUCT}. Confirm that {to} is your address to receive cameras "
+            "shared with you and to be able to reset your password.",
+            f"The link works once, for {hours} hours. If you did not sign up, ignore this mail.",
+        ],
+        link,
+        "Confirm your address",
+    )
+
+
+def reset_password(to: str, link: str, minutes: int) -> Mail:
+    return _mail(
+        "reset",
+        to,
+        "choose a new password",
+        [
+            f"Somebody asked to reset the password of the {PRODUCT} account {to}.",
+            f"The link works once, for {minutes} minutes; choosing a new password signs out "
+            "every browser. If it was not you, ignore this mail: your password stays.",
+        ],
+        link,
+        "Choose a new password",
+    )
+
+
+def already_registered(to: str, link: str) -> Mail:
+    return _mail(
+        "already_registered",
+        to,
+        "you already have an account",
+        [
+            f"Somebody tried to create a {PRODUCT} account with {to}, which has one already.",
+            "If it was you and you forgot your password, choose a new one. If not, ignore "
+            "this mail: nothing changed.",
+        ],
+        link,
+        "Choose a new password",
+    )
+
+
+def confirm_new_address(to: str, old: str, link: str, hours: int) -> Mail:
+    return _mail(
+        "confirm_new_address",
+        to,
+        "confirm your new address",
+        [
+            f"The {PRODUCT} account {old} asked to use {to} from now on.",
+            f"Confirm it to make the change; until then {old} stays. The link works once, "
+            f"for {hours} hours.",
+        ],
+        link,
+        "Confirm your new address",
+    )
+
+
+def address_changed(to: str, new: str, link: str) -> Mail:
+    return _mail(
+        "address_changed",
+        to,
+        "your address was changed",
+        [
+            f"The {PRODUCT} account that used {to} now uses {new}.",
+            "If you did not do this, sign in and change your password, or write to the "
+            "people who run this service.",
+        ],
+        link,
+        f"Open {PRODUCT}",
+    )
+
+
+def invitation(to: str, inviter: str, camera: str, link: str, has_account: bool) -> Mail:
+    how = (
+        "Sign in with this address to accept it from your camera list."
+        if has_account
+        else "Create an account with this address to watch: the invitation waits for it."
+    )
+    return _mail(
+        "invitation",
+        to,
+        f"{inviter} shares the camera “{camera}” with you",
+        [f"{inviter} invites you to watch their camera “{camera}” live.", how],
+        link,
+        "Open the invitation" if has_account else "Create an account to watch",
+    )
