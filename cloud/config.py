@@ -81,6 +81,11 @@ class Settings:
     update_downloads: int = 64
     operators: tuple[str, ...] = ()
     rollout_poll_s: float = 5.0
+    # e-mail (cloud/mail/): without an SMTP server each mail goes to the log
+    smtp_url: str | None = None
+    mail_from: str = "MuMu Camera <noreply@localhost>"
+    mail_queue: int = 1000
+    mail_attempts: int = 6
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -152,6 +157,11 @@ VARIABLES: dict[str, str] = {
     "(default 64, per process)",
     "MUMU_OPERATORS": "comma-separated e-mail addresses of the accounts that manage rollouts",
     "MUMU_ROLLOUT_POLL": "seconds between looks for rollout changes made by mumu-cloud (5)",
+    "MUMU_SMTP_URL": "smtp://[user:password@]host[:port][?starttls=auto|require|off] or "
+    "smtps://... for the cloud's mail (unset: each mail is written to the log instead)",
+    "MUMU_MAIL_FROM": "the From of the cloud's mail (default MuMu Camera <noreply@localhost>)",
+    "MUMU_MAIL_QUEUE": "mails that may wait to be sent; more are dropped and counted (1000)",
+    "MUMU_MAIL_ATTEMPTS": "tries per mail while the SMTP server fails, with backoff (6)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
 }
 
@@ -231,7 +241,25 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
                 f"MUMU_UPDATE_REPO_DIR: no metadata/ in {update_repo_dir} (mumu-release init)"
             )
 
+    smtp_url = merged.get("MUMU_SMTP_URL") or None
+    if smtp_url is not None:
+        from cloud.mail.transport import SmtpSettings
+
+        try:
+            SmtpSettings.parse(smtp_url)
+        except ValueError as exc:
+            raise ConfigError(f"MUMU_SMTP_URL: {exc}") from None
+    mail_from = merged.get("MUMU_MAIL_FROM") or Settings.mail_from
+    if "@" not in mail_from or "\n" in mail_from or "\r" in mail_from:
+        raise ConfigError(
+            f"MUMU_MAIL_FROM: expected an address like Name <a@b.org>, got {mail_from!r}"
+        )
+
     return Settings(
+        smtp_url=smtp_url,
+        mail_from=mail_from,
+        mail_queue=_int(merged, "MUMU_MAIL_QUEUE", 1000, 1, 1_000_000),
+        mail_attempts=_int(merged, "MUMU_MAIL_ATTEMPTS", 6, 1, 100),
         web_dir=web_dir,
         update_repo_dir=update_repo_dir,
         update_downloads_per_address=_int(

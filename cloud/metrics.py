@@ -173,6 +173,19 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        # --- mail -----------------------------------------------------------------------------
+        self.mail = Counter(
+            "mumu_mail",
+            "Mails by kind and outcome: sent, retried (the server failed; tried again later), "
+            "failed (given up), dropped (the outbox was full)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.mail_queued = Gauge(
+            "mumu_mail_queued",
+            "Mails waiting in this process's outbox (MUMU_MAIL_QUEUE), retries included",
+            registry=self.registry,
+        )
         for event in (
             "invited_email",
             "invited_link",

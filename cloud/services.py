@@ -10,6 +10,8 @@ from cloud.auth import PairingHasher, RefreshTokens, TokenIssuer
 from cloud.config import Settings
 from cloud.identity import token_authenticator
 from cloud.live import LiveState, MemoryLiveState
+from cloud.mail.outbox import Outbox, OutboxLimits
+from cloud.mail.transport import LogTransport, SmtpSettings, SmtpTransport, Transport
 from cloud.metrics import Metrics
 from cloud.passwords import PasswordWork
 from cloud.ratelimit import RateLimits
@@ -36,6 +38,7 @@ class Services:
     updates: UpdateService
     sharing: SharingStore
     downloads: DownloadSlots
+    mail: Outbox
     _gc: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
@@ -69,7 +72,20 @@ class Services:
             UpdateStore(lambda: store.engine), live, owner_of, poll_s=settings.rollout_poll_s
         )
         hub.updates = updates
+        transport: Transport = (
+            SmtpTransport(SmtpSettings.parse(settings.smtp_url))
+            if settings.smtp_url
+            else LogTransport()
+        )
+        mail = Outbox(
+            transport,
+            settings.mail_from,
+            OutboxLimits(capacity=settings.mail_queue, attempts=settings.mail_attempts),
+            metrics.mail,
+            metrics.mail_queued,
+        )
         return cls(
+            mail=mail,
             settings=settings,
             store=store,
             live=live,
@@ -97,12 +113,14 @@ class Services:
         await self.live.open()
         self.hub.start()
         self.updates.start()
+        self.mail.start()
         self._gc = asyncio.create_task(
             gc_policy.steward(open_connections=lambda: len(self.hub)), name="gc-steward"
         )
 
     async def stop(self) -> None:
         self._gc.cancel()
+        await self.mail.stop()
         await self.updates.stop()
         await self.hub.stop()
         await self.live.close()

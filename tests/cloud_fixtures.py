@@ -53,6 +53,8 @@ def backend_env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
 def start_cloud(
     request: pytest.FixtureRequest, tmp: Path, kind: str, **extra: str
 ) -> Iterator[CloudProcess]:
-    env = {**RELAXED, **backend_env(kind, request), **extra}
+    # Every test cloud sends its mail to the suite's real SMTP server (tests/mail_server.py).
+    mail_url: str = request.getfixturevalue("mail_server").url
+    env = {**RELAXED, "MUMU_SMTP_URL": mail_url, **backend_env(kind, request), **extra}
     with CloudProcess(tmp, env=env) as cloud:
         yield cloud

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mail_server import mail_server  # noqa: F401  (a fixture for every module)
 from tests.services import create_database, postgres_server, redis_server
 
 
