@@ -38,7 +38,7 @@ PAIRING_TTL_S = 300.0
 #: that make a name display as something else ("Trojan Source").
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 #: Ids this cloud mints (uuid hex, URL-safe base64); anything else is no id of ours.
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 # --- bodies ------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from cloud.store import DuplicateError, SignIn, User
 
 REFRESH_COOKIE = "mumu_refresh"
 COOKIE_PATH = "/api/auth"
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
 
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]

@@ -124,9 +124,13 @@ def _where(path: str) -> str:
     return path.removeprefix("$").removeprefix(".") or "(top level)"
 
 
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`(?: - at `(?P<at>[^`]*)`)?$")
-_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]*)`(?: - at `(?P<at>[^`]*)`)?$")
-_AT = re.compile(r"^(?P<what>.*) - at `(?P<at>[^`]*)`$")
+_UNKNOWN = re.compile(
+    r"^Object contains unknown field `(?P<key>[^`]*)`(?: - at `(?P<at>[^`]*)`)?\Z"
+)
+_MISSING = re.compile(
+    r"^Object missing required field `(?P<key>[^`]*)`(?: - at `(?P<at>[^`]*)`)?\Z"
+)
+_AT = re.compile(r"^(?P<what>.*) - at `(?P<at>[^`]*)`\Z")
 
 
 def explain(exc: msgspec.ValidationError | str) -> str:

@@ -69,9 +69,9 @@ KEYS: Final = (
 SECRET_KEYS: Final = frozenset({"wifi_password"})
 PASSWORD_REMOVED: Final = "# wifi_password: removed from this file after it was applied on {when}"
 
-_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*\Z")
+_COUNTRY = re.compile(r"^[A-Z]{2}\Z")
 
 
 @dataclass

@@ -28,16 +28,16 @@ PRESENCE_TTL_S: Final = 65.0
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 #: A client's name for one of its requests, echoed in the answer (letters, digits, ``-``, ``_``).
-RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]
 #: Most sessions a device lists in its ``hello`` (the agent caps its sessions well below this).
 MAX_CLAIMED_SESSIONS: Final = 64
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 SdpText = Annotated[str, msgspec.Meta(max_length=60_000)]
-Version = Annotated[str, msgspec.Meta(pattern=r"^[0-9][0-9A-Za-z.+-]{0,63}$")]
-Arch = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+Version = Annotated[str, msgspec.Meta(pattern=r"^[0-9][0-9A-Za-z.+-]{0,63}\Z")]
+Arch = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}\Z")]
 Window = Annotated[
-    str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$")
+    str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 ]
 
 

@@ -32,7 +32,7 @@ MAX_SNAPSHOT_BYTES: Final = 2 * 1024 * 1024
 #: Largest request a device reads (bytes of text).
 MAX_SNAPSHOT_REQUEST_BYTES: Final = 512
 
-SnapshotId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+SnapshotId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]
 SnapshotErrorCode = Literal["rate_limited", "busy", "no_picture", "invalid_request"]
 
 

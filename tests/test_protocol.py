@@ -136,3 +136,33 @@ def test_every_message_type_is_a_tagged_struct() -> None:
         for member in union.__args__:  # type: ignore[attr-defined]
             info = msgspec.inspect.type_info(member)
             assert isinstance(info, msgspec.inspect.StructType) and info.tag_field == "type"
+
+
+def _anchored_patterns() -> list[tuple[str, str]]:
+    """Every ``pattern=r"^…"`` and ``re.compile(r"^…")`` in our code, where it is."""
+    found = []
+    for folder in ("protocol", "cloud", "device", "release"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for m in re.finditer(r'(?:pattern=|re\.compile\()r"(\^[^"]*)"', path.read_text()):
+                found.append((f"{path.relative_to(ROOT)}", m.group(1)))
+    return found
+
+
+def test_no_anchored_pattern_accepts_a_trailing_newline() -> None:
+    """Python's ``$`` also matches before a final newline: a signed version ``1.2.0\\n`` once
+    passed the updater's check and crashed it.  Every whole-string pattern ends in ``\\Z``."""
+    patterns = _anchored_patterns()
+    assert len(patterns) > 10
+    loose = [(where, p) for where, p in patterns if p.endswith("$")]
+    assert loose == []
+
+
+@pytest.mark.parametrize("value", ["1.2.0\n", "1.2.0\r\n", "\n1.2.0"])
+def test_a_version_with_a_newline_is_refused(value: str) -> None:
+    from device.update.install import VERSION_RE
+    from protocol.messages import Version
+
+    assert not VERSION_RE.match(value)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(value, Version)
+    assert msgspec.convert(value.strip(), Version) == "1.2.0"

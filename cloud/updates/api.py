@@ -20,10 +20,10 @@ from cloud.updates.service import DEFAULT_MIN_SAMPLE, DEFAULT_THRESHOLD
 from cloud.updates.store import DuplicateRelease, Rollout
 from protocol.messages import Version, Window
 
-Channel = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")]
+Channel = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}\Z")]
 Percentage = Annotated[float, msgspec.Meta(ge=0, le=100)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
-ArchName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+ArchName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}\Z")]
 
 
 class CameraUpdate(msgspec.Struct):

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 class NotServed(Exception):

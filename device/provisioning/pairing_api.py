@@ -56,7 +56,7 @@ class IssuedCode:
 
 
 class _CodeBody(msgspec.Struct):
-    code: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
+    code: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}\Z")]
     expires_at: float
     claim_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 

@@ -47,8 +47,8 @@ STAGING = "staging"
 #: probation (the updater itself runs from it, so a bad release cannot break its own rollback).
 CURRENT = "current"
 COMMITTED = "committed"
-VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+-]{0,63}$")
-WHEEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
+VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+-]{0,63}\Z")
+WHEEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl\Z")
 #: What a release must import before it may become ``current``.
 SMOKE_IMPORTS = "import device.agent, device.cli, device.update.cli"
 
