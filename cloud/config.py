@@ -46,7 +46,8 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     max_sessions_per_device: int = 8
     max_viewer_sockets_per_account: int = 20
-    max_pending_sockets_per_address: int = 16
+    max_pending_sockets_per_address: int = 256
+    max_pending_sockets: int = 2048
     ws_queue_messages: int = 1000
     ws_queue_bytes: int = 2 * 1024 * 1024
     ws_message_rate: float = 50.0
@@ -134,8 +135,11 @@ VARIABLES: dict[str, str] = {
     "(default: none; behind nginx set its address, e.g. 127.0.0.1)",
     "MUMU_MAX_SESSIONS_PER_DEVICE": "live watch sessions one camera may have (default 8)",
     "MUMU_MAX_VIEWER_SOCKETS": "viewer WebSockets one account may hold open (default 20)",
-    "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "sockets per client address still without hello "
-    "after 1 s (default 16, per process)",
+    "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "signaling sockets one client address may hold "
+    "open before their hello arrives, counted from accept; more get 1013 (default 256, per "
+    "process: a NAT's cameras coming back at once)",
+    "MUMU_MAX_PENDING_SOCKETS": "signaling sockets before their hello arrives, every address "
+    "together; more get 1013 (default 2048, per process)",
     "MUMU_WS_QUEUE_MESSAGES": "frames queued for one slow socket before it is dropped (1000)",
     "MUMU_WS_QUEUE_BYTES": "bytes queued for one slow socket before it is dropped (2097152)",
     "MUMU_WS_MESSAGE_RATE": "messages a second one socket may send on average (default 50)",
@@ -274,8 +278,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_sessions_per_device=_int(merged, "MUMU_MAX_SESSIONS_PER_DEVICE", 8, 1, 1000),
         max_viewer_sockets_per_account=_int(merged, "MUMU_MAX_VIEWER_SOCKETS", 20, 1, 10000),
         max_pending_sockets_per_address=_int(
-            merged, "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS", 16, 1, 100000
+            merged, "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS", 256, 1, 1_000_000
         ),
+        max_pending_sockets=_int(merged, "MUMU_MAX_PENDING_SOCKETS", 2048, 1, 1_000_000),
         ws_queue_messages=_int(merged, "MUMU_WS_QUEUE_MESSAGES", 1000, 10, 1_000_000),
         ws_queue_bytes=_int(merged, "MUMU_WS_QUEUE_BYTES", 2 * 1024 * 1024, 65536, 1 << 30),
         ws_message_rate=float(_int(merged, "MUMU_WS_MESSAGE_RATE", 50, 1, 100000)),
