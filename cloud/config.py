@@ -54,7 +54,7 @@ class Settings:
     ws_message_burst: float = 200.0
     http_header_timeout_s: float = 10.0
     http_body_timeout_s: float = 30.0
-    http_connections_per_address: int = 64
+    http_connections_per_address: int = 256
     # accounts, passwords, input and faults (docs/security.md has a row for each)
     refresh_ttl_s: int = 30 * 86400
     refresh_grace_s: int = 30
@@ -147,7 +147,7 @@ VARIABLES: dict[str, str] = {
     "MUMU_HTTP_HEADER_TIMEOUT": "seconds a client has to send a request's headers (default 10)",
     "MUMU_HTTP_BODY_TIMEOUT": "seconds a client has to send a request's body (default 30)",
     "MUMU_HTTP_CONNECTIONS_PER_ADDRESS": "HTTP connections per client address still sending "
-    "their request head after 1 s (default 64, per process)",
+    "their request head, counted from accept (default 256, per process)",
     "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
     "MUMU_UPDATE_REPO_DIR": "serve this signed update repository (mumu-release) at /updates/",
     "MUMU_UPDATE_DOWNLOADS_PER_ADDRESS": "update repository transfers at a time from one client "
@@ -288,7 +288,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         http_header_timeout_s=float(_int(merged, "MUMU_HTTP_HEADER_TIMEOUT", 10, 1, 600)),
         http_body_timeout_s=float(_int(merged, "MUMU_HTTP_BODY_TIMEOUT", 30, 1, 3600)),
         http_connections_per_address=_int(
-            merged, "MUMU_HTTP_CONNECTIONS_PER_ADDRESS", 64, 1, 1_000_000
+            merged, "MUMU_HTTP_CONNECTIONS_PER_ADDRESS", 256, 1, 1_000_000
         ),
         **rates,
     )
