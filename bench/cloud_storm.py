@@ -57,6 +57,7 @@ from tests.services import free_port, postgres_server, redis_server, wait_for_po
 
 HEARTBEAT_S = 30.0
 HELLO_TIMEOUT_S = 20.0
+HTTP_REFUSED = 'mumu_http_connections_closed_total{reason="per_address"}'
 
 
 # --- the device holder (its own process) ------------------------------------------------------
@@ -250,6 +251,11 @@ class Cloud:
         found = re.search(r"^mumu_db_query_seconds_count (\S+)$", text, flags=re.M)
         return float(found.group(1)) if found else 0.0
 
+    def counter(self, name: str) -> float:
+        text = httpx.get(f"{self.cloud.url}/metrics").text
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.M)
+        return float(found.group(1)) if found else 0.0
+
     def redis_calls(self) -> int:
         if self.redis_url is None:
             return 0
@@ -320,6 +326,8 @@ def storm(server: Any, holder: Holder, sig: int) -> dict[str, Any]:
         "refused": holder.value("refused") - refused0,
         "connect_attempts": holder.value("attempts") - attempts0,
         "rss_mib_after": rss_mib(server.pid()),
+        # handshakes the restarted cloud refused (503) by its bound on request heads per address
+        "http_refused": int(server.counter(HTTP_REFUSED)) if isinstance(server, Cloud) else 0,
     }
 
 
@@ -454,6 +462,7 @@ def main() -> None:
         "all_back_s",
         "hello_timeouts",
         "refused",
+        "http_refused",
         "connect_attempts",
         "rss_mib_after",
     ]
