@@ -3,20 +3,25 @@
 For each server — a bare ``websockets`` server as the floor, ``mumu-cloud`` embedded (SQLite +
 in-process) and scaled (PostgreSQL + Redis) — all in the same run:
 
-1. a holder process connects N devices that behave like the agent: heartbeat every 30 s (spread
-   evenly), and when the connection ends come back — within the window a 1012 close names
-   (``reconnect_within=``), or else after an exponential backoff with full jitter (0.5 s base,
-   30 s cap); a ``hello`` unanswered within 20 s counts as a timeout and is retried;
+1. a holder process connects N devices, all from one address (127.0.0.1), that behave like the
+   agent: heartbeat every 30 s (spread evenly), read their socket all the time (so a close is
+   noticed at once), and when the connection ends come back — within the window a 1012 close
+   names (``reconnect_within=``), or else after an exponential backoff with full jitter (0.5 s
+   base, 30 s cap); a ``hello`` unanswered within 20 s counts as a timeout, and one answered
+   with an ``error`` (a bound refused it) as refused, and either is retried after the backoff;
 2. **heartbeat cost**: over a steady window, the server's CPU time, Redis commands (``INFO
    commandstats``) and database queries (``mumu_db_query_seconds_count``), per heartbeat and per
    10,000 devices;
 3. **storm**: the server is stopped (SIGTERM: graceful; SIGKILL: a crash) and started again on
    the same port; measured: how long the port was closed, the time until every device is back
-   (``hello_ack``), hello timeouts, and the RSS afterwards;
+   (``hello_ack``), hello timeouts, refusals, and the RSS afterwards.  The clouds run with the
+   bounds on sockets per address lifted (the admission rate alone), and once more with every
+   setting at its default (the row "default settings": the NAT case, every camera behind one
+   address, with ``MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS`` as shipped);
 4. **memory over turnover** (``--turnover``): 4 cycles of N/2 extra devices connecting and
    leaving a running cloud; RSS after each (it should come back).
 
-    .venv/bin/python bench/cloud_storm.py [--devices 10000] [--steady 60] [--json]
+    .venv/bin/python bench/cloud_storm.py [--devices 10000] [--steady 60] [--no-defaults] [--json]
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from tests.services import free_port, postgres_server, redis_server, wait_for_po
 
 HEARTBEAT_S = 30.0
 HELLO_TIMEOUT_S = 20.0
+HTTP_REFUSED = 'mumu_http_connections_closed_total{reason="per_address"}'
 
 
 # --- the device holder (its own process) ------------------------------------------------------
@@ -61,7 +67,7 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
     """Keep every device connected the way the agent does; count who is connected."""
     raise_fd_limit()
     connected, admitted = shared["connected"], shared["admitted"]
-    timeouts, attempts = shared["timeouts"], shared["attempts"]
+    timeouts, attempts, refused = shared["timeouts"], shared["attempts"], shared["refused"]
 
     async def device(device_id: str, sem: asyncio.Semaphore) -> None:
         failures = 0
@@ -82,12 +88,17 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
                     await ws.send(json.dumps(hello))
                     try:
                         async with asyncio.timeout(HELLO_TIMEOUT_S):
-                            await ws.recv()
+                            reply = json.loads(await ws.recv())
                     except TimeoutError:
                         with timeouts.get_lock():
                             timeouts.value += 1
                         await ws.close()
                         raise
+                if reply.get("type") != "hello_ack":  # an error: refused by a bound
+                    with refused.get_lock():
+                        refused.value += 1
+                    await ws.close()
+                    raise Refused
                 first = False
                 failures = 0
                 with connected.get_lock():
@@ -95,11 +106,15 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
                 with admitted.get_lock():
                     admitted.value += 1
                 try:
-                    await asyncio.sleep(random.uniform(0, HEARTBEAT_S))
+                    loop = asyncio.get_running_loop()
+                    beat = loop.time() + random.uniform(0, HEARTBEAT_S)
                     while True:
-                        await ws.send('{"type":"heartbeat","payload":{}}')
-                        await ws.recv()
-                        await asyncio.sleep(HEARTBEAT_S)
+                        try:  # reading all the time, as the agent does: a close is seen at once
+                            async with asyncio.timeout_at(beat):
+                                await ws.recv()
+                        except TimeoutError:
+                            await ws.send('{"type":"heartbeat","payload":{}}')
+                            beat += HEARTBEAT_S
                 except ConnectionClosed as exc:
                     window = re.findall(
                         r"reconnect_within=(\d+)", exc.rcvd.reason if exc.rcvd else ""
@@ -108,7 +123,7 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
                 finally:
                     with connected.get_lock():
                         connected.value -= 1
-            except (OSError, TimeoutError, WebSocketException):  # refused, reset mid-handshake...
+            except (OSError, TimeoutError, WebSocketException, Refused):  # reset mid-handshake...
                 failures += 1
                 delay = random.uniform(0, min(30.0, 0.5 * 2 ** min(failures, 10)))
             await asyncio.sleep(delay)
@@ -122,6 +137,10 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
             t.cancel()
 
     asyncio.run(main())
+
+
+class Refused(Exception):
+    """The cloud answered ``hello`` with an ``error`` (a bound): back off, as the agent does."""
 
 
 class _nothing:
@@ -140,6 +159,7 @@ class Holder:
             "admitted": ctx.Value("i", 0),
             "timeouts": ctx.Value("i", 0),
             "attempts": ctx.Value("i", 0),
+            "refused": ctx.Value("i", 0),
         }
         self.n = len(ids)
         self.stop = ctx.Event()
@@ -231,6 +251,11 @@ class Cloud:
         found = re.search(r"^mumu_db_query_seconds_count (\S+)$", text, flags=re.M)
         return float(found.group(1)) if found else 0.0
 
+    def counter(self, name: str) -> float:
+        text = httpx.get(f"{self.cloud.url}/metrics").text
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.M)
+        return float(found.group(1)) if found else 0.0
+
     def redis_calls(self) -> int:
         if self.redis_url is None:
             return 0
@@ -283,6 +308,7 @@ def steady(server: Any, devices: int, seconds: float) -> dict[str, Any]:
 def storm(server: Any, holder: Holder, sig: int) -> dict[str, Any]:
     timeouts0 = holder.value("timeouts")
     attempts0 = holder.value("attempts")
+    refused0 = holder.value("refused")
     admitted0 = holder.value("admitted")
     t0 = time.monotonic()
     server.stop(sig)
@@ -297,8 +323,11 @@ def storm(server: Any, holder: Holder, sig: int) -> dict[str, Any]:
         "all_back_s": round(done - t0, 2),
         "readmit_s": round(done - reopened, 2),
         "hello_timeouts": holder.value("timeouts") - timeouts0,
+        "refused": holder.value("refused") - refused0,
         "connect_attempts": holder.value("attempts") - attempts0,
         "rss_mib_after": rss_mib(server.pid()),
+        # handshakes the restarted cloud refused (503) by its bound on request heads per address
+        "http_refused": int(server.counter(HTTP_REFUSED)) if isinstance(server, Cloud) else 0,
     }
 
 
@@ -345,17 +374,26 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=60.0, help="heartbeat-cost window (s)")
     parser.add_argument("--turnover", type=int, default=4, help="turnover cycles (0: none)")
     parser.add_argument("--only", choices=["bare", "embedded", "scaled"], action="append")
+    parser.add_argument(
+        "--no-defaults",
+        dest="defaults",
+        action="store_false",
+        help="skip each cloud's storm at the default settings",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     raise_fd_limit()
     which = args.only or ["bare", "embedded", "scaled"]
     rows: list[dict[str, Any]] = []
     memory: dict[str, list[float]] = {}
+    defaults = {"MUMU_JWT_SECRET": "bench-secret-" + "x" * 40}
     env = {
-        "MUMU_JWT_SECRET": "bench-secret-" + "x" * 40,
+        **defaults,
         "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "100000",
+        "MUMU_MAX_PENDING_SOCKETS": "100000",
         "MUMU_HTTP_CONNECTIONS_PER_ADDRESS": "100000",
     }
+    no_steady = argparse.Namespace(**{**vars(args), "steady": 0})
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         if "bare" in which:
@@ -392,6 +430,19 @@ def main() -> None:
                     memory[label] = turnover(cloud, ids[args.devices :], args.turnover)
             finally:
                 cloud.close()
+            if args.defaults:  # the same devices, every setting at its default
+                cloud = Cloud(
+                    f"{label}, default settings",
+                    CloudProcess(
+                        tmp / f"{kind}-defaults",
+                        env={**defaults, **extra, "MUMU_DATABASE_URL": database_url},
+                    ).start(timeout=120),
+                    redis_url,
+                )
+                try:
+                    rows += run(cloud, ids[: args.devices], no_steady, [signal.SIGTERM])
+                finally:
+                    cloud.close()
     if args.json:
         print(
             json.dumps(
@@ -410,6 +461,8 @@ def main() -> None:
         "readmit_s",
         "all_back_s",
         "hello_timeouts",
+        "refused",
+        "http_refused",
         "connect_attempts",
         "rss_mib_after",
     ]

@@ -55,13 +55,16 @@ def reset(transport: Any) -> None:
 def expose_transport_abort(app: ASGIApp) -> ASGIApp:
     """Middleware: gives a WebSocket's scope ``mumu.abort``, the server transport's ``abort``,
     so that a socket that reads nothing can be reset (``cloud.connection``) rather than linger
-    with a full buffer.  Servers that do not expose their transport simply go without."""
+    with a full buffer, and ``mumu.hang_up``, its ``close`` (sends what is written, then lets
+    the descriptor go without waiting for the client's closing handshake: for sockets refused
+    before their hello).  Servers that do not expose their transport simply go without."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.WEBSOCKET:
             transport = getattr(getattr(receive, "__self__", None), "transport", None)
             if callable(getattr(transport, "abort", None)):  # asyncio's or uvloop's transport
                 scope["mumu.abort"] = functools.partial(reset, transport)  # type: ignore[typeddict-unknown-key]
+                scope["mumu.hang_up"] = transport.close  # type: ignore[typeddict-unknown-key,union-attr]
         await app(scope, receive, send)
 
     return middleware

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cloud.config import VARIABLES, ConfigError, load
+from cloud.config import VARIABLES, ConfigError, Settings, load
 from protocol import about
 
 
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from cloud.app import create_app
     from cloud.http_server import CloudServer, HttpGuard, uvicorn_http_options
 
+    check_open_files(settings)
     app = create_app(settings)
     services = app.state.services
     guard = HttpGuard.from_settings(settings, services.metrics)
@@ -107,6 +108,23 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM: stop accepting, tell every socket to come back (1012 with a reconnect window),
     # record last_seen in bulk, then let uvicorn finish.
     CloudServer(config, drain=services.hub.drain).run()
+
+
+def check_open_files(settings: Settings) -> None:
+    """Raise the soft open-files limit to the hard one, and warn when it is still below what
+    the bounds may take (then a stranger could exhaust descriptors before any bound holds)."""
+    from cloud.pending import open_files_needed, raise_open_files_limit
+
+    needed = open_files_needed(settings)
+    soft = raise_open_files_limit()
+    if soft < needed:
+        logging.getLogger("cloud").warning(
+            "the open-files limit is %d, below the %d that MUMU_MAX_PENDING_SOCKETS, "
+            "MUMU_UPDATE_DOWNLOADS and the database pool may take before one camera is "
+            "connected; raise it (systemd: LimitNOFILE=, see the README) or lower those",
+            soft,
+            needed,
+        )
 
 
 if __name__ == "__main__":

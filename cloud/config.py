@@ -46,14 +46,15 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     max_sessions_per_device: int = 8
     max_viewer_sockets_per_account: int = 20
-    max_pending_sockets_per_address: int = 16
+    max_pending_sockets_per_address: int = 256
+    max_pending_sockets: int = 2048
     ws_queue_messages: int = 1000
     ws_queue_bytes: int = 2 * 1024 * 1024
     ws_message_rate: float = 50.0
     ws_message_burst: float = 200.0
     http_header_timeout_s: float = 10.0
     http_body_timeout_s: float = 30.0
-    http_connections_per_address: int = 64
+    http_connections_per_address: int = 256
     # accounts, passwords, input and faults (docs/security.md has a row for each)
     refresh_ttl_s: int = 30 * 86400
     refresh_grace_s: int = 30
@@ -139,8 +140,11 @@ VARIABLES: dict[str, str] = {
     "(default: none; behind nginx set its address, e.g. 127.0.0.1)",
     "MUMU_MAX_SESSIONS_PER_DEVICE": "live watch sessions one camera may have (default 8)",
     "MUMU_MAX_VIEWER_SOCKETS": "viewer WebSockets one account may hold open (default 20)",
-    "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "sockets per client address still without hello "
-    "after 1 s (default 16, per process)",
+    "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "signaling sockets one client address may hold "
+    "open before their hello arrives, counted from accept; more get 1013 (default 256, per "
+    "process: a NAT's cameras coming back at once)",
+    "MUMU_MAX_PENDING_SOCKETS": "signaling sockets before their hello arrives, every address "
+    "together; more get 1013 (default 2048, per process)",
     "MUMU_WS_QUEUE_MESSAGES": "frames queued for one slow socket before it is dropped (1000)",
     "MUMU_WS_QUEUE_BYTES": "bytes queued for one slow socket before it is dropped (2097152)",
     "MUMU_WS_MESSAGE_RATE": "messages a second one socket may send on average (default 50)",
@@ -148,7 +152,7 @@ VARIABLES: dict[str, str] = {
     "MUMU_HTTP_HEADER_TIMEOUT": "seconds a client has to send a request's headers (default 10)",
     "MUMU_HTTP_BODY_TIMEOUT": "seconds a client has to send a request's body (default 30)",
     "MUMU_HTTP_CONNECTIONS_PER_ADDRESS": "HTTP connections per client address still sending "
-    "their request head after 1 s (default 64, per process)",
+    "their request head, counted from accept (default 256, per process)",
     "MUMU_WEB_DIR": "serve the web app from this directory at / (the demo; nginx in production)",
     "MUMU_UPDATE_REPO_DIR": "serve this signed update repository (mumu-release) at /updates/",
     "MUMU_UPDATE_DOWNLOADS_PER_ADDRESS": "update repository transfers at a time from one client "
@@ -302,8 +306,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_sessions_per_device=_int(merged, "MUMU_MAX_SESSIONS_PER_DEVICE", 8, 1, 1000),
         max_viewer_sockets_per_account=_int(merged, "MUMU_MAX_VIEWER_SOCKETS", 20, 1, 10000),
         max_pending_sockets_per_address=_int(
-            merged, "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS", 16, 1, 100000
+            merged, "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS", 256, 1, 1_000_000
         ),
+        max_pending_sockets=_int(merged, "MUMU_MAX_PENDING_SOCKETS", 2048, 1, 1_000_000),
         ws_queue_messages=_int(merged, "MUMU_WS_QUEUE_MESSAGES", 1000, 10, 1_000_000),
         ws_queue_bytes=_int(merged, "MUMU_WS_QUEUE_BYTES", 2 * 1024 * 1024, 65536, 1 << 30),
         ws_message_rate=float(_int(merged, "MUMU_WS_MESSAGE_RATE", 50, 1, 100000)),
@@ -311,7 +316,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         http_header_timeout_s=float(_int(merged, "MUMU_HTTP_HEADER_TIMEOUT", 10, 1, 600)),
         http_body_timeout_s=float(_int(merged, "MUMU_HTTP_BODY_TIMEOUT", 30, 1, 3600)),
         http_connections_per_address=_int(
-            merged, "MUMU_HTTP_CONNECTIONS_PER_ADDRESS", 64, 1, 1_000_000
+            merged, "MUMU_HTTP_CONNECTIONS_PER_ADDRESS", 256, 1, 1_000_000
         ),
         **rates,
     )

@@ -8,9 +8,11 @@ keep-alive timer only runs between requests), so a few slow clients could hold s
   headers (408, then closed);
 - a body timeout: from the end of the headers to the end of the body (closed; the handler sees
   the client disconnect);
-- a cap on *slow* HTTP connections per client address — those still sending a request head
-  after a second (503 + ``Retry-After``, then closed).  Fast clients are never counted, so a
-  burst of handshakes from one address (a NAT full of cameras coming back) is not refused.
+- a cap on HTTP connections per client address still sending a request head, counted from
+  the moment the connection is accepted (503 + ``Retry-After``, then closed).  Counted only
+  after a second of silence, one address opening connections in a loop held hundreds at once;
+  the burst allowance for a NAT full of cameras coming back at once is the count itself (each
+  counts only for the instant its head takes to arrive).
 
 A connection upgraded to a WebSocket leaves these bounds to the signaling layer.  Behind nginx
 the proxy does most of this already (``client_header_timeout``, ``client_body_timeout``,
@@ -41,8 +43,8 @@ class HttpGuard:
     body_timeout_s: float
     connections_per_address: int
     metrics: Metrics | None = None
-    #: Connections per client address that are still sending a request head after a second.
-    slow_by_address: Counter[str] = field(default_factory=Counter)
+    #: Connections per client address that are still sending a request head.
+    heads_by_address: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None) -> HttpGuard:
@@ -56,10 +58,6 @@ class HttpGuard:
     def closed(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.http_closed.labels(reason).inc()
-
-
-#: A connection whose request head is not complete after this long counts as slow.
-SLOW_AFTER_S = 1.0
 
 
 def _response(status: bytes, code: str, message: str, extra: bytes = b"") -> bytes:
@@ -88,9 +86,8 @@ _503 = _response(
 def guarded_protocol(guard: HttpGuard) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
-        _slow_timer: asyncio.TimerHandle | None = None
-        #: The address this connection is counted under as slow, while it is.
-        _slow_as: str | None = None
+        #: The address this connection is counted under while it sends a request head.
+        _head_of: str | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -122,38 +119,32 @@ def guarded_protocol(guard: HttpGuard) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         def _start_head(self) -> None:
+            """A request head begins (or the connection opens): count it against its address
+            until the head is complete, refusing it when the address has too many already."""
             self._stop()
-            self._timer = self.loop.call_later(
-                guard.header_timeout_s, self._expired, "header_timeout"
-            )
-            self._slow_timer = self.loop.call_later(
-                min(SLOW_AFTER_S, guard.header_timeout_s), self._slow
-            )
-
-        def _stop(self) -> None:
-            for timer in (self._timer, self._slow_timer):
-                if timer is not None:
-                    timer.cancel()
-            self._timer = self._slow_timer = None
-            if self._slow_as is not None:
-                guard.slow_by_address[self._slow_as] -= 1
-                if guard.slow_by_address[self._slow_as] <= 0:
-                    del guard.slow_by_address[self._slow_as]
-                self._slow_as = None
-
-        def _slow(self) -> None:
-            """Still no request head after a second: count it against its address."""
-            self._slow_timer = None
             if self.transport.is_closing():
                 return
             address = self.client[0] if self.client else ""
-            if guard.slow_by_address[address] >= guard.connections_per_address:
+            if guard.heads_by_address[address] >= guard.connections_per_address:
                 guard.closed("per_address")
                 self.transport.write(_503)
                 self.transport.close()
                 return
-            guard.slow_by_address[address] += 1
-            self._slow_as = address
+            guard.heads_by_address[address] += 1
+            self._head_of = address
+            self._timer = self.loop.call_later(
+                guard.header_timeout_s, self._expired, "header_timeout"
+            )
+
+        def _stop(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+            if self._head_of is not None:
+                guard.heads_by_address[self._head_of] -= 1
+                if guard.heads_by_address[self._head_of] <= 0:
+                    del guard.heads_by_address[self._head_of]
+                self._head_of = None
 
         def _expired(self, reason: str) -> None:
             self._timer = None

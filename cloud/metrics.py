@@ -50,9 +50,14 @@ class Metrics:
         )
         self.sockets_refused = Counter(
             "mumu_websocket_refused",
-            "Sockets refused by a bound (too_many_pending per address, "
-            "too_many_viewer_sockets per account)",
+            "Sockets refused by a bound (too_many_pending per address, too_many_pending_total "
+            "in all, too_many_viewer_sockets per account)",
             ["reason"],
+            registry=self.registry,
+        )
+        self.pending_sockets = Gauge(
+            "mumu_websocket_pending",
+            "Signaling sockets on this process whose hello has not arrived yet",
             registry=self.registry,
         )
         self.faults = Counter(
@@ -98,7 +103,7 @@ class Metrics:
         for role in ("device", "viewer"):
             self.connections.labels(role)
             self.queue_overflows.labels(role)
-        for reason in ("too_many_pending", "too_many_viewer_sockets"):
+        for reason in ("too_many_pending", "too_many_pending_total", "too_many_viewer_sockets"):
             self.sockets_refused.labels(reason)
         for reason in ("forbidden", "device_offline", "device_busy"):
             self.watch_refused.labels(reason)

@@ -8,8 +8,9 @@ has its own bounded outbound queue and writer (``cloud.connection``), so nothing
 for one client's socket on behalf of another.
 
 Bounds (each configurable, counted in ``/metrics``, listed in ``docs/security.md``): sockets
-that have not said ``hello`` yet per client address (and the hello timeout), viewer sockets per
-account (across every process), messages per second per socket, each socket's outbound queue.
+whose ``hello`` has not arrived yet, per client address and in all, from the moment they are
+accepted (``cloud.pending``; and the hello timeout), viewer sockets per account (across every
+process), messages per second per socket, each socket's outbound queue.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from cloud.faults import is_unavailable_cause
 from cloud.identity import Authenticate, token_authenticator
 from cloud.live import KICK, LiveState, SignOutFrame
 from cloud.metrics import Metrics
+from cloud.pending import PendingSockets, Waiting
 from cloud.store import Device, Store
 from cloud.watch import Party, WatchService
 from protocol import ProtocolError, decode, encode
@@ -87,8 +88,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
-#: A socket that has not said hello after this long counts as waiting (see ``_hello_frame``).
-SLOW_HELLO_S = 1.0
 #: How often lapsed presence (a silent socket, a dead process) is looked for.
 PRESENCE_SWEEP_S = 2.0
 #: Close codes a client sends when it means to go (its sessions end at once); anything else
@@ -100,6 +99,11 @@ _PROTOCOL_ERRORS = frozenset({"invalid_json", "invalid_message", "unknown_type",
 def _abort_of(socket: WebSocket[Any, Any, Any]) -> Callable[[], None] | None:
     abort = socket.scope.get("mumu.abort")  # see cloud.app.expose_transport_abort
     return abort if callable(abort) else None
+
+
+def _hang_up_of(socket: WebSocket[Any, Any, Any]) -> Callable[[], None] | None:
+    hang_up = socket.scope.get("mumu.hang_up")  # see cloud.app.expose_transport_abort
+    return hang_up if callable(hang_up) else None
 
 
 class SignalingHub:
@@ -125,8 +129,12 @@ class SignalingHub:
         #: The viewers a camera is shared with, for its online/offline news (batched alike).
         self._viewers: Batcher[str, list[str]] = Batcher(store.viewers_of)
         self._queue_limits = QueueLimits(settings.ws_queue_messages, settings.ws_queue_bytes)
-        #: Sockets per client address slow to say hello (this process).
-        self._pending_by_address: Counter[str] = Counter()
+        #: Sockets whose hello has not arrived, per client address and in all (this process).
+        self.pending = PendingSockets(
+            settings.max_pending_sockets_per_address,
+            settings.max_pending_sockets,
+            metrics.pending_sockets.set,
+        )
         self._connections: set[Connection] = set()
         self._tasks: list[asyncio.Task[None]] = []
         #: Set by :meth:`drain`: the process is stopping; its sockets come back elsewhere.
@@ -230,6 +238,9 @@ class SignalingHub:
     async def serve(self, socket: WebSocket[Any, Any, Any], role: Role) -> None:
         address = socket.client.host if socket.client else ""
         await socket.accept()
+        # Counted from the moment it is accepted until its hello arrives (or it goes).
+        refusal = self.pending.refusal(address)
+        waiting = self.pending.admit(address) if refusal is None else None
         conn = Connection(
             role=role,
             socket=socket,
@@ -245,8 +256,20 @@ class SignalingHub:
             if self.draining:
                 conn.close(CLOSE_RESTART, restart_reason(5))
                 return
+            if waiting is None:
+                assert refusal is not None
+                self.metrics.sockets_refused.labels(refusal).inc()
+                self._refuse(
+                    conn,
+                    CLOSE_TRY_AGAIN,
+                    "too_many_connections",
+                    "too many connections from your address are waiting to say hello"
+                    if refusal == "too_many_pending"
+                    else "too many connections are waiting to say hello; try again shortly",
+                )
+                return
             try:
-                authenticated = await self._authenticate(conn)
+                authenticated = await self._authenticate(conn, waiting)
             except Exception as exc:  # the database or Redis failed: say so, the client retries
                 if not is_unavailable_cause(exc):
                     log.exception("could not authenticate a %s", conn.role)
@@ -257,6 +280,8 @@ class SignalingHub:
             if authenticated:
                 await self._run(conn)
         finally:
+            if waiting is not None:
+                waiting.done()
             self._connections.discard(conn)
             self.metrics.connections.labels(role).dec()
             if conn.principal and not self.draining:
@@ -266,6 +291,12 @@ class SignalingHub:
                     if not is_unavailable_cause(exc):
                         log.exception("cleaning up after a %s failed", role)
             await conn.finish()
+            if not conn.principal:
+                # Never authenticated: its close frame is written; do not keep the descriptor
+                # for a closing handshake a stranger may never answer.
+                hang_up = _hang_up_of(socket)
+                if hang_up is not None:
+                    hang_up()
 
     def _overflowed(self, conn: Connection) -> None:
         self.metrics.queue_overflows.labels(conn.role).inc()
@@ -320,8 +351,12 @@ class SignalingHub:
                 continue
             return str(text)
 
-    async def _authenticate(self, conn: Connection) -> bool:
-        text = await self._hello_frame(conn)
+    async def _authenticate(self, conn: Connection, waiting: Waiting) -> bool:
+        try:
+            # the first frame, within HELLO_TIMEOUT_S; it stops waiting once that arrives
+            text = await self._receive(conn, HELLO_TIMEOUT_S)
+        finally:
+            waiting.done()
         if text is None:
             return False
         direction = DeviceToCloud if conn.role == "device" else ViewerToCloud
@@ -339,32 +374,6 @@ class SignalingHub:
         if isinstance(hello, DeviceHello):
             return await self._device_hello(conn, hello)
         return await self._viewer_hello(conn, hello)
-
-    async def _hello_frame(self, conn: Connection) -> str | None:
-        """The first frame, within ``HELLO_TIMEOUT_S``.  A socket still silent after a second
-        counts against its address's bound on sockets waiting to say hello; a fast one never
-        does, so a burst of cameras behind one address coming back at once is not refused."""
-        try:
-            return await self._receive(conn, SLOW_HELLO_S, close_when_silent=False)
-        except TimeoutError:
-            pass
-        address = conn.address
-        if self._pending_by_address[address] >= self.settings.max_pending_sockets_per_address:
-            self.metrics.sockets_refused.labels("too_many_pending").inc()
-            self._refuse(
-                conn,
-                CLOSE_TRY_AGAIN,
-                "too_many_connections",
-                "too many connections from your address are waiting to say hello",
-            )
-            return None
-        self._pending_by_address[address] += 1
-        try:
-            return await self._receive(conn, HELLO_TIMEOUT_S - SLOW_HELLO_S)
-        finally:
-            self._pending_by_address[address] -= 1
-            if self._pending_by_address[address] <= 0:
-                del self._pending_by_address[address]
 
     async def _device_hello(self, conn: Connection, hello: DeviceHello) -> bool:
         device = await self._devices.get(hello.payload.device_id)

@@ -24,11 +24,15 @@ class Client:
         self.inbox: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, ws_base: str, role: str, rcvbuf: int | None = None) -> Client:
-        """``rcvbuf``: a fixed TCP receive buffer (bytes) instead of the kernel's autotuning."""
+    async def connect(
+        cls, ws_base: str, role: str, rcvbuf: int | None = None, source: str | None = None
+    ) -> Client:
+        """``rcvbuf``: a fixed TCP receive buffer (bytes) instead of the kernel's autotuning;
+        ``source``: the local address to connect from (e.g. 127.0.0.2: another client)."""
         url = f"{ws_base}/ws/{role}"
         if rcvbuf is None:
-            return cls(await websockets.connect(url, max_size=2**21))
+            local: dict[str, Any] = {"local_addr": (source, 0)} if source else {}
+            return cls(await websockets.connect(url, max_size=2**21, **local))
         host, port = urlsplit(url).hostname, urlsplit(url).port
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)

@@ -42,3 +42,15 @@ def test_cloud_signaling_bench_measures_the_relay_quiet_and_under_failed_logins(
 def test_password_workers_bench_runs_every_scenario() -> None:
     out = run_bench("password_workers.py", "--jobs", "2", "--repeats", "1")
     assert len(out["results"]) == 5
+
+
+def test_cloud_storm_bench_storms_a_cloud_lifted_and_at_its_defaults() -> None:
+    out = run_bench(
+        "cloud_storm.py",
+        *("--only", "embedded", "--devices", "10", "--steady", "0", "--turnover", "0"),
+    )
+    rows = out["storms"]
+    # SIGTERM and SIGKILL with the bounds lifted, then SIGTERM at the default settings
+    assert [row["stop"] for row in rows] == ["SIGTERM", "SIGKILL", "SIGTERM"]
+    assert rows[-1]["server"].endswith("default settings")
+    assert all(row["readmit_s"] > 0 and row["hello_timeouts"] == 0 for row in rows)

@@ -105,11 +105,11 @@ async def test_slow_connections_per_address_are_bounded(
 
 async def _slow_connections_are_bounded(cloud: CloudProcess) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        # a burst of fast requests is never refused...
+        # a burst as large as the bound is served...
         async with httpx.AsyncClient(base_url=cloud.url) as http:
-            burst = await asyncio.gather(*(http.get("/healthz") for _ in range(40)))
+            burst = await asyncio.gather(*(http.get("/healthz") for _ in range(6)))
         assert {r.status_code for r in burst} == {200}
-        # ...but sockets that sit silent count against their address after a second
+        # ...and sockets still sending their head count against their address from accept
         held = [await stack.enter_async_context(raw(cloud)) for _ in range(6)]
         async with raw(cloud) as (reader, _):
             answer = await until_closed(reader)

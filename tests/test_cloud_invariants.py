@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import redis
 
@@ -39,6 +40,7 @@ BOUNDS = {
     "MUMU_MAX_SESSIONS_PER_DEVICE": "2",
     "MUMU_MAX_VIEWER_SOCKETS": "3",
     "MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS": "4",
+    "MUMU_MAX_PENDING_SOCKETS": "6",
     "MUMU_WS_MESSAGE_RATE": "20",
     "MUMU_WS_MESSAGE_BURST": "40",
 }
@@ -336,30 +338,140 @@ async def test_viewer_sockets_per_account_are_bounded(bounded: CloudProcess) -> 
         await api.aclose()
 
 
-async def test_sockets_waiting_to_say_hello_are_bounded_per_address(
+PENDING = "mumu_websocket_pending"
+
+
+def held_from(cloud: CloudProcess, address: str) -> int:
+    """TCP connections the cloud process holds open from ``address`` (its descriptors)."""
+    assert cloud.proc is not None
+    return sum(
+        1
+        for c in psutil.Process(cloud.proc.pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.ip == address
+    )
+
+
+def refused_name(reason: str) -> str:
+    return f'mumu_websocket_refused_total{{reason="{reason}"}}'
+
+
+async def silent(
+    cloud: CloudProcess, count: int, source: str, refused: int = 0, reason: str = ""
+) -> list[sig.Client]:
+    """``count`` sockets from ``source`` that never say hello, opened as fast as they connect;
+    waits until the cloud refused ``refused`` of them (``reason``, by /metrics) and those
+    closed with ``too_many_connections`` / 1013; returns the ones it kept, still open."""
+    before = await metric(cloud.url, refused_name(reason)) if refused else 0.0
+    sockets = await asyncio.gather(
+        *(sig.Client.connect(cloud.ws_url, "viewer", source=source) for _ in range(count))
+    )
+    if not refused:
+        return list(sockets)
+
+    async def refusal(s: sig.Client) -> tuple[str, int | None]:
+        return (await s.error())["code"], await s.closed()
+
+    closing = {asyncio.create_task(refusal(s)): s for s in sockets}
+    try:
+
+        async def counted() -> bool:
+            return await metric(cloud.url, refused_name(reason)) - before >= refused
+
+        await until(counted, what=f"{refused} refusals")
+        done: set[asyncio.Task[tuple[str, int | None]]] = set()
+        async with asyncio.timeout(sig.WAIT_S):
+            while len(done) < refused:
+                finished, _ = await asyncio.wait(
+                    set(closing) - done, return_when=asyncio.FIRST_COMPLETED
+                )
+                done |= finished
+        assert {t.result() for t in done} == {("too_many_connections", 1013)}
+        assert await metric(cloud.url, refused_name(reason)) - before == refused
+        return [s for t, s in closing.items() if t not in done]
+    finally:
+        for task in closing:
+            task.cancel()
+
+
+async def test_a_churning_address_holds_no_more_silent_sockets_than_its_bound(
     bounded: CloudProcess,
 ) -> None:
+    """Counted from accept, not after a second of silence: one address opening sockets in a
+    loop (the attack held 870-1,374 against a bound of 16) holds the bound and no more, and the
+    cloud keeps no descriptor of the ones it refused."""
+    source, bound = "127.0.0.3", int(BOUNDS["MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS"])
+
+    async def pending() -> float:
+        return await metric(bounded.url, PENDING)
+
+    async def none_pending() -> bool:
+        return await pending() == 0
+
+    await until(none_pending, what="no socket waiting")
+    # waves of sockets opened as fast as they connect, none saying hello
+    kept = await silent(bounded, 10, source, 10 - bound, "too_many_pending")
+    assert len(kept) == bound and await pending() == bound
+    for _ in range(5):
+        assert await silent(bounded, 10, source, 10, "too_many_pending") == []
+        assert await pending() == bound
+
+    async def refused_are_gone() -> bool:
+        return held_from(bounded, source) == bound
+
+    await until(refused_are_gone, what="the refused sockets' descriptors released")
+    # churn: each socket that goes frees its place; the next one takes it, never more
+    for s in kept[:2]:
+        await s.close()
+
+    async def two_pending() -> bool:
+        return await pending() == bound - 2
+
+    await until(two_pending, what="the closed sockets no longer counted")
+    kept = kept[2:] + await silent(bounded, 5, source, 3, "too_many_pending")
+    assert len(kept) == bound and await pending() == bound
+    for s in kept:
+        await s.close()
+    await until(none_pending, what="no socket waiting")
+
+
+async def test_silent_sockets_are_bounded_in_all_and_a_hello_frees_its_place(
+    bounded: CloudProcess,
+) -> None:
+    """Every address together holds at most ``MUMU_MAX_PENDING_SOCKETS``; a socket counts
+    only until its hello arrives."""
     api = ApiClient(bounded.url)
+    per_address = int(BOUNDS["MUMU_MAX_PENDING_SOCKETS_PER_ADDRESS"])
+    total = int(BOUNDS["MUMU_MAX_PENDING_SOCKETS"])
     try:
-        # a burst of sockets that say hello at once is never refused...
-        owner = await api.account()
-        burst = await asyncio.gather(*(sig.viewer(bounded.ws_url, owner.token) for _ in range(3)))
-        for s in burst:
-            await s.close()
-        # ...but sockets that sit silent count against their address after a second
-        waiting = [await sig.Client.connect(bounded.ws_url, "viewer") for _ in range(4)]
-        refused = await sig.Client.connect(bounded.ws_url, "device")
-        assert (await refused.error())["code"] == "too_many_connections"
-        assert await refused.closed() == 1013
-        # one of them says hello: its place is free again
-        await waiting[0].send("hello", {"token": owner.token})
-        await waiting[0].recv("hello_ack")
-        admitted = await sig.Client.connect(bounded.ws_url, "viewer")
-        await admitted.send("hello", {"token": owner.token})
-        await admitted.recv("hello_ack")
-        name = 'mumu_websocket_refused_total{reason="too_many_pending"}'
-        assert await metric(bounded.url, name) >= 1
-        for s in [*waiting, admitted]:
+        # two accounts: each may hold 3 viewer sockets here
+        tokens = [(await api.account()).token for _ in range(2)]
+
+        async def pending() -> float:
+            return await metric(bounded.url, PENDING)
+
+        async def none_pending() -> bool:
+            return await pending() == 0
+
+        await until(none_pending, what="no socket waiting")
+        first = await silent(bounded, per_address, "127.0.0.4")
+        assert await pending() == per_address
+        # a second address may have only what is left of the total
+        second = await silent(
+            bounded, per_address, "127.0.0.5", 2 * per_address - total, "too_many_pending_total"
+        )
+        assert await pending() == total
+        # a third address, with nothing waiting of its own, is refused too
+        assert await silent(bounded, 1, "127.0.0.6", 1, "too_many_pending_total") == []
+        # sockets whose hello arrived no longer count: every place is free again
+        waiting = [*first, *second]
+        for i, s in enumerate(waiting):
+            await s.send("hello", {"token": tokens[i % 2]})
+        for s in waiting:
+            await s.recv("hello_ack")
+        assert await pending() == 0
+        late = await silent(bounded, 1, "127.0.0.6")
+        assert await pending() == 1
+        for s in [*waiting, *late]:
             await s.close()
     finally:
         await api.aclose()
