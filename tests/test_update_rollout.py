@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -339,6 +340,55 @@ async def test_the_repository_is_served_with_byte_ranges(
             assert r.status_code == 404, bad
 
 
+@pytest.mark.parametrize("cloud", BACKENDS, indirect=True)
+async def test_links_out_of_the_repository_serve_nothing(
+    cloud: CloudProcess, repo_dir: Path, tmp_path: Path
+) -> None:
+    """A link placed in metadata/ or targets/ (to a file or a directory, relative or absolute)
+    that points out of the repository, a FIFO, or a link to a file inside it: 404, and none of
+    the outside file's bytes."""
+    secret = b"the stored jwt secret " * 8
+    outside = tmp_path / "jwt-secret"
+    outside.write_bytes(secret)
+    outside_dir = tmp_path / "elsewhere"
+    outside_dir.mkdir()
+    (outside_dir / "mumu.db").write_bytes(secret)
+    inside = next(p for p in (repo_dir / "targets").iterdir() if p.is_file())
+    made: list[Path] = []
+
+    def link(where: str, name: str, to: Path, relative: bool = False) -> str:
+        path = repo_dir / where / name
+        path.symlink_to(os.path.relpath(to, path.parent) if relative else to)
+        made.append(path)
+        return f"/updates/{where}/{name}"
+
+    refused = [
+        link("targets", "abs-file.tar", outside),
+        link("metadata", "abs-file.json", outside),
+        link("targets", "rel-file.tar", outside, relative=True),
+        link("targets", "to-inside.tar", inside, relative=True),  # a link at all is not served
+    ]
+    for where in ("targets", "metadata"):
+        link(where, "abs-dir", outside_dir)
+        refused.append(f"/updates/{where}/abs-dir/mumu.db")
+    link("targets", "rel-dir", outside_dir, relative=True)
+    refused.append("/updates/targets/rel-dir/mumu.db")
+    fifo = repo_dir / "targets" / "pipe.tar"
+    os.mkfifo(fifo)
+    made.append(fifo)
+    refused.append("/updates/targets/pipe.tar")
+    try:
+        async with httpx.AsyncClient(base_url=cloud.url, timeout=10) as http:
+            for url in refused:
+                r = await http.get(url)
+                assert r.status_code == 404, (url, r.status_code)
+                assert b"jwt secret" not in r.content, url
+            assert (await http.get(f"/updates/targets/{inside.name}")).status_code == 200
+    finally:
+        for path in made:
+            path.unlink()
+
+
 async def in_flight(cloud: CloudProcess) -> float:
     return await metric(cloud.url, "mumu_update_downloads_in_flight")
 
@@ -408,8 +458,6 @@ async def _bounded_transfers(cloud: CloudProcess, url: str, data: bytes) -> None
 
 @pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # the commands are one code path
 def test_the_operator_commands(cloud: CloudProcess, repo_dir: Path) -> None:
-    import os
-
     env = {**os.environ, **cloud.env, "MUMU_DATA_DIR": str(cloud.data_dir)}
 
     def command(*args: str) -> subprocess.CompletedProcess[str]:
