@@ -154,7 +154,8 @@ VARIABLES: dict[str, str] = {
     "address; more get 429 (default 4, per process)",
     "MUMU_UPDATE_DOWNLOADS": "update repository transfers at a time in all; more get 503 "
     "(default 64, per process)",
-    "MUMU_OPERATORS": "comma-separated e-mail addresses of the accounts that manage rollouts",
+    "MUMU_OPERATORS": "grants nothing (operators: mumu-cloud operator add); addresses listed "
+    "here that hold no operator rights are reported at start-up",
     "MUMU_ROLLOUT_POLL": "seconds between looks for rollout changes made by mumu-cloud (5)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
 }
