@@ -137,10 +137,14 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
 
-def app_origin(svc: Services, request: Request[Any, Any, Any]) -> str:
-    """The web app's origin: ``MUMU_PUBLIC_URL`` when set, else this request's scheme and host
-    (behind a proxy its ``X-Forwarded-Proto`` counts when the proxy is trusted)."""
-    return _origin(svc.settings.public_url or f"{request.url.scheme}://{request.url.netloc}")
+def app_origins(svc: Services, request: Request[Any, Any, Any]) -> set[str]:
+    """The origins of the web app's own pages: ``MUMU_PUBLIC_URL`` when set, and the origin
+    this request was sent to (its scheme and ``Host``; behind a trusted proxy, its
+    ``X-Forwarded-Proto``).  A page elsewhere cannot make a browser send another ``Host``
+    with this cloud's cookie, so the second is as safe and keeps a LAN address working."""
+    own = _origin(f"{request.url.scheme}://{request.url.netloc}")
+    public = _origin(svc.settings.public_url) if svc.settings.public_url else ""
+    return {o for o in (own, public) if o}
 
 
 def _same_origin(svc: Services, request: Request[Any, Any, Any], *, required: bool = True) -> None:
@@ -149,23 +153,24 @@ def _same_origin(svc: Services, request: Request[Any, Any, Any], *, required: bo
     The refresh cookie is ``SameSite=Strict``, but a *sibling* subdomain is the same site, so
     its form post carries the cookie.  A browser names the page that made a POST in ``Origin``
     (always, also for same-origin ``fetch``) and, in current browsers, ``Sec-Fetch-Site``;
-    pages cannot forge either.  Allowed: ``Origin`` equal to the app's origin, or
-    ``Sec-Fetch-Site: same-origin``.  ``required``: a request with neither header is refused
-    too (a cookie-authenticated change); otherwise (sign-in, which only sets the cookie) it is
-    a script or a command-line client, and allowed."""
+    pages cannot forge either.  Allowed: ``Origin`` equal to the app's origin
+    (:func:`app_origins`), or ``Sec-Fetch-Site: same-origin``.  ``required``: a request with
+    neither header is refused too (a cookie-authenticated change); otherwise (sign-in, which
+    only sets the cookie) it is a script or a command-line client, and allowed."""
     origin = request.headers.get("origin")
     fetch_site = request.headers.get("sec-fetch-site")
     if fetch_site is not None and fetch_site.strip().lower() == "same-origin":
         return
-    if origin is not None and _origin(origin) == app_origin(svc, request) != "":
+    if origin is not None and _origin(origin) in app_origins(svc, request):
         return
     if origin is None and fetch_site is None and not required:
         return
+    expected = " or ".join(sorted(app_origins(svc, request)))
     raise ApiError(
         403,
         "cross_origin",
         "this request must come from the web app's own pages (its Origin is "
-        f"{origin or 'missing'}; expected {app_origin(svc, request)})",
+        f"{(origin or 'missing')[:100]}; expected {expected})",
     )
 
 

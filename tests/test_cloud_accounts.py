@@ -510,6 +510,10 @@ async def test_only_the_apps_own_pages_may_use_the_refresh_cookie(guarded: Cloud
         assert r.status_code == 200, r.text
         cookie = _cookie_of(r)
         token = {"authorization": f"Bearer {r.json()['access_token']}"}
+        r = await post("/api/auth/refresh", origin=guarded.url)  # the address it was sent to
+        assert r.status_code == 200, r.text
+        cookie = _cookie_of(r)
+        token = {"authorization": f"Bearer {r.json()['access_token']}"}
         r = await post("/api/auth/logout", origin=PUBLIC_URL + ":443")
         assert r.status_code == 204
         assert (await http.get("/api/devices", headers=token)).status_code == 401
