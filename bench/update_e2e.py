@@ -42,6 +42,7 @@ from tests.update_world import (
     account,
     base_rootfs,
     broken_source,
+    operator_account,
     pair,
     prepare_container,
 )
@@ -78,7 +79,6 @@ def measure(arch: str, probation: float, health_timeout: float) -> dict[str, flo
         env = {
             **RELAXED,
             "MUMU_UPDATE_REPO_DIR": str(repo.path),
-            "MUMU_OPERATORS": OPERATOR,
             "MUMU_ROLLOUT_POLL": "1",
         }
         settings = f"health_timeout: {health_timeout}\nprobation: {probation}\npoll: 0.5\n"
@@ -94,7 +94,7 @@ def measure(arch: str, probation: float, health_timeout: float) -> dict[str, flo
             try:
                 started = time.monotonic()
                 container.power_on(timeout=300)
-                world.operator = account(http, OPERATOR)
+                world.operator = operator_account(cloud, http, OPERATOR)
                 world.owner = account(http, "owner@example.com")
                 world.device_id = pair(world, timeout=600)
                 times["boot to connected (registered, paired, READY)"] = time.monotonic() - started

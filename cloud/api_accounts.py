@@ -2,7 +2,8 @@
 
 A sign-in gives a short-lived access token (JWT, ``MUMU_JWT_TTL``, naming its sign-in) in the
 body and a refresh token in an ``HttpOnly; SameSite=Strict`` cookie scoped to ``/api/auth``
-(page scripts cannot read it, other sites cannot send it).  ``POST /api/auth/refresh`` rotates
+(page scripts cannot read it, other sites cannot send it; a sibling subdomain, which is the same
+site, is refused by its ``Origin``: see ``_same_origin``).  ``POST /api/auth/refresh`` rotates
 the refresh token and returns a new access token, so a browser stays signed in for
 ``MUMU_REFRESH_TTL`` after its last use.  Rotation rules (``cloud.store.SqlStore.rotate_refresh``
 is a compare-and-swap):
@@ -23,6 +24,7 @@ import re
 import time
 import uuid
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -121,6 +123,57 @@ def _secure(svc: Services, request: Request[Any, Any, Any]) -> bool:
     return request.url.scheme == "https" or (svc.settings.public_url or "").startswith("https:")
 
 
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` in lower case, without the scheme's default port."""
+    parts = urlsplit(url.strip().lower())
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+def app_origins(svc: Services, request: Request[Any, Any, Any]) -> set[str]:
+    """The origins of the web app's own pages: ``MUMU_PUBLIC_URL`` when set, and the origin
+    this request was sent to (its scheme and ``Host``; behind a trusted proxy, its
+    ``X-Forwarded-Proto``).  A page elsewhere cannot make a browser send another ``Host``
+    with this cloud's cookie, so the second is as safe and keeps a LAN address working."""
+    own = _origin(f"{request.url.scheme}://{request.url.netloc}")
+    public = _origin(svc.settings.public_url) if svc.settings.public_url else ""
+    return {o for o in (own, public) if o}
+
+
+def _same_origin(svc: Services, request: Request[Any, Any, Any], *, required: bool = True) -> None:
+    """Refuse (403 ``cross_origin``) a request made by another origin's page.
+
+    The refresh cookie is ``SameSite=Strict``, but a *sibling* subdomain is the same site, so
+    its form post carries the cookie.  A browser names the page that made a POST in ``Origin``
+    (always, also for same-origin ``fetch``) and, in current browsers, ``Sec-Fetch-Site``;
+    pages cannot forge either.  Allowed: ``Origin`` equal to the app's origin
+    (:func:`app_origins`), or ``Sec-Fetch-Site: same-origin``.  ``required``: a request with
+    neither header is refused too (a cookie-authenticated change); otherwise (sign-in, which
+    only sets the cookie) it is a script or a command-line client, and allowed."""
+    origin = request.headers.get("origin")
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site.strip().lower() == "same-origin":
+        return
+    if origin is not None and _origin(origin) in app_origins(svc, request):
+        return
+    if origin is None and fetch_site is None and not required:
+        return
+    expected = " or ".join(sorted(app_origins(svc, request)))
+    raise ApiError(
+        403,
+        "cross_origin",
+        "this request must come from the web app's own pages (its Origin is "
+        f"{(origin or 'missing')[:100]}; expected {expected})",
+    )
+
+
 def _refresh_cookie(svc: Services, request: Request[Any, Any, Any], token: str | None) -> Cookie:
     """The refresh cookie carrying ``token``, or one that deletes it."""
     return Cookie(
@@ -201,15 +254,14 @@ async def _start_sign_in(
 async def _confirm_password(
     svc: Services, request: Request[Any, Any, Any], identity: Identity, password: str
 ) -> User:
-    """The account, if ``password`` is its password (rate-limited like sign-in: it is a guess)."""
-    s = svc.settings
+    """The account, if ``password`` is its password.  Each try is a guess, bounded by a bucket
+    of the caller's own sign-in (``MUMU_CONFIRM_RATE``), never by the account's sign-in bucket:
+    strangers spend that one with wrong passwords, and must not stop the owner confirming."""
     user = await svc.store.user_by_id(identity.user_id)
     if user is None:
         raise ApiError(401, "unauthorized", "that account no longer exists")
     await _limit(
-        svc,
-        (s.login_rate, "login-account", user.email),
-        (s.login_rate_per_address, "login-addr", _client(request)),
+        svc, (svc.settings.confirm_rate, "confirm-sign-in", identity.sign_in or identity.user_id)
     )
     if not await svc.passwords.verify(user.password_hash, password):
         raise ApiError(403, "wrong_password", "that is not the password of this account")
@@ -241,6 +293,7 @@ async def login(
 ) -> Response[TokenOut]:
     """E-mail and password for an access token and a refresh cookie (a new sign-in)."""
     svc = services_of(state)
+    _same_origin(svc, request, required=False)  # another page must not sign this browser in
     email = _email(data.email)
     s = svc.settings
     await _limit(
@@ -263,6 +316,7 @@ async def login(
 async def refresh(request: Request[Any, Any, Any], state: State) -> Response[TokenOut]:
     """A new access token for the refresh cookie (which is rotated); see the module docs."""
     svc = services_of(state)
+    _same_origin(svc, request)
     await _limit(svc, (svc.settings.refresh_rate_per_address, "refresh-addr", _client(request)))
     token = request.cookies.get(REFRESH_COOKIE, "")
     if not token:
@@ -326,9 +380,13 @@ async def refresh(request: Request[Any, Any, Any], state: State) -> Response[Tok
 async def logout(request: Request[Any, Any, Any], state: State) -> Response[None]:
     """Sign this browser out: its sign-in is revoked on the server (every access token issued
     for it stops working, its viewer sockets close) and the cookie is deleted.  Works with the
-    refresh cookie alone, so an expired access token does not stop anyone signing out."""
+    refresh cookie alone, so an expired access token does not stop anyone signing out; with the
+    cookie, only from the app's own pages (``Origin``)."""
     svc = services_of(state)
-    sign_in_id = svc.refresh.sign_in_of(request.cookies.get(REFRESH_COOKIE, ""))
+    cookie = request.cookies.get(REFRESH_COOKIE, "")
+    if cookie:
+        _same_origin(svc, request)  # the cookie alone must not let another page sign us out
+    sign_in_id = svc.refresh.sign_in_of(cookie)
     if sign_in_id is None and request.headers.get("authorization"):
         try:
             sign_in_id = (await svc.hub.authenticate(_bearer(request))).sign_in

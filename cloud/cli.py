@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
         help="how much to log",
     )
     sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
-    from cloud.updates import cli as update_cli  # over-the-air updates: release, rollout
+    from cloud.updates import cli as update_cli  # over-the-air updates: release, rollout, operator
 
     update_cli.add_parsers(sub)
     return about.finish(top)
@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
-    if args.command in ("release", "rollout"):
+    if args.command in ("release", "rollout", "operator"):
         try:
             update_cli.run(args, settings)
         except update_cli.CommandError as exc:
             print(f"mumu-cloud: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
+            raise SystemExit(exc.exit_code) from None
         return
 
     if args.command == "migrate":

@@ -75,6 +75,8 @@ class Settings:
     max_invites_per_device: int = 10
     invite_ttl_s: int = 3 * 86400
     invite_rate: str = "30/hour"
+    # password confirmations (change, deletion) per sign-in (issue 18: strangers cannot spend it)
+    confirm_rate: str = "10/minute"
     web_dir: Path | None = None
     # over-the-air updates (cloud/updates/)
     update_repo_dir: Path | None = None
@@ -130,6 +132,8 @@ VARIABLES: dict[str, str] = {
     "MUMU_MAX_INVITES_PER_CAMERA": "open invitations (e-mail and link) one camera may have (10)",
     "MUMU_INVITE_TTL": "seconds an invitation to watch a camera stays valid (259200: 3 days)",
     "MUMU_INVITE_RATE": "invitations one account may make (default 30/hour)",
+    "MUMU_CONFIRM_RATE": "password confirmations (password change, account deletion) per "
+    "sign-in (default 10/minute)",
     "MUMU_SESSION_TTL": "seconds a watch session lives without any sign of its parties",
     "MUMU_PRESENCE_TTL": "seconds a device stays online after its last heartbeat (default 65: "
     "two missed heartbeats)",
@@ -159,7 +163,8 @@ VARIABLES: dict[str, str] = {
     "address; more get 429 (default 4, per process)",
     "MUMU_UPDATE_DOWNLOADS": "update repository transfers at a time in all; more get 503 "
     "(default 64, per process)",
-    "MUMU_OPERATORS": "comma-separated e-mail addresses of the accounts that manage rollouts",
+    "MUMU_OPERATORS": "grants nothing (operators: mumu-cloud operator add); addresses listed "
+    "here that hold no operator rights are reported at start-up",
     "MUMU_ROLLOUT_POLL": "seconds between looks for rollout changes made by mumu-cloud (5)",
     "MUMU_SMTP_URL": "smtp://[user:password@]host[:port][?starttls=auto|require|off] or "
     "smtps://... for the cloud's mail (unset: each mail is written to the log instead)",
@@ -221,6 +226,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS",
         "MUMU_REFRESH_RATE_PER_ADDRESS",
         "MUMU_INVITE_RATE",
+        "MUMU_CONFIRM_RATE",
     ):
         if key in merged:
             try:

@@ -19,6 +19,7 @@ from cloud.sharing_store import SharingStore
 from cloud.signaling import SignalingHub
 from cloud.store import SqlStore, Store
 from cloud.updates.downloads import DownloadSlots
+from cloud.updates.operators import OperatorStore
 from cloud.updates.service import UpdateService
 from cloud.updates.store import UpdateStore
 
@@ -39,6 +40,7 @@ class Services:
     sharing: SharingStore
     downloads: DownloadSlots
     mail: Outbox
+    operators: OperatorStore
     _gc: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
@@ -106,10 +108,12 @@ class Services:
             downloads=DownloadSlots(
                 settings.update_downloads_per_address, settings.update_downloads, metrics
             ),
+            operators=OperatorStore(lambda: store.engine),
         )
 
     async def start(self) -> None:
         await self.store.open()
+        await self.operators.report(self.settings.operators)  # MUMU_OPERATORS grants nothing
         await self.live.open()
         self.hub.start()
         self.updates.start()

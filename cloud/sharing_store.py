@@ -269,8 +269,9 @@ class SharingStore:
         max_viewers: int,
     ) -> AcceptResult:
         """Make ``user_id`` a viewer through an invitation; single use.  An e-mail invitation is
-        accepted only by the account with that address; either kind is void once its camera
-        has another owner than the one who made it."""
+        accepted only by the account with that address, a link invitation only by its token
+        (never by ``invite_id``); either kind is void once its camera has another owner than
+        the one who made it."""
         if not storable(token_hash or "", invite_id or "", user_id):
             return AcceptResult(AcceptOutcome.INVALID)
         where = (
@@ -285,6 +286,10 @@ class SharingStore:
                     return AcceptResult(AcceptOutcome.INVALID)
                 invite = _invite(row)
                 if invite.email is not None and invite.email != email:
+                    return AcceptResult(AcceptOutcome.INVALID)
+                if token_hash is None and invite.email is None:
+                    # a link invitation: only its token accepts it (its id is in the owner's
+                    # listing and in proxy logs), so its id alone does nothing
                     return AcceptResult(AcceptOutcome.INVALID)
                 if invite.owner_id == user_id:
                     return AcceptResult(AcceptOutcome.OWN_CAMERA)

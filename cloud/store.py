@@ -35,6 +35,7 @@ from cloud import migrate
 from cloud.schema import (
     device_viewers,
     devices,
+    operators,
     pairing_codes,
     share_invites,
     sign_ins,
@@ -397,6 +398,7 @@ class SqlStore:
             await conn.execute(delete(share_invites).where(share_invites.c.owner_id == user_id))
             await conn.execute(delete(watch_sessions).where(watch_sessions.c.viewer_id == user_id))
             await conn.execute(delete(sign_ins).where(sign_ins.c.user_id == user_id))
+            await conn.execute(delete(operators).where(operators.c.user_id == user_id))
             done = await conn.execute(delete(users).where(users.c.id == user_id))
             if done.rowcount != 1:
                 return None

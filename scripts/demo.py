@@ -289,6 +289,11 @@ def main() -> None:
             "  Enter stops the camera (and starts it again). Ctrl-C stops everything.\n"
             f"  Logs: {state / 'cloud.log'}, {state / 'agent.log'}\n"
         )
+        say(
+            "  The rollouts page is for operators: after confirming your address, grant your\n"
+            f"  account with  MUMU_DATA_DIR={state / 'cloud'} {BIN / 'mumu-cloud'} operator add "
+            "<your e-mail>\n"
+        )
         demo.start_agent()
         code = demo.run()
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import pytest
 from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, JWT_SECRET, start_cloud
 from tests.cloud_process import ApiClient, CloudProcess
+from tests.test_cloud_invariants import metric
 
 COOKIE = "mumu_refresh"
 CLOSE_SIGNED_OUT = 4403
@@ -39,7 +40,10 @@ class Browser:
     """One browser: its own cookie jar (the refresh cookie) and its latest access token."""
 
     def __init__(self, cloud: CloudProcess) -> None:
-        self.http = httpx.AsyncClient(base_url=cloud.url, timeout=30.0)
+        # A browser names the page of every POST it makes: here, the app's own origin.
+        self.http = httpx.AsyncClient(
+            base_url=cloud.url, timeout=30.0, headers={"origin": cloud.url}
+        )
         self.token = ""
 
     @property
@@ -61,7 +65,9 @@ class Browser:
         if cookie is None:
             r = await self.http.post("/api/auth/refresh")
         else:
-            async with httpx.AsyncClient(base_url=str(self.http.base_url)) as bare:
+            async with httpx.AsyncClient(
+                base_url=str(self.http.base_url), headers={"origin": self.http.headers["origin"]}
+            ) as bare:
                 r = await bare.post(
                     "/api/auth/refresh", headers={"cookie": f"{COOKIE}={cookie}".encode()}
                 )
@@ -381,6 +387,137 @@ async def test_sign_ins_per_account_refreshes_per_address_and_the_grace_are_boun
         await api.aclose()
         for b in (oldest, middle, newest):
             await b.aclose()
+
+
+PUBLIC_URL = "https://camera.example.org"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def guarded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudProcess]:
+    """A cloud with the shipped kind of sign-in bound (3 a minute, to be quick) and a public
+    URL: the web app's origin, the only one whose pages may use the refresh cookie."""
+    yield from start_cloud(
+        request,
+        tmp_path_factory.mktemp("guarded"),
+        request.param,
+        MUMU_LOGIN_RATE="3/minute",
+        MUMU_CONFIRM_RATE="2/minute",
+        MUMU_PUBLIC_URL=PUBLIC_URL,
+    )
+
+
+async def test_strangers_wrong_passwords_do_not_stop_the_owner_confirming_theirs(
+    guarded: CloudProcess,
+) -> None:
+    """Wrong passwords from anywhere spend the account's sign-in bucket (the right password
+    waits too); a signed-in owner confirms its password all the same, and its own guesses are
+    bounded by a bucket of its sign-in."""
+    api = ApiClient(guarded.url)
+    owner = await api.account(password="owner pass 1")  # sign-in A: one login of three
+    r = await api.http.post(
+        "/api/auth/login", json={"email": owner.email, "password": "owner pass 1"}
+    )
+    assert r.status_code == 200  # sign-in B: two of three
+    second = {"authorization": f"Bearer {r.json()['access_token']}"}
+    async with httpx.AsyncClient(base_url=guarded.url) as stranger:
+        tries = [
+            (
+                await stranger.post(
+                    "/api/auth/login", json={"email": owner.email, "password": "a guess 1234"}
+                )
+            ).status_code
+            for _ in range(2)
+        ]
+        assert tries == [401, 429]
+    locked = await api.http.post(
+        "/api/auth/login", json={"email": owner.email, "password": "owner pass 1"}
+    )
+    assert locked.status_code == 429
+
+    delete = "/api/account/delete"
+    guesses = [
+        (await api.http.post(delete, json={"password": "not it 1"}, headers=owner.auth)).status_code
+        for _ in range(3)
+    ]
+    assert guesses == [403, 403, 429], "sign-in A's own guesses are bounded"
+    assert await metric(guarded.url, 'mumu_rate_limited_total{limit="confirm-sign-in"}') >= 1
+    change = {"current_password": "owner pass 1", "new_password": "owner pass 2"}
+    r = await api.http.post("/api/account/password", json=change, headers=second)
+    assert r.status_code == 200, r.text
+    await api.aclose()
+
+
+def _cookie_of(r: httpx.Response) -> str:
+    """The refresh token a sign-in set (by hand: the cookie is Secure, this is plain http)."""
+    for header in r.headers.get_list("set-cookie"):
+        name, _, rest = header.partition("=")
+        if name == COOKIE:
+            return rest.split(";", 1)[0]
+    raise AssertionError("no refresh cookie")
+
+
+async def test_only_the_apps_own_pages_may_use_the_refresh_cookie(guarded: CloudProcess) -> None:
+    """A sibling subdomain is the same site, so the SameSite=Strict cookie goes with its form
+    post: refresh and sign-out act only for the app's own origin (or Sec-Fetch-Site:
+    same-origin); anything else is 403 cross_origin, counted, and changes nothing."""
+    api = ApiClient(guarded.url)
+    account = await api.account(password="origin pass 1")
+    async with httpx.AsyncClient(base_url=guarded.url) as http:
+        r = await http.post(
+            "/api/auth/login",
+            json={"email": account.email, "password": account.password},
+            headers={"origin": PUBLIC_URL},
+        )
+        assert r.status_code == 200, r.text
+        cookie = _cookie_of(r)
+        token = {"authorization": f"Bearer {r.json()['access_token']}"}
+
+        async def post(path: str, **headers: str) -> httpx.Response:
+            jar = {"cookie": f"{COOKIE}={cookie}"}
+            return await http.post(path, headers={**jar, **headers})
+
+        evil = "https://evil.example.org"
+        refused = [
+            {"origin": evil},
+            {"origin": evil, "sec-fetch-site": "same-site"},
+            {"origin": "null"},
+            {"origin": "http://camera.example.org"},  # not the same scheme
+            {"sec-fetch-site": "same-site"},
+            {},  # neither header: no browser sends a POST like this
+        ]
+        for headers in refused:
+            for path in ("/api/auth/refresh", "/api/auth/logout"):
+                r = await post(path, **headers)
+                assert r.status_code == 403, (path, headers, r.text)
+                assert r.json()["error"]["code"] == "cross_origin"
+                assert "set-cookie" not in r.headers, "the cookie is left alone"
+        assert (await http.get("/api/devices", headers=token)).status_code == 200, "not signed out"
+        r = await http.post(
+            "/api/auth/login",
+            json={"email": account.email, "password": account.password},
+            headers={"origin": evil},
+        )
+        assert r.status_code == 403, "another page cannot sign this browser in either"
+        text = (await http.get("/metrics")).text
+        assert 'mumu_http_refusals_total{code="cross_origin",status="403"}' in text
+
+        r = await post("/api/auth/refresh", origin=PUBLIC_URL)
+        assert r.status_code == 200, r.text
+        cookie = _cookie_of(r)  # rotated: the refused ones did not rotate it before
+        r = await post("/api/auth/refresh", **{"sec-fetch-site": "same-origin"})
+        assert r.status_code == 200, r.text
+        cookie = _cookie_of(r)
+        token = {"authorization": f"Bearer {r.json()['access_token']}"}
+        r = await post("/api/auth/refresh", origin=guarded.url)  # the address it was sent to
+        assert r.status_code == 200, r.text
+        cookie = _cookie_of(r)
+        token = {"authorization": f"Bearer {r.json()['access_token']}"}
+        r = await post("/api/auth/logout", origin=PUBLIC_URL + ":443")
+        assert r.status_code == 204
+        assert (await http.get("/api/devices", headers=token)).status_code == 401
+    await api.aclose()
 
 
 def test_refresh_tokens_carry_a_mac_and_are_stored_hashed() -> None:

@@ -185,7 +185,7 @@ async def test_postgres_and_redis_outages_answer_503_and_recover_without_a_resta
                 ),
                 200,
             ),
-            "refresh": (lambda: h.post("/api/auth/refresh"), 200),
+            "refresh": (lambda: h.post("/api/auth/refresh", headers={"origin": cloud.url}), 200),
             "device list": (lambda: h.get("/api/devices", headers=account.auth), 200),
             "pairing": (
                 lambda: h.post("/api/devices/pair", json={"code": "000000"}, headers=account.auth),

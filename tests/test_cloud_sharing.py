@@ -106,6 +106,13 @@ async def test_a_viewer_by_link_watches_and_does_nothing_else(
     # the owner cannot accept their own link; it stays usable
     r = await accept_link(api, owner, token)
     assert (r.status_code, error_code(r)) == (409, "own_camera")
+    # its id (in the owner's listing and in proxy logs) accepts nothing: only its token does,
+    # so the id cannot burn the link for the person it was sent to
+    r = await api.http.get(f"/api/devices/{camera.device_id}/sharing", headers=owner.auth)
+    [invite_id] = [i["invite_id"] for i in r.json()["invites"] if i["kind"] == "link"]
+    for who in (other, viewer, owner):
+        r = await api.http.post(f"/api/invites/{invite_id}/accept", headers=who.auth)
+        assert (r.status_code, error_code(r)) == (404, "invite_invalid"), r.text
 
     r = await accept_link(api, viewer, token)
     assert r.status_code == 200, r.text

@@ -26,7 +26,7 @@ from release.repo import UpdateRepository
 from tests.cloud_fixtures import RELAXED
 from tests.cloud_process import CloudProcess
 from tests.image_fixtures import TIMINGS, BuiltImage, Camera, built_image, camera_factory, mumu_txt
-from tests.update_world import OPERATOR, World, account, pair
+from tests.update_world import OPERATOR, World, account, operator_account, pair
 
 __all__ = ["built_image", "camera_factory"]  # fixtures
 
@@ -65,7 +65,6 @@ def cloud(built_image: BuiltImage, newer: str, tmp_path: Path) -> Iterator[Cloud
     env = {
         **RELAXED,
         "MUMU_UPDATE_REPO_DIR": str(built_image.update_repo),
-        "MUMU_OPERATORS": OPERATOR,
         "MUMU_ROLLOUT_POLL": "1",
     }
     with CloudProcess(tmp_path / "cloud", env=env) as process:
@@ -112,7 +111,7 @@ def test_the_built_image_updates_itself_over_the_air(
         assert int(boot_check["ExecMainExitTimestampMonotonic"]) > 0, shown
         for unit in ("mumu-update.path", "mumu-update.timer"):
             assert cam.unit_state(unit) == "active", unit
-        world.operator = account(http, OPERATOR)
+        world.operator = operator_account(cloud, http, OPERATOR)
         world.owner = account(http, "owner@example.com")
         world.device_id = pair(world, timeout=300)
         assert world.camera()["version"] == first

@@ -43,6 +43,7 @@ from tests.update_world import (
     account,
     base_rootfs,
     broken_source,
+    operator_account,
     pair,
     prepare_container,
     tools_missing,
@@ -90,7 +91,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     env = {
         **RELAXED,
         "MUMU_UPDATE_REPO_DIR": str(repo.path),
-        "MUMU_OPERATORS": OPERATOR,
         "MUMU_ROLLOUT_POLL": "1",
     }
     with CloudProcess(tmp / "cloud", env=env) as cloud:
@@ -100,7 +100,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         world = World(tmp, cloud, repo, keys_dir, container, http)
         try:
             container.power_on()
-            world.operator = account(http, OPERATOR)
+            world.operator = operator_account(cloud, http, OPERATOR)
             world.owner = account(http, "owner@example.com")
             world.device_id = pair(world)
             yield world

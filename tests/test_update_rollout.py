@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -21,10 +22,13 @@ from release.repo import UpdateRepository
 from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, start_cloud
 from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
+from tests.operators import make_operator, mark_email_verified_for_test, operator_command
 from tests.test_cloud_invariants import metric
 from tests.update_fixtures import tiny_bundle, unread_body_size
 
 OPERATOR = "operator@example.com"
+#: In MUMU_OPERATORS, without an account: whoever signs up with it first must gain nothing.
+LISTED = "ops-alias@example.com"
 FLEET = 200
 BIN = Path(sys.executable).parent
 
@@ -53,7 +57,7 @@ def cloud(
         tmp_path_factory.mktemp("cloud"),
         request.param,
         MUMU_UPDATE_REPO_DIR=str(repo_dir),
-        MUMU_OPERATORS=OPERATOR,
+        MUMU_OPERATORS=f"{OPERATOR},{LISTED}",  # grants nothing: see test_operator_rights
         MUMU_ROLLOUT_POLL="1",
         MUMU_UPDATE_DOWNLOADS_PER_ADDRESS="2",
         MUMU_UPDATE_DOWNLOADS="3",
@@ -67,11 +71,14 @@ async def api(cloud: CloudProcess) -> AsyncIterator[ApiClient]:
     await client.aclose()
 
 
-async def operator(api: ApiClient) -> Account:
+async def operator(api: ApiClient, cloud: CloudProcess) -> Account:
+    """The operator's account: signed up, verified, granted with ``mumu-cloud operator add``."""
     r = await api.http.post("/api/auth/login", json={"email": OPERATOR, "password": "operator pw"})
     if r.status_code == 200:
         return Account(OPERATOR, "operator pw", "", r.json()["access_token"])
-    return await api.account(OPERATOR, "operator pw")
+    account = await api.account(OPERATOR, "operator pw")
+    await asyncio.to_thread(make_operator, cloud, OPERATOR)
+    return account
 
 
 def hello(camera: Camera, version: str | None = "1.0.0", arch: str = "x86_64") -> dict[str, Any]:
@@ -121,7 +128,7 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
 async def test_a_ten_percent_rollout_over_200_devices_grows_and_pauses_itself(
     cloud: CloudProcess, api: ApiClient
 ) -> None:
-    op = await operator(api)
+    op = await operator(api, cloud)
     cameras = await asyncio.gather(*(api.camera(f"sim {i}") for i in range(FLEET)))
     devices = {c.device_id: await sig.device(cloud.ws_url, hello(c)) for c in cameras}
     r = await api.http.post("/api/operator/releases", json={"version": "1.1.0"}, headers=op.auth)
@@ -226,12 +233,56 @@ async def test_a_ten_percent_rollout_over_200_devices_grows_and_pauses_itself(
         await client.close()
 
 
+async def test_operator_rights_are_granted_on_the_server_to_verified_accounts_only(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    """MUMU_OPERATORS grants nothing: a stranger who signs up first with a listed address is
+    refused.  ``mumu-cloud operator add`` refuses a missing or unverified account, grants a
+    verified one (200 at once), and ``remove`` takes the rights away at once."""
+    listing = "/api/operator/updates"
+    stranger = await api.account(LISTED, "first come 1")
+    r = await api.http.get(listing, headers=stranger.auth)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+    refused = await asyncio.to_thread(operator_command, cloud, "add", "nobody@example.com")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    refused = await asyncio.to_thread(operator_command, cloud, "add", LISTED)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert (await api.http.get(listing, headers=stranger.auth)).status_code == 403
+
+    await asyncio.to_thread(mark_email_verified_for_test, cloud, LISTED)
+    assert (await api.http.get(listing, headers=stranger.auth)).status_code == 403
+    added = await asyncio.to_thread(operator_command, cloud, "add", LISTED.upper())
+    assert added.returncode == 0, added.stderr
+    assert (await api.http.get(listing, headers=stranger.auth)).status_code == 200
+    listed = await asyncio.to_thread(operator_command, cloud, "list")
+    assert LISTED in listed.stdout
+
+    removed = await asyncio.to_thread(operator_command, cloud, "remove", LISTED)
+    assert removed.returncode == 0, removed.stderr
+    r = await api.http.get(listing, headers=stranger.auth)
+    assert r.status_code == 403, "removed at once"
+    again = await asyncio.to_thread(operator_command, cloud, "remove", LISTED)
+    assert again.returncode == 1
+
+    # Deleting the account takes its grant with it: an account made later with the same
+    # address (and verified) is not an operator until granted.
+    await asyncio.to_thread(operator_command, cloud, "add", LISTED)
+    r = await api.http.post(
+        "/api/account/delete", json={"password": "first come 1"}, headers=stranger.auth
+    )
+    assert r.status_code == 204, r.text
+    successor = await api.account(LISTED, "second come 2")
+    await asyncio.to_thread(mark_email_verified_for_test, cloud, LISTED)
+    assert (await api.http.get(listing, headers=successor.auth)).status_code == 403
+
+
 @pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # one code path
 async def test_operators_only_and_clear_errors(cloud: CloudProcess, api: ApiClient) -> None:
     someone = await api.account()
     r = await api.http.get("/api/operator/updates", headers=someone.auth)
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
-    op = await operator(api)
+    op = await operator(api, cloud)
     for body, status in (
         ({"version": "9.9.9"}, 422),  # not in the signed repository
         ({"version": "1.2.0", "arches": ["mips"]}, 422),
@@ -339,6 +390,55 @@ async def test_the_repository_is_served_with_byte_ranges(
             assert r.status_code == 404, bad
 
 
+@pytest.mark.parametrize("cloud", BACKENDS, indirect=True)
+async def test_links_out_of_the_repository_serve_nothing(
+    cloud: CloudProcess, repo_dir: Path, tmp_path: Path
+) -> None:
+    """A link placed in metadata/ or targets/ (to a file or a directory, relative or absolute)
+    that points out of the repository, a FIFO, or a link to a file inside it: 404, and none of
+    the outside file's bytes."""
+    secret = b"the stored jwt secret " * 8
+    outside = tmp_path / "jwt-secret"
+    outside.write_bytes(secret)
+    outside_dir = tmp_path / "elsewhere"
+    outside_dir.mkdir()
+    (outside_dir / "mumu.db").write_bytes(secret)
+    inside = next(p for p in (repo_dir / "targets").iterdir() if p.is_file())
+    made: list[Path] = []
+
+    def link(where: str, name: str, to: Path, relative: bool = False) -> str:
+        path = repo_dir / where / name
+        path.symlink_to(os.path.relpath(to, path.parent) if relative else to)
+        made.append(path)
+        return f"/updates/{where}/{name}"
+
+    refused = [
+        link("targets", "abs-file.tar", outside),
+        link("metadata", "abs-file.json", outside),
+        link("targets", "rel-file.tar", outside, relative=True),
+        link("targets", "to-inside.tar", inside, relative=True),  # a link at all is not served
+    ]
+    for where in ("targets", "metadata"):
+        link(where, "abs-dir", outside_dir)
+        refused.append(f"/updates/{where}/abs-dir/mumu.db")
+    link("targets", "rel-dir", outside_dir, relative=True)
+    refused.append("/updates/targets/rel-dir/mumu.db")
+    fifo = repo_dir / "targets" / "pipe.tar"
+    os.mkfifo(fifo)
+    made.append(fifo)
+    refused.append("/updates/targets/pipe.tar")
+    try:
+        async with httpx.AsyncClient(base_url=cloud.url, timeout=10) as http:
+            for url in refused:
+                r = await http.get(url)
+                assert r.status_code == 404, (url, r.status_code)
+                assert b"jwt secret" not in r.content, url
+            assert (await http.get(f"/updates/targets/{inside.name}")).status_code == 200
+    finally:
+        for path in made:
+            path.unlink()
+
+
 async def in_flight(cloud: CloudProcess) -> float:
     return await metric(cloud.url, "mumu_update_downloads_in_flight")
 
@@ -408,8 +508,6 @@ async def _bounded_transfers(cloud: CloudProcess, url: str, data: bytes) -> None
 
 @pytest.mark.parametrize("cloud", ["embedded"], indirect=True)  # the commands are one code path
 def test_the_operator_commands(cloud: CloudProcess, repo_dir: Path) -> None:
-    import os
-
     env = {**os.environ, **cloud.env, "MUMU_DATA_DIR": str(cloud.data_dir)}
 
     def command(*args: str) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ page (and that nobody else gets it)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.browser import (
 )
 from tests.cloud_fixtures import RELAXED
 from tests.cloud_process import ApiClient, CloudProcess
+from tests.operators import make_operator
 from tests.signaling_client import device
 from tests.test_web_app import open_app, unexpected
 from tests.update_fixtures import tiny_bundle, unread_body_size
@@ -46,7 +48,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudProcess]:
         **RELAXED,
         "MUMU_TRUSTED_PROXIES": "127.0.0.1",
         "MUMU_UPDATE_REPO_DIR": str(repo.path),
-        "MUMU_OPERATORS": OPERATOR,
     }
     with CloudProcess(tmp / "cloud", env=env) as process:
         yield process
@@ -133,7 +134,7 @@ async def test_a_camera_card_says_its_version_and_update_state(
 
 
 async def test_the_rollout_page_is_for_operators(
-    nginx: Nginx, browser: Browser, api: ApiClient
+    cloud: CloudProcess, nginx: Nginx, browser: Browser, api: ApiClient
 ) -> None:
     someone = await api.account()
     context, page, _ = await open_app(browser, nginx, someone)
@@ -144,6 +145,7 @@ async def test_the_rollout_page_is_for_operators(
     await context.close()
 
     operator = await api.account(OPERATOR, "operator password 1")
+    await asyncio.to_thread(make_operator, cloud, OPERATOR)  # mumu-cloud operator add
     context, page, problems = await open_app(browser, nginx, operator)
     await page.locator("[data-testid=nav-rollouts]").wait_for(state="visible")
     await page.click("[data-testid=nav-rollouts]")

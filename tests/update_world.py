@@ -26,6 +26,7 @@ from release.build import copy_source, project_root
 from release.repo import UpdateRepository
 from tests.cloud_process import CloudProcess
 from tests.image_fixtures import Camera
+from tests.operators import make_operator
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The x86_64 camera's base rootfs and the release wheels the update tests download.
@@ -241,6 +242,13 @@ def account(http: httpx.Client, email: str) -> dict[str, str]:
     r = http.post("/api/auth/login", json={"email": email, "password": PASSWORD})
     r.raise_for_status()
     return {"authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def operator_account(cloud: CloudProcess, http: httpx.Client, email: str) -> dict[str, str]:
+    """An account granted operator rights as on a server (``mumu-cloud operator add``)."""
+    auth = account(http, email)
+    make_operator(cloud, email)
+    return auth
 
 
 def pair(world: World, timeout: float = 90) -> str:

@@ -1,5 +1,5 @@
 """HTTP for updates: the signed repository's files, each owner's cameras' update state and
-window, and the operators' releases and rollouts (``MUMU_OPERATORS``)."""
+window, and the operators' releases and rollouts (``cloud.updates.operators``)."""
 
 from __future__ import annotations
 
@@ -196,10 +196,16 @@ async def set_update_settings(
 
 
 async def _operator(request: Request[Any, Any, Any], svc: Services) -> str:
+    """The caller, if it holds operator rights: granted on the server to its (verified)
+    account with ``mumu-cloud operator add`` — never by the address it signed up with."""
     user_id = await current_user(request, svc)
-    user = await svc.store.user_by_id(user_id)
-    if user is None or user.email.lower() not in svc.settings.operators:
-        raise ApiError(403, "forbidden", "only the cloud's operators (MUMU_OPERATORS) may do this")
+    if not await svc.operators.is_operator(user_id):
+        raise ApiError(
+            403,
+            "forbidden",
+            "only the cloud's operators may do this (granted on the server with "
+            "'mumu-cloud operator add <e-mail>' to an account with a verified address)",
+        )
     return user_id
 
 

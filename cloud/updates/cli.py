@@ -1,7 +1,10 @@
-"""``mumu-cloud release ...`` and ``mumu-cloud rollout ...``: the operator's commands.
+"""``mumu-cloud release ...``, ``mumu-cloud rollout ...`` and ``mumu-cloud operator ...``: the
+operator's commands.
 
 They change the database; every running cloud process notices within ``MUMU_ROLLOUT_POLL``
-seconds and offers the release to the included devices it can reach.
+seconds and offers the release to the included devices it can reach.  ``operator add`` grants
+the web app's rollouts page and API to an existing account whose address is verified; the
+running clouds check the database on every request, so a grant or removal holds at once.
 """
 
 from __future__ import annotations
@@ -15,12 +18,20 @@ from cloud.config import Settings
 from cloud.live import MemoryLiveState
 from cloud.store import SqlStore
 from cloud.updates import repo as repo_files
+from cloud.updates.operators import Grant, OperatorStore
 from cloud.updates.service import DEFAULT_MIN_SAMPLE, DEFAULT_THRESHOLD, UpdateService
 from cloud.updates.store import DuplicateRelease, UpdateStore
 
 
 class CommandError(Exception):
-    pass
+    #: The command's exit status.
+    exit_code = 1
+
+
+class Refused(CommandError):
+    """The command cannot do this for this input (e.g. granting an unverified account)."""
+
+    exit_code = 2
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +72,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         )
     osub.add_parser("list", help="rollouts with their counts and failure reasons")
 
+    operator = sub.add_parser(
+        "operator", help="who may manage releases and rollouts (the web app's rollouts page)"
+    )
+    psub = operator.add_subparsers(dest="action", required=True)
+    psub.add_parser(
+        "add", help="grant operator rights to an existing account whose address is verified"
+    ).add_argument("email", help="the account's e-mail address")
+    psub.add_parser("remove", help="take an account's operator rights away").add_argument(
+        "email", help="the account's e-mail address"
+    )
+    psub.add_parser("list", help="the operators (and MUMU_OPERATORS addresses that are not)")
+
 
 def run(args: argparse.Namespace, settings: Settings) -> None:
     asyncio.run(_run(args, settings))
@@ -75,6 +98,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     try:
         if args.command == "release":
             await _release(args, settings, store)
+        elif args.command == "operator":
+            await _operator(args, settings, OperatorStore(lambda: db.engine))
         else:
             await _rollout(args, store, service)
     finally:
@@ -148,3 +173,26 @@ async def _rollout(args: argparse.Namespace, store: UpdateStore, service: Update
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     print(f"rollout {rollout.id}: {rollout.state}, {rollout.percentage:g}%")
+
+
+async def _operator(args: argparse.Namespace, settings: Settings, store: OperatorStore) -> None:
+    if args.action == "list":
+        for o in await store.all():
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(o.added_at))
+            note = "" if o.verified else "  (no rights while its address is unverified)"
+            print(f"{o.email:40} since {when}{note}")
+        for email, why in (await store.listed_but_not_operators(settings.operators)).items():
+            print(f"# {email}: in MUMU_OPERATORS, not an operator: {why}")
+        return
+    email = args.email.strip().lower()
+    if args.action == "remove":
+        if not await store.revoke(email):
+            raise CommandError(f"{email} is not an operator")
+        print(f"{email} is no longer an operator")
+        return
+    grant = await store.grant(email)
+    if grant is Grant.NO_ACCOUNT:
+        raise Refused(f"no account has the address {email}: sign up and verify it first")
+    if grant is Grant.UNVERIFIED:
+        raise Refused(f"{email} is not verified: open the link mailed to it first")
+    print(f"{email} is an operator" + (" already" if grant is Grant.ALREADY else ""))

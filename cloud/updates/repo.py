@@ -9,7 +9,9 @@ nginx instead (it does ranges itself); see docs/updates.md.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -32,17 +34,35 @@ class BadRange(Exception):
 
 
 def resolve(repo_dir: Path, path: str) -> Path:
-    """The file under ``metadata/`` or ``targets/`` that ``path`` names, or NotServed."""
+    """The file under ``metadata/`` or ``targets/`` that ``path`` names, or NotServed.
+
+    Only a regular file that lies in the resolved directory itself is served: a symbolic link
+    (to a file or a directory, relative or absolute), a FIFO, a device or a socket is not, so a
+    link placed in the repository cannot serve the database or the stored secrets.  The file is
+    opened again without following links when it is read (:func:`read_range`)."""
     parts = path.strip("/").split("/")
     if len(parts) != 2 or parts[0] not in ("metadata", "targets"):
         raise NotServed(path)
     name = parts[1]
     if not name or name.startswith(".") or "\\" in name or name in ("..", "."):
         raise NotServed(path)
-    file = repo_dir / parts[0] / name
-    if not file.is_file():
-        raise NotServed(path)
+    try:
+        base = (repo_dir / parts[0]).resolve(strict=True)
+        file = base / name
+        if not stat.S_ISREG(os.lstat(file).st_mode):
+            raise NotServed(path)
+    except OSError:
+        raise NotServed(path) from None
     return file
+
+
+def _open_regular(file: Path) -> int:
+    """A descriptor of ``file`` if it is (still) a regular file and not a link, else OSError."""
+    fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{file.name}: not a regular file")
+    return fd
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -68,7 +88,12 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 async def read_range(file: Path, start: int, end: int) -> AsyncGenerator[bytes, None]:
-    async with await anyio.open_file(file, "rb") as f:
+    """Bytes ``start..end`` of ``file``; nothing if it was swapped for a link meanwhile."""
+    try:
+        fd = _open_regular(file)
+    except OSError:
+        return
+    async with anyio.wrap_file(os.fdopen(fd, "rb")) as f:
         await f.seek(start)
         left = end - start + 1
         while left > 0:
