@@ -359,10 +359,29 @@ async def test_pair_rename_live_status_unpair(
     listed = (await api.http.get("/api/devices", headers=account.auth)).json()["devices"]
     assert [d["name"] for d in listed] == ["Back porch"]
 
+    # Shared with someone: the unpair dialog says that their access ends.
+    family = await api.account()
+    r = await api.http.post(
+        f"/api/devices/{camera.device_id}/invites", json={"link": True}, headers=account.auth
+    )
+    token = r.json()["url"].rsplit("/", 1)[1]
+    r = await api.http.post("/api/invite-links/accept", json={"token": token}, headers=family.auth)
+    assert r.status_code == 200, r.text
+    await card.locator("[data-testid=viewer-count]").filter(has_text="1 person").wait_for()
     await card.locator("[data-testid=unpair]").click()
+    question = card.locator("[data-testid=unpair-question]")
+    assert "Everyone you shared it with loses access" in (await question.text_content() or "")
     await card.locator("[data-testid=unpair-confirm]").click()
     await page.wait_for_selector("[data-testid=devices-empty]")
     assert (await api.http.get("/api/devices", headers=account.auth)).json()["devices"] == []
+    assert (await api.http.get("/api/devices", headers=family.auth)).json()["devices"] == []
+
+    # Paired again by the same person, it has the name they gave it.
+    await page.click("[data-testid=add-camera]")
+    await page.fill("[data-testid=pair-code]", (await api.code(camera))["code"])
+    await page.click("[data-testid=pair-submit]")
+    await page.wait_for_selector("[data-testid=pair-success]")
+    assert await text(page, "paired-name") == "Back porch"
     await context.close()
     assert unexpected(problems) == [], problems.errors
 

@@ -209,7 +209,7 @@ export function render(ctx) {
         }
       } }, "Unpair");
       replace(panel,
-        h("p", {}, `Unpair ${device.name || "this camera"}? It leaves your account and shows a new pairing code.`),
+        h("p", { "data-testid": "unpair-question" }, `Unpair ${device.name || "this camera"}? It leaves your account and shows a new pairing code.${device.viewers ? " Everyone you shared it with loses access." : ""} If you pair it again, it keeps its name.`),
         h("div", { class: "row" }, confirmButton,
           h("button", { class: "button", type: "button", onclick: () => (panel.hidden = true) }, "Cancel")),
       );
