@@ -141,6 +141,10 @@ async def test_the_rollout_page_is_for_operators(
     await page.goto(nginx.url + "/#/rollouts")
     error = page.locator("[data-testid=rollouts-error]")
     await error.filter(has_text="Only the cloud's operators").wait_for()
+    # one refusal, and nothing that looks like it is still loading
+    rollouts = page.locator("[data-testid=rollouts]")
+    assert await rollouts.get_attribute("aria-busy") is None
+    assert (await rollouts.text_content() or "") == ""
     await context.close()
 
     operator = await api.account(OPERATOR, "operator password 1")
@@ -148,7 +152,19 @@ async def test_the_rollout_page_is_for_operators(
     await page.locator("[data-testid=nav-rollouts]").wait_for(state="visible")
     await page.click("[data-testid=nav-rollouts]")
     await page.fill("[data-testid=release-version]", "1.1.0")
+    # an architecture it is not signed for is refused in words
+    await page.fill("[data-testid=release-arches]", "armv7l")
     await page.click("text=Add signed release")
+    await (
+        page.locator("[data-testid=rollouts-error]")
+        .filter(has_text="not signed for those architectures")
+        .wait_for()
+    )
+    await page.fill("[data-testid=release-arches]", "aarch64")
+    async with page.expect_request("**/api/operator/releases") as sent:
+        await page.click("text=Add signed release")
+    body = (await sent.value).post_data_json
+    assert body == {"version": "1.1.0", "notes": "", "arches": ["aarch64"]}, body
     await page.wait_for_selector("[data-testid=releases] li:has-text('1.1.0 (aarch64)')")
     await page.fill("[data-testid=start-percentage]", "10")
     await page.click("[data-testid=start-form] button[type=submit]")

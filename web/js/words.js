@@ -48,6 +48,10 @@ const FIELD_WORDS = [
   [/^(new_)?password:/, "Choose a password of at least 8 characters."],
   [/^name:/, "Enter a name of 1 to 64 letters, digits or spaces."],
   [/^code:/, "The pairing code has 6 digits. It is shown on the camera's screen."],
+  // the operators' releases (cloud/updates/api.py)
+  [/ is signed for .+ only$|^arches|architectures \(arches\)/,
+    "That release is not signed for those architectures. Name the ones it was published for, such as aarch64."],
+  [/ is not in the signed repository/, "That version is not in the signed repository. Publish it with mumu-release first."],
 ];
 
 /** "56 seconds", "3 minutes". */
