@@ -5,6 +5,7 @@ page (and that nobody else gets it)."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,8 +120,37 @@ async def test_a_camera_card_says_its_version_and_update_state(
     await page.reload()
     await state.filter(has_text="crashed 3 times").wait_for()
 
-    # the owner keeps switches to the night
+    # the Updates panel says which window is in force, by the person's clock
+    async def window_now(shift_from: int, shift_to: int) -> str:
+        """Set the window to [now + shift_from, now + shift_to) minutes of the browser's
+        clock, open the panel again, and read its sentence."""
+        window = await page.evaluate(
+            """([a, b]) => [a, b].map((shift) => {
+                 const at = new Date(Date.now() + shift * 60_000);
+                 const two = (n) => String(n).padStart(2, "0");
+                 return `${two(at.getHours())}:${two(at.getMinutes())}`;
+               }).join("-")""",
+            [shift_from, shift_to],
+        )
+        r = await api.http.put(
+            f"/api/devices/{camera.device_id}/update-settings",
+            json={"window": window},
+            headers=owner.auth,
+        )
+        assert r.status_code == 200, r.text
+        await page.reload()
+        await card.locator("[data-testid=updates]").click()
+        return await card.locator("[data-testid=window-now]").text_content() or ""
+
     await card.locator("[data-testid=updates]").click()
+    sentence = await card.locator("[data-testid=window-now]").text_content()
+    assert sentence == "Updates install any time nobody is watching."
+    assert (await window_now(-60, 60)).endswith("— now."), "inside the window"
+    later = await window_now(120, 180)
+    assert re.fullmatch(r"Updates install between .+ and .+ — next from .+\.", later), later
+    assert await accessibility_problems(page) == []
+
+    # the owner keeps switches to the night
     await card.locator("[data-testid=window-from]").fill("02:00")
     await card.locator("[data-testid=window-to]").fill("05:00")
     await card.locator("[data-testid=window-save]").click()
