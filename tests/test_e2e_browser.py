@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
-from tests.browser import PHONE_VIEWPORT, launch_chromium, screenshot
+from tests.browser import NO_H264, PHONE_VIEWPORT, launch_chromium, screenshot
 from tests.cloud_process import Account, ApiClient
 from tests.e2e_stack import (
     PAIRED,
@@ -377,22 +377,6 @@ async def test_a_snapshot_is_saved_from_the_camera_and_the_list_keeps_its_pictur
         assert await thumb.get_attribute("alt")
     finally:
         await context.close()
-
-
-#: A browser without H.264 (Debian's Firefox without its decoder offers VP8, VP9 and AV1 only).
-NO_H264 = """
-const capabilities = RTCRtpReceiver.getCapabilities.bind(RTCRtpReceiver);
-RTCRtpReceiver.getCapabilities = (kind) => {
-  const found = capabilities(kind);
-  if (kind !== "video" || !found) return found;
-  const codecs = found.codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264");
-  return { ...found, codecs };
-};
-const prefer = RTCRtpTransceiver.prototype.setCodecPreferences;
-RTCRtpTransceiver.prototype.setCodecPreferences = function (codecs) {
-  return prefer.call(this, codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264"));
-};
-"""
 
 
 async def test_a_browser_without_h264_is_told_so_and_does_not_retry(

@@ -4,7 +4,8 @@ import * as api from "../api.js";
 import { h, replace } from "../dom.js";
 import { MSG } from "../protocol.js";
 import { ago } from "../time.js";
-import { modelWords } from "../words.js";
+import { modelWords, noH264Words } from "../words.js";
+import { canReceiveH264 } from "../watch.js";
 import { cardLine, windowForm } from "../updates.js";
 import { cameraThumbnail } from "../snapshots.js";
 import * as sharing from "../sharing.js";
@@ -27,6 +28,10 @@ export function render(ctx) {
           h("a", { class: "button primary", href: "#/pair", "data-testid": "add-camera" }, "+ Add camera")),
       ),
       error,
+      // said before Watch, not after: this browser cannot play the cameras' H.264
+      canReceiveH264() === false
+        ? h("p", { class: "banner warning in-page", role: "note", "data-testid": "no-h264" }, noH264Words(navigator.userAgent))
+        : null,
       sharing.invitations(() => refresh()),
       list,
     ),
