@@ -485,8 +485,16 @@ async def test_firefox_without_h264_is_told_it_cannot_play_not_that_the_camera_i
             message = await firefox.evaluate(
                 "document.querySelector('[data-testid=watch-message]').textContent"
             )
-            assert message.startswith("This browser cannot play this camera's video"), message
+            # the steps for Firefox on Linux, not only "enable H.264"
+            assert message.startswith("Firefox cannot play this camera's video"), message
+            assert "about:config" in message and "libavcodec" in message, message
             assert await firefox.evaluate(
                 "!document.querySelector('[data-testid=watch-back]').hidden"
                 " && document.querySelector('[data-testid=retry]').hidden"
             )
+            # and the camera list says so before Watch
+            await firefox.navigate(f"{stack.url}/#/devices")
+            warning = await firefox.wait_for(
+                "document.querySelector('[data-testid=no-h264]')?.textContent", timeout=15
+            )
+            assert "media.webrtc.hw.h264.enabled" in warning, warning
