@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import (
     and_,
     bindparam,
+    case,
     delete,
     event,
     func,
@@ -387,6 +388,11 @@ class SqlStore:
                 .where(devices.c.owner_id == user_id)
                 .values(owner_id=None, paired_at=None, name=UNOWNED_NAME_SQL)
             )
+            await conn.execute(
+                update(devices)
+                .where(devices.c.former_owner_id == user_id)
+                .values(former_owner_id=None, former_name=None)
+            )
             await drop_shares(conn, owned)
             viewed = [
                 row.device_id
@@ -571,7 +577,14 @@ class SqlStore:
             done = await conn.execute(
                 update(devices)
                 .where(devices.c.id == device_id, devices.c.owner_id == owner_id)
-                .values(owner_id=None, paired_at=None, name=unowned_name(device_id))
+                .values(
+                    owner_id=None,
+                    paired_at=None,
+                    name=unowned_name(device_id),
+                    # kept for this owner alone: pairing it again gives its name back
+                    former_owner_id=owner_id,
+                    former_name=devices.c.name,
+                )
             )
             if done.rowcount != 1:
                 return False
@@ -660,6 +673,9 @@ class SqlStore:
                     paired_at=None,
                     token_hash=retired_hash,
                     retired_at=row.retired_at or now,
+                    name=unowned_name(device_id),
+                    former_owner_id=None,
+                    former_name=None,
                 )
             )
             await conn.execute(delete(pairing_codes).where(pairing_codes.c.device_id == device_id))
@@ -761,7 +777,24 @@ class SqlStore:
                     devices.c.id == row.device_id,
                     or_(devices.c.owner_id.is_(None), devices.c.owner_id == user_id),
                 )
-                .values(owner_id=user_id, paired_at=now)
+                .values(
+                    owner_id=user_id,
+                    paired_at=now,
+                    # its former owner pairing it again gets its name back; anybody else
+                    # keeps the unowned name, and the former one is forgotten either way
+                    name=case(
+                        (
+                            and_(
+                                devices.c.former_owner_id == user_id,
+                                devices.c.former_name.is_not(None),
+                            ),
+                            devices.c.former_name,
+                        ),
+                        else_=devices.c.name,
+                    ),
+                    former_owner_id=None,
+                    former_name=None,
+                )
             )
             device = _device(
                 (await conn.execute(select(devices).where(devices.c.id == row.device_id))).first()

@@ -55,6 +55,29 @@ CHROMIUM_ARGS = [
     # machine has no mDNS responder the camera agent could ask.
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
+
+#: A browser without H.264 (Debian's Firefox without its decoder offers VP8, VP9 and AV1 only).
+NO_H264 = """
+const capabilities = RTCRtpReceiver.getCapabilities.bind(RTCRtpReceiver);
+RTCRtpReceiver.getCapabilities = (kind) => {
+  const found = capabilities(kind);
+  if (kind !== "video" || !found) return found;
+  const codecs = found.codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264");
+  return { ...found, codecs };
+};
+const prefer = RTCRtpTransceiver.prototype.setCodecPreferences;
+RTCRtpTransceiver.prototype.setCodecPreferences = function (codecs) {
+  return prefer.call(this, codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264"));
+};
+"""
+
+#: What Firefox says it is, on each desktop platform (with NO_H264: Firefox as shipped there).
+FIREFOX_USER_AGENTS = {
+    "linux": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "windows": "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "mac": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:128.0) Gecko/20100101 Firefox/128.0",
+}
+
 PHONE_VIEWPORT = {"width": 390, "height": 844}
 DESKTOP_VIEWPORT = {"width": 1280, "height": 800}
 

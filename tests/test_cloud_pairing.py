@@ -13,7 +13,7 @@ import pytest
 
 from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, start_cloud
-from tests.cloud_process import ApiClient, CloudProcess
+from tests.cloud_process import Account, ApiClient, CloudProcess
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -319,3 +319,46 @@ async def test_an_owners_name_for_a_camera_does_not_reach_the_next_owner(
     await api.pair(third, camera)
     listed = (await h.get("/api/devices", headers=third.auth)).json()["devices"]
     assert [d["name"] for d in listed] == [f"Camera {camera.device_id[:6]}"]
+
+
+async def test_a_camera_keeps_its_name_when_its_owner_pairs_it_again(
+    cloud: CloudProcess, api: ApiClient
+) -> None:
+    """Unpaired and paired again by the same owner, a camera has the name that owner gave it;
+    paired by anybody else it has the default name, and the former one is forgotten."""
+    h = api.http
+    owner, other = await api.account(), await api.account()
+    camera = await api.owned_camera(owner, "Garage")
+    default = f"Camera {camera.device_id[:6]}"
+    url = f"/api/devices/{camera.device_id}"
+    r = await h.patch(url, json={"name": "Anna's bedroom"}, headers=owner.auth)
+    assert r.status_code == 200, r.text
+
+    async def names(account: Account) -> list[str]:
+        r = await h.get("/api/devices", headers=account.auth)
+        return [d["name"] for d in r.json()["devices"]]
+
+    assert (await h.delete(url, headers=owner.auth)).status_code == 204
+    token = (await api.code(camera))["claim_url"].rsplit("/", 1)[1]
+    r = await h.post("/api/pairing/preview", json={"claim_token": token}, headers=other.auth)
+    assert r.json()["name"] == default, "the preview does not tell a stranger the old name"
+    r = await h.post("/api/devices/pair", json={"claim_token": token}, headers=owner.auth)
+    assert r.json()["device"]["name"] == "Anna's bedroom", r.text
+    assert await names(owner) == ["Anna's bedroom"]
+
+    # Another owner in between: the default name, and the first owner's is gone for good.
+    assert (await h.delete(url, headers=owner.auth)).status_code == 204
+    await api.pair(other, camera)
+    assert await names(other) == [default]
+    assert (await h.delete(url, headers=other.auth)).status_code == 204
+    await api.pair(owner, camera)
+    assert await names(owner) == [default]
+
+    # An account deleted while its camera was unpaired leaves no name behind.
+    r = await h.patch(url, json={"name": "Porch"}, headers=owner.auth)
+    assert r.status_code == 200, r.text
+    assert (await h.delete(url, headers=owner.auth)).status_code == 204
+    r = await h.post("/api/account/delete", json={"password": owner.password}, headers=owner.auth)
+    assert r.status_code == 204, r.text
+    await api.pair(other, camera)
+    assert await names(other) == [default]

@@ -525,6 +525,7 @@ async def test_history_shows_who_watched_to_the_owner_and_only_their_own_to_a_vi
     assert ended["end_reason"] == "viewer_ended" and ended["ended_at"]
     seen = (await api.http.get(url, headers=viewer.auth)).json()["sessions"]
     assert [s["session_id"] for s in seen] == [their_sid]
+    assert [s["viewer_email"] for s in seen] == [viewer.email], "nobody else's address"
     # the account-wide history: the owner's cameras, and the viewer's own sessions elsewhere
     everything = (await api.http.get("/api/sessions", headers=owner.auth)).json()["sessions"]
     assert {s["session_id"] for s in everything} == {own_sid, their_sid}

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
-from tests.browser import PHONE_VIEWPORT, launch_chromium, screenshot
+from tests.browser import NO_H264, PHONE_VIEWPORT, launch_chromium, screenshot
 from tests.cloud_process import Account, ApiClient
 from tests.e2e_stack import (
     PAIRED,
@@ -379,22 +379,6 @@ async def test_a_snapshot_is_saved_from_the_camera_and_the_list_keeps_its_pictur
         await context.close()
 
 
-#: A browser without H.264 (Debian's Firefox without its decoder offers VP8, VP9 and AV1 only).
-NO_H264 = """
-const capabilities = RTCRtpReceiver.getCapabilities.bind(RTCRtpReceiver);
-RTCRtpReceiver.getCapabilities = (kind) => {
-  const found = capabilities(kind);
-  if (kind !== "video" || !found) return found;
-  const codecs = found.codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264");
-  return { ...found, codecs };
-};
-const prefer = RTCRtpTransceiver.prototype.setCodecPreferences;
-RTCRtpTransceiver.prototype.setCodecPreferences = function (codecs) {
-  return prefer.call(this, codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264"));
-};
-"""
-
-
 async def test_a_browser_without_h264_is_told_so_and_does_not_retry(
     stack: Stack, browser: Browser, owner: tuple[Account, str]
 ) -> None:
@@ -501,8 +485,16 @@ async def test_firefox_without_h264_is_told_it_cannot_play_not_that_the_camera_i
             message = await firefox.evaluate(
                 "document.querySelector('[data-testid=watch-message]').textContent"
             )
-            assert message.startswith("This browser cannot play this camera's video"), message
+            # the steps for Firefox on Linux, not only "enable H.264"
+            assert message.startswith("Firefox cannot play this camera's video"), message
+            assert "about:config" in message and "libavcodec" in message, message
             assert await firefox.evaluate(
                 "!document.querySelector('[data-testid=watch-back]').hidden"
                 " && document.querySelector('[data-testid=retry]').hidden"
             )
+            # and the camera list says so before Watch
+            await firefox.navigate(f"{stack.url}/#/devices")
+            warning = await firefox.wait_for(
+                "document.querySelector('[data-testid=no-h264]')?.textContent", timeout=15
+            )
+            assert "media.webrtc.hw.h264.enabled" in warning, warning

@@ -270,6 +270,23 @@ async def test_a_retired_device_loses_owner_codes_and_token(store: SqlStore) -> 
     assert not (await store.retire_device("ghost", "tokhash", 5.0)).retired
 
 
+async def test_a_factory_reset_forgets_the_former_owner_and_name(store: SqlStore) -> None:
+    await store.create_user("u1", "a@example.com", "h", 1.0)
+    await store.create_device("d1", "Porch", "pi4", "tokhash", 1.0)
+    await store.replace_pairing_code("d1", "c", "k", 100.0, 1.0)
+    await store.claim(code_hash="c", claim_hash=None, user_id="u1", now=2.0)
+    await store.rename_device("d1", "u1", "Anna's bedroom")
+    assert await store.unpair("d1", "u1")
+    former = select(devices.c.name, devices.c.former_owner_id, devices.c.former_name)
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(former.where(devices.c.id == "d1"))).one()
+    assert tuple(row) == ("Camera d1", "u1", "Anna's bedroom"), "kept for its owner only"
+    assert (await store.retire_device("d1", "tokhash", 4.0)).retired
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(former.where(devices.c.id == "d1"))).one()
+    assert tuple(row) == ("Camera d1", None, None)
+
+
 async def test_pairing_target_reads_without_claiming(store: SqlStore) -> None:
     await store.create_device("d1", "Garage", "pi5", "tok", 1.0)
     await store.replace_pairing_code("d1", "c", "k", 100.0, 1.0)

@@ -24,10 +24,13 @@ import httpx
 import pytest
 
 from tests.browser import (
+    FIREFOX_USER_AGENTS,
+    NO_H264,
     PHONE_VIEWPORT,
     Coturn,
     Nginx,
     PageProblems,
+    accessibility_problems,
     coturn_server,
     launch_chromium,
     nginx_server,
@@ -359,10 +362,56 @@ async def test_pair_rename_live_status_unpair(
     listed = (await api.http.get("/api/devices", headers=account.auth)).json()["devices"]
     assert [d["name"] for d in listed] == ["Back porch"]
 
+    # Shared with someone: the unpair dialog says that their access ends.
+    family = await api.account()
+    r = await api.http.post(
+        f"/api/devices/{camera.device_id}/invites", json={"link": True}, headers=account.auth
+    )
+    token = r.json()["url"].rsplit("/", 1)[1]
+    r = await api.http.post("/api/invite-links/accept", json={"token": token}, headers=family.auth)
+    assert r.status_code == 200, r.text
+    await card.locator("[data-testid=viewer-count]").filter(has_text="1 person").wait_for()
     await card.locator("[data-testid=unpair]").click()
+    question = card.locator("[data-testid=unpair-question]")
+    assert "Everyone you shared it with loses access" in (await question.text_content() or "")
     await card.locator("[data-testid=unpair-confirm]").click()
     await page.wait_for_selector("[data-testid=devices-empty]")
     assert (await api.http.get("/api/devices", headers=account.auth)).json()["devices"] == []
+    assert (await api.http.get("/api/devices", headers=family.auth)).json()["devices"] == []
+
+    # Paired again by the same person, it has the name they gave it.
+    await page.click("[data-testid=add-camera]")
+    await page.fill("[data-testid=pair-code]", (await api.code(camera))["code"])
+    await page.click("[data-testid=pair-submit]")
+    await page.wait_for_selector("[data-testid=pair-success]")
+    assert await text(page, "paired-name") == "Back porch"
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+async def test_the_camera_list_warns_a_browser_without_h264_before_watch(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    """Firefox on Linux as shipped (no H.264 in its capabilities, simulated) is told above the
+    list, before it presses Watch, how to turn H.264 on; a browser with H.264 is told nothing."""
+    account = await api.account()
+    await api.owned_camera(account, "Porch")
+    context, page, problems = await open_app(browser, nginx, account)
+    await page.locator("[data-testid=device-card]").first.wait_for()
+    assert await page.locator("[data-testid=no-h264]").count() == 0
+    await context.close()
+
+    user_agent = FIREFOX_USER_AGENTS["linux"]
+    context, page, problems = await open_app(browser, nginx, account, user_agent=user_agent)
+    await context.add_init_script(NO_H264)
+    await page.reload()
+    warning = page.locator("[data-testid=no-h264]")
+    await warning.wait_for()
+    words = await warning.text_content() or ""
+    assert "about:config" in words and "media.webrtc.hw.h264.enabled" in words, words
+    await page.locator("[data-testid=device-card]").first.wait_for()
+    assert await accessibility_problems(page) == []
+    await screenshot(page, "app-devices-no-h264")
     await context.close()
     assert unexpected(problems) == [], problems.errors
 

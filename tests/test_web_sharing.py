@@ -90,6 +90,9 @@ async def test_invite_accept_watch_revoke_ended(
         )
         viewer = panel.locator("[data-testid=viewer]").filter(has_text=family.email)
         await viewer.wait_for(timeout=10_000)
+        # and the used link has left it, with the box that showed it
+        await panel.locator("[data-testid=invite]").wait_for(state="detached", timeout=10_000)
+        assert await panel.locator("[data-testid=invite-link-box]").is_hidden()
         await viewer.locator("[data-testid=viewer-remove]").click()
         await panel.locator("[data-testid=viewers]").filter(has_text="Nobody else").wait_for()
 
@@ -109,6 +112,12 @@ async def test_invite_accept_watch_revoke_ended(
         # and their camera list drops it at once (told by the cloud, not its 30 s refresh)
         await shared.wait_for(state="detached", timeout=10_000)
         await list_page.close()
+
+        # the owner's history names who watched by e-mail
+        await owner_page.goto(f"{nginx.url}/#/history/{camera.device_id}")
+        who = owner_page.locator("[data-testid=history-who]")
+        await who.first.wait_for()
+        assert await who.all_text_contents() == [family.email]
         await family_ctx.close()
         await owner_ctx.close()
         assert unexpected(owner_problems) == [], owner_problems.errors
@@ -141,6 +150,9 @@ async def test_an_invitation_by_e_mail_is_accepted_from_the_camera_list(
     await page.locator("[data-testid=received-invite]").wait_for(state="detached")
     assert await page.locator("[data-testid=received-invites]").is_hidden()
     assert await text(page, "page-title") == "Your cameras"
+    # the owner's panel, still open, shows them as a viewer and no longer as invited
+    await card.locator("[data-testid=viewer]").filter(has_text=family.email).wait_for()
+    await card.locator("[data-testid=invite]").wait_for(state="detached")
     await family_ctx.close()
     await owner_ctx.close()
     assert unexpected(problems) == [], problems.errors

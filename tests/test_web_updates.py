@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,8 +121,37 @@ async def test_a_camera_card_says_its_version_and_update_state(
     await page.reload()
     await state.filter(has_text="crashed 3 times").wait_for()
 
-    # the owner keeps switches to the night
+    # the Updates panel says which window is in force, by the person's clock
+    async def window_now(shift_from: int, shift_to: int) -> str:
+        """Set the window to [now + shift_from, now + shift_to) minutes of the browser's
+        clock, open the panel again, and read its sentence."""
+        window = await page.evaluate(
+            """([a, b]) => [a, b].map((shift) => {
+                 const at = new Date(Date.now() + shift * 60_000);
+                 const two = (n) => String(n).padStart(2, "0");
+                 return `${two(at.getHours())}:${two(at.getMinutes())}`;
+               }).join("-")""",
+            [shift_from, shift_to],
+        )
+        r = await api.http.put(
+            f"/api/devices/{camera.device_id}/update-settings",
+            json={"window": window},
+            headers=owner.auth,
+        )
+        assert r.status_code == 200, r.text
+        await page.reload()
+        await card.locator("[data-testid=updates]").click()
+        return await card.locator("[data-testid=window-now]").text_content() or ""
+
     await card.locator("[data-testid=updates]").click()
+    sentence = await card.locator("[data-testid=window-now]").text_content()
+    assert sentence == "Updates install any time nobody is watching."
+    assert (await window_now(-60, 60)).endswith("— now."), "inside the window"
+    later = await window_now(120, 180)
+    assert re.fullmatch(r"Updates install between .+ and .+ — next from .+\.", later), later
+    assert await accessibility_problems(page) == []
+
+    # the owner keeps switches to the night
     await card.locator("[data-testid=window-from]").fill("02:00")
     await card.locator("[data-testid=window-to]").fill("05:00")
     await card.locator("[data-testid=window-save]").click()
@@ -142,6 +172,10 @@ async def test_the_rollout_page_is_for_operators(
     await page.goto(nginx.url + "/#/rollouts")
     error = page.locator("[data-testid=rollouts-error]")
     await error.filter(has_text="Only the cloud's operators").wait_for()
+    # one refusal, and nothing that looks like it is still loading
+    rollouts = page.locator("[data-testid=rollouts]")
+    assert await rollouts.get_attribute("aria-busy") is None
+    assert (await rollouts.text_content() or "") == ""
     await context.close()
 
     operator = await api.account(OPERATOR, "operator password 1")
@@ -150,7 +184,19 @@ async def test_the_rollout_page_is_for_operators(
     await page.locator("[data-testid=nav-rollouts]").wait_for(state="visible")
     await page.click("[data-testid=nav-rollouts]")
     await page.fill("[data-testid=release-version]", "1.1.0")
+    # an architecture it is not signed for is refused in words
+    await page.fill("[data-testid=release-arches]", "armv7l")
     await page.click("text=Add signed release")
+    await (
+        page.locator("[data-testid=rollouts-error]")
+        .filter(has_text="not signed for those architectures")
+        .wait_for()
+    )
+    await page.fill("[data-testid=release-arches]", "aarch64")
+    async with page.expect_request("**/api/operator/releases") as sent:
+        await page.click("text=Add signed release")
+    body = (await sent.value).post_data_json
+    assert body == {"version": "1.1.0", "notes": "", "arches": ["aarch64"]}, body
     await page.wait_for_selector("[data-testid=releases] li:has-text('1.1.0 (aarch64)')")
     await page.fill("[data-testid=start-percentage]", "10")
     await page.click("[data-testid=start-form] button[type=submit]")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from tests.browser import Nginx, launch_chromium, nginx_server
+from tests.browser import FIREFOX_USER_AGENTS, NO_H264, Nginx, launch_chromium, nginx_server
 from tests.services import free_port
 
 if TYPE_CHECKING:
@@ -457,3 +457,41 @@ async def test_a_browser_without_webrtc_is_told_so_and_nothing_is_asked(page: Pa
     )
     assert got["state"] == "unsupported" and got["sent"] == []
     assert "no WebRTC" in got["message"]
+
+
+@pytest.mark.parametrize("platform", ["linux", "windows", "mac", "chromium"])
+async def test_a_browser_without_h264_is_given_the_steps_for_its_platform(
+    nginx: Nginx, browser: Browser, platform: str
+) -> None:
+    """Firefox as shipped without H.264 (simulated: its capabilities lack H.264) is told how to
+    turn it on where it runs; another browser without it, which browsers play it."""
+    agent = FIREFOX_USER_AGENTS.get(platform)
+    context = await browser.new_context(**({"user_agent": agent} if agent else {}))
+    await context.add_init_script(NO_H264)
+    page = await context.new_page()
+    await page.goto(nginx.url + "/")
+    await page.evaluate(SETUP)
+    try:
+        got = await js(
+            page,
+            """watch.start();
+               const id = signaling.sent.at(-1).payload.request_id;
+               signaling.deliver("watch_ready", { session_id: "s-1", device_id: "cam-1",
+                                                  ice_servers: [], request_id: id });
+               signaling.deliver("watch_ended", { session_id: "s-1", reason: "device_ended" });
+               return { state: watch.state, message: watch.message };""",
+        )
+    finally:
+        await context.close()
+    assert got["state"] == "unsupported", got
+    words = got["message"]
+    assert "cannot play this camera's video" in words
+    expected = {
+        "linux": ["about:config", "media.webrtc.hw.h264.enabled", "libavcodec-extra"],
+        "windows": ["Add-ons and themes → Plugins", "OpenH264"],
+        "mac": ["Add-ons and themes → Plugins", "OpenH264"],
+        "chromium": ["Chrome, Edge or Safari"],
+    }[platform]
+    assert all(step in words for step in expected), words
+    if platform != "linux":
+        assert "about:config" not in words

@@ -176,8 +176,9 @@ export function fleet() {
   return request("GET", "/api/operator/updates");
 }
 
-export function addRelease(version, notes = "") {
-  return request("POST", "/api/operator/releases", { version, notes });
+/** `arches`: the architectures it is for ("aarch64"); empty: those it is signed for. */
+export function addRelease(version, notes = "", arches = []) {
+  return request("POST", "/api/operator/releases", { version, notes, ...(arches.length ? { arches } : {}) });
 }
 
 export function startRollout(version, percentage, channel = "stable") {

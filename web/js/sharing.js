@@ -135,7 +135,9 @@ function sharePanel(device, { flash, count }) {
     error.hidden = false;
   }
 
+  let loads = 0; // a reading started before a link was made does not know it yet
   async function load() {
+    const started = ++loads;
     try {
       const sharing = await sharingOf(id);
       error.hidden = true;
@@ -156,6 +158,13 @@ function sharePanel(device, { flash, count }) {
             }
             load();
           } }, "Remove"))));
+      // the one-time link shown here was used (or cancelled): it leaves the panel
+      const shown = linkOut.dataset.inviteId;
+      if (shown && started > Number(linkOut.dataset.after) && !sharing.invites.some((i) => i.invite_id === shown)) {
+        delete linkOut.dataset.inviteId;
+        linkOut.hidden = true;
+        replace(linkOut);
+      }
       replace(invites, sharing.invites.map((invite) => h("li", { class: "row spread", "data-testid": "invite" },
         h("span", {}, invite.kind === "email" ? `Invited ${invite.email}` : "One-time link",
           h("span", { class: "muted small" }, ` · until ${date(invite.expires_at)}`)),
@@ -196,6 +205,8 @@ function sharePanel(device, { flash, count }) {
             }
           } }, "Copy")),
       );
+      linkOut.dataset.inviteId = created.invite_id;
+      linkOut.dataset.after = String(loads);
       linkOut.hidden = false;
       field.select();
     } catch (failure) {

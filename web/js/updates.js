@@ -31,6 +31,28 @@ export function describe(update) {
   }
 }
 
+const minutes = (hhmm) => Number(hhmm.slice(0, 2)) * 60 + Number(hhmm.slice(3, 5));
+
+/** "02:00" in the person's way of writing times ("2:00 AM", "02:00"). */
+function clock(hhmm) {
+  const at = new Date(2000, 0, 1, Number(hhmm.slice(0, 2)), Number(hhmm.slice(3, 5)));
+  return at.toLocaleTimeString(undefined, { hour: "numeric", minute: "2-digit" });
+}
+
+/**
+ * Which update window is in force, in one sentence: "Updates install between 2:00 AM and
+ * 5:00 AM — now." / "— next from 2:00 AM." / "Updates install any time nobody is watching."
+ * The camera keeps the window in its own clock; the cloud does not know the camera's time
+ * zone, so "now" is this browser's clock, right when the camera is where the person is.
+ */
+export function windowWords(window, now = new Date()) {
+  if (!window || !/^\d\d:\d\d-\d\d:\d\d$/.test(window)) return "Updates install any time nobody is watching.";
+  const [from, to] = window.split("-");
+  const [start, end, at] = [minutes(from), minutes(to), now.getHours() * 60 + now.getMinutes()];
+  const inside = start <= end ? start <= at && at < end : at >= start || at < end; // may cross midnight
+  return `Updates install between ${clock(from)} and ${clock(to)} — ${inside ? "now" : `next from ${clock(from)}`}.`;
+}
+
 /** The version line and the update sentence of a camera card; `set(update)` redraws them. */
 export function cardLine() {
   const version = h("span", { class: "muted small", "data-testid": "device-version" });
@@ -77,6 +99,7 @@ export function windowForm(deviceId, current, onDone) {
       save(`${fromInput.value}-${toInput.value}`);
     },
   },
+  h("p", { "data-testid": "window-now" }, windowWords(current)),
   h("p", { class: "small" }, "Updates never interrupt someone watching. You can also keep them to a time of day (the camera's local time)."),
   h("div", { class: "row" }, fromInput, h("span", {}, "to"), toInput,
     h("button", { class: "button primary", type: "submit", "data-testid": "window-save" }, "Only then"),

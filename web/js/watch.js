@@ -28,6 +28,7 @@
 import { MSG } from "./protocol.js";
 import { backoffDelay } from "./signaling.js";
 import { describeEnd, describeError } from "./errors.js";
+import { noH264Words } from "./words.js";
 import { summarize } from "./stats.js";
 import { openSnapshotChannel } from "./snapshots.js";
 
@@ -64,6 +65,12 @@ export function canReceiveH264() {
   if (typeof RTCRtpReceiver === "undefined" || typeof RTCRtpReceiver.getCapabilities !== "function") return null;
   const codecs = RTCRtpReceiver.getCapabilities("video")?.codecs || [];
   return codecs.some((codec) => codec.mimeType.toLowerCase() === "video/h264");
+}
+
+/** Why this browser cannot play the video, and what to do: the steps for its platform when it
+ *  has no H.264 at all, the general sentence when it has (but could not decode it). */
+export function unsupportedWords() {
+  return canReceiveH264() === false ? noH264Words(globalThis.navigator?.userAgent) : STATE_WORDS.unsupported;
 }
 
 /** A request id: 16 characters of [A-Za-z0-9_-] (the protocol's alphabet). */
@@ -421,7 +428,7 @@ export class Watch extends EventTarget {
       this.fail(describeEnd(reason), "not_yours");
     } else if (/codec/.test(reason || "")) {
       // The camera cannot send this browser a codec it plays ("codec_unsupported").
-      this.fail(STATE_WORDS.unsupported, "unsupported");
+      this.fail(unsupportedWords(), "unsupported");
     } else if (reason === "device_busy") {
       this.waitForDevice(STATE_WORDS.busy, "busy");
     } else if (reason === "camera_failed") {
@@ -441,7 +448,7 @@ export class Watch extends EventTarget {
    */
   endedBeforePicture() {
     if (canReceiveH264() === false) {
-      this.fail(STATE_WORDS.unsupported, "unsupported");
+      this.fail(unsupportedWords(), "unsupported");
       return true;
     }
     if (++this.endedByCamera >= ENDED_BY_CAMERA_LIMIT) {
@@ -470,7 +477,7 @@ export class Watch extends EventTarget {
     const words = describeError(payload);
     if (/codec/.test(payload.code || "")) {
       // The camera cannot send a codec this browser plays (e.g. "unsupported_codec").
-      this.fail(STATE_WORDS.unsupported, "unsupported");
+      this.fail(unsupportedWords(), "unsupported");
       return;
     }
     switch (payload.code) {
@@ -678,7 +685,7 @@ export class Watch extends EventTarget {
             Date.now() - firstBytesAt >= NO_PICTURE_MS && summary.bytesReceived >= NO_PICTURE_BYTES) {
           // Packets keep coming and not one frame was decoded: this browser cannot decode
           // them (H.264 negotiated without a decoder).  "Live" over a black picture is a lie.
-          this.fail(STATE_WORDS.unsupported, "unsupported");
+          this.fail(unsupportedWords(), "unsupported");
         }
       } catch {
         // getStats on a closing connection: nothing to show

@@ -48,6 +48,10 @@ const FIELD_WORDS = [
   [/^(new_)?password:/, "Choose a password of at least 8 characters."],
   [/^name:/, "Enter a name of 1 to 64 letters, digits or spaces."],
   [/^code:/, "The pairing code has 6 digits. It is shown on the camera's screen."],
+  // the operators' releases (cloud/updates/api.py)
+  [/ is signed for .+ only$|^arches|architectures \(arches\)/,
+    "That release is not signed for those architectures. Name the ones it was published for, such as aarch64."],
+  [/ is not in the signed repository/, "That version is not in the signed repository. Publish it with mumu-release first."],
 ];
 
 /** "56 seconds", "3 minutes". */
@@ -93,4 +97,20 @@ export function pairingDigits(text) {
   const runs = String(text || "").match(/(?<!\d)\d(?:[\s\-.]?\d){5}(?!\d)/g) || [];
   const codes = runs.map((run) => run.replace(/\D/g, "")).filter((digits) => digits.length === 6);
   return codes.length === 1 ? codes[0] : null;
+}
+
+/**
+ * What a browser without H.264 (the camera's codec) can do about it, for its platform, in one
+ * sentence: `userAgent` is navigator.userAgent.  Firefox can get H.264 on every desktop
+ * platform; other browsers are told which ones play it.
+ */
+export function noH264Words(userAgent) {
+  const ua = String(userAgent || "");
+  if (!/Firefox\//.test(ua) || /Android/.test(ua)) {
+    return "This browser cannot play this camera's video (it has no H.264). Open it in Chrome, Edge or Safari.";
+  }
+  if (/Windows|Macintosh|Mac OS X/.test(ua)) {
+    return "Firefox cannot play this camera's video until its H.264 plugin is on: open the menu ☰ → Add-ons and themes → Plugins, set “OpenH264 Video Codec provided by Cisco Systems, Inc.” to Always Activate (Firefox downloads it by itself, which can take a few minutes after it starts), and restart Firefox.";
+  }
+  return "Firefox cannot play this camera's video until H.264 is on: install the system's libavcodec (on Debian or Ubuntu: sudo apt install libavcodec-extra), open about:config, set media.webrtc.hw.h264.enabled to true and gfx.blacklist.webrtc.hw.acceleration.h264 to 1, and restart Firefox (or, where Add-ons and themes → Plugins lists “OpenH264 Video Codec”, set it to Always Activate).";
 }

@@ -4,7 +4,8 @@ import * as api from "../api.js";
 import { h, replace } from "../dom.js";
 import { MSG } from "../protocol.js";
 import { ago } from "../time.js";
-import { modelWords } from "../words.js";
+import { modelWords, noH264Words } from "../words.js";
+import { canReceiveH264 } from "../watch.js";
 import { cardLine, windowForm } from "../updates.js";
 import { cameraThumbnail } from "../snapshots.js";
 import * as sharing from "../sharing.js";
@@ -27,6 +28,10 @@ export function render(ctx) {
           h("a", { class: "button primary", href: "#/pair", "data-testid": "add-camera" }, "+ Add camera")),
       ),
       error,
+      // said before Watch, not after: this browser cannot play the cameras' H.264
+      canReceiveH264() === false
+        ? h("p", { class: "banner warning in-page", role: "note", "data-testid": "no-h264" }, noH264Words(navigator.userAgent))
+        : null,
       sharing.invitations(() => refresh()),
       list,
     ),
@@ -209,7 +214,7 @@ export function render(ctx) {
         }
       } }, "Unpair");
       replace(panel,
-        h("p", {}, `Unpair ${device.name || "this camera"}? It leaves your account and shows a new pairing code.`),
+        h("p", { "data-testid": "unpair-question" }, `Unpair ${device.name || "this camera"}? It leaves your account and shows a new pairing code.${device.viewers ? " Everyone you shared it with loses access." : ""} If you pair it again, it keeps its name.`),
         h("div", { class: "row" }, confirmButton,
           h("button", { class: "button", type: "button", onclick: () => (panel.hidden = true) }, "Cancel")),
       );

@@ -82,7 +82,7 @@ export function render(ctx, { deviceId = null } = {}) {
         const seconds = ((r.ended_at ? Date.parse(r.ended_at) : Date.now()) - Date.parse(r.started_at)) / 1000;
         return h("tr", { "data-testid": "history-row" },
           deviceId ? null : h("td", {}, r.camera.name),
-          h("td", {}, r.viewer_id === me ? "You" : "Another account"),
+          h("td", { "data-testid": "history-who" }, r.viewer_id === me ? "You" : r.viewer_email || "A deleted account"),
           h("td", {}, when(r.started_at)),
           h("td", {}, r.ended_at ? durationWords(seconds) : `${durationWords(seconds)} so far`),
           h("td", { "data-testid": "history-path", "data-path": r.media_path || "" },

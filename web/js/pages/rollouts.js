@@ -21,9 +21,15 @@ export function render(ctx) {
       draw(fleet);
     } catch (failure) {
       if (failure.status === 401) return;
-      error.textContent = failure.status === 403
-        ? "Only the cloud's operators can manage rollouts."
-        : `Could not load the rollouts: ${failure.message}`;
+      if (failure.status === 403) {
+        // not an operator: one refusal, and nothing more to wait for
+        clearInterval(timer);
+        body.removeAttribute("aria-busy");
+        replace(body);
+        error.textContent = "Only the cloud's operators can manage rollouts.";
+      } else {
+        error.textContent = `Could not load the rollouts: ${failure.message}`;
+      }
       error.hidden = false;
     }
   }
@@ -102,11 +108,14 @@ export function render(ctx) {
 
   function releaseForm() {
     const version = h("input", { type: "text", placeholder: "1.4.0", "aria-label": "Version", class: "input-medium", required: true, "data-testid": "release-version" });
+    // the cameras it is for; left empty, the cloud takes those the repository signed it for
+    const arches = h("input", { type: "text", value: "aarch64", placeholder: "aarch64", "aria-label": "Architectures (comma-separated)", class: "input-medium", "data-testid": "release-arches" });
     const notes = h("input", { type: "text", placeholder: "What changed", "aria-label": "Notes", class: "input-medium" });
-    return h("form", { class: "row rollout-form", onsubmit: (event) => {
+    return h("form", { class: "row rollout-form", "data-testid": "release-form", onsubmit: (event) => {
       event.preventDefault();
-      act(() => api.addRelease(version.value.trim(), notes.value.trim()), `Release ${version.value.trim()} added.`);
-    } }, version, notes, h("button", { class: "button", type: "submit" }, "Add signed release"));
+      const names = arches.value.split(/[\s,]+/).filter(Boolean);
+      act(() => api.addRelease(version.value.trim(), notes.value.trim(), names), `Release ${version.value.trim()} added.`);
+    } }, version, arches, notes, h("button", { class: "button", type: "submit" }, "Add signed release"));
   }
 
   const timer = setInterval(refresh, REFRESH_MS);
