@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from cloud import gc_policy
+from cloud.account_links import AccountLinks
 from cloud.auth import PairingHasher, RefreshTokens, TokenIssuer
 from cloud.config import Settings
 from cloud.identity import token_authenticator
@@ -38,6 +40,7 @@ class Services:
     hub: SignalingHub
     updates: UpdateService
     sharing: SharingStore
+    links: AccountLinks
     downloads: DownloadSlots
     mail: Outbox
     operators: OperatorStore
@@ -105,6 +108,7 @@ class Services:
             hub=hub,
             updates=updates,
             sharing=SharingStore(store),
+            links=AccountLinks(store),
             downloads=DownloadSlots(
                 settings.update_downloads_per_address, settings.update_downloads, metrics
             ),
@@ -112,6 +116,13 @@ class Services:
         )
 
     async def start(self) -> None:
+        if self.settings.smtp_url and not self.settings.public_url:
+            # A link in a mail would take its origin from the request's Host header, which a
+            # stranger asking for a reset of someone else's password chooses.
+            logging.getLogger("mumu.mail").warning(
+                "MUMU_SMTP_URL is set but MUMU_PUBLIC_URL is not: links in mails use the origin "
+                "each request names; set MUMU_PUBLIC_URL to the web app's origin"
+            )
         await self.store.open()
         await self.operators.report(self.settings.operators)  # MUMU_OPERATORS grants nothing
         await self.live.open()
