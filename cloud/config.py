@@ -86,6 +86,8 @@ class Settings:
     mail_from: str = "MuMu Camera <noreply@localhost>"
     mail_queue: int = 1000
     mail_attempts: int = 6
+    smtp_ca_file: str | None = None
+    mail_log: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,6 +164,10 @@ VARIABLES: dict[str, str] = {
     "MUMU_MAIL_FROM": "the From of the cloud's mail (default MuMu Camera <noreply@localhost>)",
     "MUMU_MAIL_QUEUE": "mails that may wait to be sent; more are dropped and counted (1000)",
     "MUMU_MAIL_ATTEMPTS": "tries per mail while the SMTP server fails, with backoff (6)",
+    "MUMU_SMTP_CA_FILE": "PEM file of the authority that signed the SMTP server's certificate "
+    "(default: the system's; the certificate is always verified)",
+    "MUMU_MAIL_LOG": "without MUMU_SMTP_URL: also append each mail as a JSON line to this file "
+    "(scripts/demo shows them)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
 }
 
@@ -249,6 +255,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             SmtpSettings.parse(smtp_url)
         except ValueError as exc:
             raise ConfigError(f"MUMU_SMTP_URL: {exc}") from None
+    smtp_ca_file = merged.get("MUMU_SMTP_CA_FILE") or None
+    if smtp_ca_file is not None and not Path(smtp_ca_file).is_file():
+        raise ConfigError(f"MUMU_SMTP_CA_FILE: no such file {smtp_ca_file!r}")
+    mail_log = Path(merged["MUMU_MAIL_LOG"]) if merged.get("MUMU_MAIL_LOG") else None
     mail_from = merged.get("MUMU_MAIL_FROM") or Settings.mail_from
     if "@" not in mail_from or "\n" in mail_from or "\r" in mail_from:
         raise ConfigError(
@@ -260,6 +270,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         mail_from=mail_from,
         mail_queue=_int(merged, "MUMU_MAIL_QUEUE", 1000, 1, 1_000_000),
         mail_attempts=_int(merged, "MUMU_MAIL_ATTEMPTS", 6, 1, 100),
+        smtp_ca_file=smtp_ca_file,
+        mail_log=mail_log,
         web_dir=web_dir,
         update_repo_dir=update_repo_dir,
         update_downloads_per_address=_int(
