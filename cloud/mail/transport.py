@@ -5,6 +5,9 @@ A ``Transport`` has one method; the outbox calls it from its own task, never fro
 from __future__ import annotations
 
 import asyncio
+import email.generator
+import email.policy
+import io
 import json
 import logging
 import os
@@ -13,7 +16,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import make_msgid, parseaddr
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -65,6 +68,19 @@ def email_message(mail: Mail, sender: str) -> EmailMessage:
     message.set_content(mail.text)
     message.add_alternative(mail.html, subtype="html")
     return message
+
+
+#: Header lines up to RFC 5322's 998 characters: Python 3.11 drops the space between encoded
+#: words when it folds a long subject with non-ASCII words ("“Test camera”" arrived as
+#: "“Testcamera”"); our headers are bounded well below that, so they are never folded.
+_WIRE = email.policy.SMTP.clone(max_line_length=998)
+
+
+def wire_bytes(message: EmailMessage) -> bytes:
+    """The message as sent (CRLF line ends, headers unfolded)."""
+    out = io.BytesIO()
+    email.generator.BytesGenerator(out, policy=_WIRE).flatten(message)
+    return out.getvalue()
 
 
 def _domain(sender: str) -> str:
@@ -139,8 +155,11 @@ class SmtpTransport:
         except HeaderInjection as exc:
             raise DeliveryError(str(exc), permanent=True) from None
         try:
+            # The envelope is given, not read back from the headers: one recipient, always.
             await aiosmtplib.send(
-                message,
+                wire_bytes(message),
+                sender=parseaddr(sender)[1],
+                recipients=[mail.to],
                 hostname=s.host,
                 port=s.port,
                 username=s.username,
