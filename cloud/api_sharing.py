@@ -193,14 +193,22 @@ def _origin(svc: Services, request: Request[Any, Any, Any]) -> str:
     return svc.settings.public_url or str(request.base_url).rstrip("/")
 
 
-def _mail_invitation(
-    svc: Services, request: Request[Any, Any, Any], to: str, inviter: str, camera: str, known: bool
+async def _mail_invitation(
+    svc: Services, request: Request[Any, Any, Any], to: str, inviter: str, camera: str
 ) -> None:
     """The invitation's mail: to an account, a link to its camera list (where the invitation
-    waits); to an address without one, a link to sign up with it (``#/signup?email=``)."""
+    waits); to an address without one, a link to sign up with it (``#/signup?email=``).  Only
+    the mail, in that mailbox, says which: the owner's answer is the same."""
     origin = _origin(svc, request)
-    link = f"{origin}/#/devices" if known else f"{origin}/#/signup?email={quote(to, safe='@')}"
-    svc.mail.send(templates.invitation(to, inviter, camera, link, has_account=known))
+    invitee = await svc.store.user_by_email(to)
+    if invitee is None:
+        link, confirmed = f"{origin}/#/signup?email={quote(to, safe='@')}", False
+    else:
+        link, confirmed = f"{origin}/#/devices", await svc.sharing.email_verified(invitee.id, to)
+    mail = templates.invitation(
+        to, inviter, camera, link, has_account=invitee is not None, confirmed=confirmed
+    )
+    svc.mail.send(mail)
 
 
 async def _accepting_user(svc: Services, request: Request[Any, Any, Any]) -> User:
@@ -320,8 +328,7 @@ async def invite(
     if token is not None:
         url = f"{_origin(svc, request)}/#/share/{token}"
     if email is not None:
-        known = await svc.store.user_by_email(email) is not None
-        _mail_invitation(svc, request, email, me.email, device.name, known)
+        await _mail_invitation(svc, request, email, me.email, device.name)
     return _invite_out(new, url)
 
 

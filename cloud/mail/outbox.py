@@ -75,7 +75,12 @@ class Outbox:
         waits: a request's path calls it."""
         if self._stopping or self.waiting >= self.limits.capacity:
             self._sent.labels(mail.kind, "dropped").inc()
-            log.warning("the outbox is full: a %s mail to %s was not sent", mail.kind, mail.to)
+            log.warning(
+                "a %s mail to %s was not sent: the outbox is %s",
+                mail.kind,
+                mail.to,
+                "stopping" if self._stopping else "full",
+            )
             return False
         self._put((mail, 1))
         return True

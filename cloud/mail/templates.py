@@ -104,14 +104,24 @@ def address_changed(to: str, new: str, link: str) -> Mail:
     )
 
 
-def invitation(to: str, inviter: str, camera: str, link: str, has_account: bool) -> Mail:
+def invitation(
+    to: str, inviter: str, camera: str, link: str, has_account: bool, confirmed: bool = True
+) -> Mail:
     """``has_account``: ``to`` has an account (the link opens the camera list, where the
-    invitation waits); else the link opens the sign-up with the address filled in."""
-    how = (
-        "Sign in with this address to accept it from your camera list."
-        if has_account
-        else "Create an account with this address to watch: the invitation waits for it."
-    )
+    invitation waits; ``confirmed``: its address is verified, else it is told to confirm it
+    first); else the link opens the sign-up with the address filled in."""
+    if not has_account:
+        how = (
+            "Create an account with this address to watch: the invitation waits for it, "
+            "and you accept it once you have confirmed the address."
+        )
+    elif confirmed:
+        how = "Sign in with this address to accept it from your camera list."
+    else:
+        how = (
+            "Confirm this address first (the link in the mail sent when you signed up), "
+            "then accept it from your camera list."
+        )
     return _mail(
         "invitation",
         to,
