@@ -311,7 +311,7 @@ async def _confirm_password(
 # --- one-time links ----------------------------------------------------------------------------
 
 
-def _origin(svc: Services, request: Request[Any, Any, Any]) -> str:
+def _link_origin(svc: Services, request: Request[Any, Any, Any]) -> str:
     return svc.settings.public_url or str(request.base_url).rstrip("/")
 
 
@@ -352,7 +352,7 @@ async def _send_link(
     s = svc.settings
     hours = max(1, s.verify_link_ttl_s // 3600)
     page = "reset" if purpose == "reset" else "verify"
-    link = f"{_origin(svc, request)}/#/{page}/{token}"
+    link = f"{_link_origin(svc, request)}/#/{page}/{token}"
     mail: Mail
     if kind == "already_registered":
         mail = templates.already_registered(to, link)
@@ -416,7 +416,7 @@ async def verify(request: Request[Any, Any, Any], state: State, data: LinkIn) ->
     link = _used(svc, result, "verify", final=True)
     if link.purpose == "email" and result.old_email is not None:
         svc.mail.send(
-            templates.address_changed(result.old_email, link.email, _origin(svc, request))
+            templates.address_changed(result.old_email, link.email, _link_origin(svc, request))
         )
         svc.metrics.auth_events.labels("address_changed").inc()
     else:
@@ -515,7 +515,7 @@ async def login(
 async def refresh(request: Request[Any, Any, Any], state: State) -> Response[TokenOut]:
     """A new access token for the refresh cookie (which is rotated); see the module docs."""
     svc = services_of(state)
-    _same_origin(svc, request)
+    _same_link_origin(svc, request)
     await _limit(svc, (svc.settings.refresh_rate_per_address, "refresh-addr", _client(request)))
     token = request.cookies.get(REFRESH_COOKIE, "")
     if not token:
@@ -584,7 +584,7 @@ async def logout(request: Request[Any, Any, Any], state: State) -> Response[None
     svc = services_of(state)
     cookie = request.cookies.get(REFRESH_COOKIE, "")
     if cookie:
-        _same_origin(svc, request)  # the cookie alone must not let another page sign us out
+        _same_link_origin(svc, request)  # the cookie alone must not let another page sign us out
     sign_in_id = svc.refresh.sign_in_of(cookie)
     if sign_in_id is None and request.headers.get("authorization"):
         try:

@@ -5,11 +5,14 @@ who else views it.  Two ways in, both single use, both expiring (``MUMU_INVITE_T
 bounded per camera (``MUMU_MAX_INVITES_PER_CAMERA`` open at once) and counted towards
 ``MUMU_MAX_VIEWERS_PER_CAMERA`` when accepted:
 
-- **by e-mail**: an invitation addressed to an e-mail address.  The account with that address
-  sees it (``GET /api/invites``) — at once if it exists, or once it signs up — and accepts or
-  declines it.  Nothing is added to anyone's account without their say (a camera planted in a
-  stranger's list would learn their addresses when they watch it), and the answer is the same
-  whether the address has an account or not (no probing for accounts).
+- **by e-mail**: an invitation addressed to an e-mail address, and a mail to it naming the
+  camera and who invites (an inviter whose own address is verified: the mail names it).  The
+  account with that address sees it (``GET /api/invites``) once it has *verified* the address —
+  at once if it exists, or once it signs up and confirms — and accepts or declines it: the
+  invitation is bound to whoever reads that mailbox, not to whoever typed the address.
+  Nothing is added to anyone's account without their say (a camera planted in a stranger's
+  list would learn their addresses when they watch it), and the answer is the same whether
+  the address has an account or not (no probing for accounts; only the mail's words differ).
 - **by link**: a one-time link ``/#/share/<token>`` the owner sends however they like; the
   token is kept only as a keyed hash; whoever opens it signed in sees the camera and its
   owner, and accepts.
@@ -26,6 +29,7 @@ import secrets
 import time
 import uuid
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import msgspec
 from litestar import Request, delete, get, post
@@ -47,6 +51,7 @@ from cloud.api import (
 )
 from cloud.api_accounts import _email
 from cloud.errors import ApiError
+from cloud.mail import templates
 from cloud.services import Services
 from cloud.sharing_store import AcceptOutcome, AcceptResult, Invite, InviteOutcome
 from cloud.store import User
@@ -166,6 +171,8 @@ def _refusal(svc: Services, outcome: AcceptOutcome) -> ApiError | None:
         )
     if outcome is AcceptOutcome.OWN_CAMERA:
         return _refused(svc, "own_camera", 409, "own_camera", "this camera is yours already")
+    if outcome is AcceptOutcome.EMAIL_UNVERIFIED:
+        return _unverified(svc, "confirm your address first: open the link mailed to it")
     if outcome is AcceptOutcome.TOO_MANY_VIEWERS:
         return _refused(
             svc,
@@ -176,6 +183,32 @@ def _refusal(svc: Services, outcome: AcceptOutcome) -> ApiError | None:
             "owner must remove one first",
         )
     return None
+
+
+def _unverified(svc: Services, message: str) -> ApiError:
+    return _refused(svc, "email_unverified", 403, "email_unverified", message)
+
+
+def _origin(svc: Services, request: Request[Any, Any, Any]) -> str:
+    return svc.settings.public_url or str(request.base_url).rstrip("/")
+
+
+async def _mail_invitation(
+    svc: Services, request: Request[Any, Any, Any], to: str, inviter: str, camera: str
+) -> None:
+    """The invitation's mail: to an account, a link to its camera list (where the invitation
+    waits); to an address without one, a link to sign up with it (``#/signup?email=``).  Only
+    the mail, in that mailbox, says which: the owner's answer is the same."""
+    origin = _origin(svc, request)
+    invitee = await svc.store.user_by_email(to)
+    if invitee is None:
+        link, confirmed = f"{origin}/#/signup?email={quote(to, safe='@')}", False
+    else:
+        link, confirmed = f"{origin}/#/devices", await svc.sharing.email_verified(invitee.id, to)
+    mail = templates.invitation(
+        to, inviter, camera, link, has_account=invitee is not None, confirmed=confirmed
+    )
+    svc.mail.send(mail)
 
 
 async def _accepting_user(svc: Services, request: Request[Any, Any, Any]) -> User:
@@ -244,11 +277,16 @@ async def invite(
     device = await _owned_device(svc, device_id, user_id, "share it")
     s = svc.settings
     email = None
+    me = await svc.store.user_by_id(user_id)
+    if me is None:
+        raise ApiError(401, "unauthorized", "that account no longer exists")
     if data.email is not None:
         email = _email(data.email)
-        me = await svc.store.user_by_id(user_id)
-        if me is not None and me.email == email:
+        if me.email == email:
             raise ApiError(422, "invalid_input", "email: that is your own account")
+        # The mail names the inviter: only an address its account has proven.
+        if not await svc.sharing.email_verified(me.id, me.email):
+            raise _unverified(svc, "confirm your address first, then invite by e-mail")
     await _limit(svc, (s.invite_rate, "invite-account", user_id))
     now = time.time()
     token = None if email is not None else secrets.token_urlsafe(32)
@@ -288,8 +326,9 @@ async def invite(
     svc.metrics.share_events.labels("invited_email" if email else "invited_link").inc()
     url = None
     if token is not None:
-        origin = s.public_url or str(request.base_url).rstrip("/")
-        url = f"{origin}/#/share/{token}"
+        url = f"{_origin(svc, request)}/#/share/{token}"
+    if email is not None:
+        await _mail_invitation(svc, request, email, me.email, device.name)
     return _invite_out(new, url)
 
 
@@ -356,12 +395,15 @@ async def remove_viewer(
 
 @get("/api/invites", tags=["sharing"], security=BEARER)
 async def received_invites(request: Request[Any, Any, Any], state: State) -> ReceivedInvites:
-    """Open invitations to the caller's e-mail address (newest first, at most 50)."""
+    """Open invitations to the caller's e-mail address (newest first, at most 50), once the
+    account has verified it (none before)."""
     svc = services(state)
     user_id = await current_user(request, svc)
     me = await svc.store.user_by_id(user_id)
     if me is None:
         raise ApiError(401, "unauthorized", "that account no longer exists")
+    if not await svc.sharing.email_verified(me.id, me.email):
+        return ReceivedInvites(invites=[])  # bound to the address: proven first
     found = await svc.sharing.invites_for(me.email, time.time())
     return ReceivedInvites(
         invites=[
@@ -399,11 +441,16 @@ async def accept_invite(request: Request[Any, Any, Any], state: State, invite_id
     security=BEARER,
 )
 async def decline_invite(request: Request[Any, Any, Any], state: State, invite_id: str) -> None:
-    """Decline an invitation to the caller's e-mail address."""
+    """Decline an invitation to the caller's (verified) e-mail address."""
     svc = services(state)
     user_id = await current_user(request, svc)
     me = await svc.store.user_by_id(user_id)
-    if me is None or not await svc.sharing.decline(invite_id, me.email):
+    if me is None:
+        raise ApiError(401, "unauthorized", "that account no longer exists")
+    # (Else whoever signs up first with an address could turn down what is sent to it.)
+    if not await svc.sharing.email_verified(me.id, me.email):
+        raise _unverified(svc, "confirm your address first: open the link mailed to it")
+    if not await svc.sharing.decline(invite_id, me.email):
         raise ApiError(404, "not_found", "no such invitation")
     svc.metrics.share_events.labels("declined").inc()
 

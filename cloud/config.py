@@ -95,6 +95,8 @@ class Settings:
     mail_rate_per_account: str = "5/hour"
     forgot_rate_per_address: str = "10/hour"
     link_rate_per_address: str = "30/minute"
+    smtp_ca_file: str | None = None
+    mail_log: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,6 +187,10 @@ VARIABLES: dict[str, str] = {
     "cause it (default 5/hour each)",
     "MUMU_FORGOT_RATE_PER_ADDRESS": "password-reset requests per client address (10/hour)",
     "MUMU_LINK_RATE_PER_ADDRESS": "verify and reset links tried per client address (30/minute)",
+    "MUMU_SMTP_CA_FILE": "PEM file of the authority that signed the SMTP server's certificate "
+    "(default: the system's; the certificate is always verified)",
+    "MUMU_MAIL_LOG": "without MUMU_SMTP_URL: also append each mail as a JSON line to this file "
+    "(scripts/demo shows them)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
 }
 
@@ -276,6 +282,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             SmtpSettings.parse(smtp_url)
         except ValueError as exc:
             raise ConfigError(f"MUMU_SMTP_URL: {exc}") from None
+    smtp_ca_file = merged.get("MUMU_SMTP_CA_FILE") or None
+    if smtp_ca_file is not None and not Path(smtp_ca_file).is_file():
+        raise ConfigError(f"MUMU_SMTP_CA_FILE: no such file {smtp_ca_file!r}")
+    mail_log = Path(merged["MUMU_MAIL_LOG"]) if merged.get("MUMU_MAIL_LOG") else None
     mail_from = merged.get("MUMU_MAIL_FROM") or Settings.mail_from
     if "@" not in mail_from or "\n" in mail_from or "\r" in mail_from:
         raise ConfigError(
@@ -289,6 +299,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         mail_attempts=_int(merged, "MUMU_MAIL_ATTEMPTS", 6, 1, 100),
         verify_link_ttl_s=_int(merged, "MUMU_VERIFY_LINK_TTL", 48 * 3600, 1, 30 * 86400),
         reset_link_ttl_s=_int(merged, "MUMU_RESET_LINK_TTL", 30 * 60, 1, 86400),
+        smtp_ca_file=smtp_ca_file,
+        mail_log=mail_log,
         web_dir=web_dir,
         update_repo_dir=update_repo_dir,
         update_downloads_per_address=_int(

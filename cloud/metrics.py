@@ -174,7 +174,7 @@ class Metrics:
         self.share_refused = Counter(
             "mumu_share_refused",
             "Sharing requests refused by a bound or a rule (too_many_invites, "
-            "too_many_viewers, invalid, expired, own_camera, not_owner)",
+            "too_many_viewers, invalid, expired, own_camera, not_owner, email_unverified)",
             ["reason"],
             registry=self.registry,
         )
@@ -182,7 +182,7 @@ class Metrics:
         self.mail = Counter(
             "mumu_mail",
             "Mails by kind and outcome: sent, retried (the server failed; tried again later), "
-            "failed (given up), dropped (the outbox was full)",
+            "failed (given up), dropped (the outbox was full, or the cloud stopping)",
             ["kind", "outcome"],
             registry=self.registry,
         )
@@ -210,7 +210,13 @@ class Metrics:
             "invite_cancelled",
         ):
             self.share_events.labels(event)
-        for reason in ("too_many_invites", "too_many_viewers", "invalid", "expired"):
+        for reason in (
+            "too_many_invites",
+            "too_many_viewers",
+            "invalid",
+            "expired",
+            "email_unverified",
+        ):
             self.share_refused.labels(reason)
         for kind in ("hash", "verify"):
             for outcome in ("done", "rejected", "timeout"):

@@ -78,9 +78,9 @@ class Services:
         )
         hub.updates = updates
         transport: Transport = (
-            SmtpTransport(SmtpSettings.parse(settings.smtp_url))
+            SmtpTransport(SmtpSettings.parse(settings.smtp_url, settings.smtp_ca_file))
             if settings.smtp_url
-            else LogTransport()
+            else LogTransport(settings.mail_log)
         )
         mail = Outbox(
             transport,

@@ -83,6 +83,8 @@ class AcceptOutcome(Enum):
     EXPIRED = "expired"
     OWN_CAMERA = "own_camera"
     TOO_MANY_VIEWERS = "too_many_viewers"
+    #: An e-mail invitation to the caller's address, which it has not proven yet.
+    EMAIL_UNVERIFIED = "email_unverified"
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,18 @@ async def _lock_owned(conn: AsyncConnection, device_id: str, owner_id: str) -> b
         .values(owner_id=devices.c.owner_id)
     )
     return bool(done.rowcount == 1)
+
+
+async def _verified(conn: AsyncConnection, user_id: str, email: str) -> bool:
+    """Whether ``user_id``'s address is ``email`` and proven (a link mailed to it was opened):
+    an e-mail invitation is bound to the person who reads that mailbox, not to whoever typed
+    the address at sign-up."""
+    row = (
+        await conn.execute(
+            select(users.c.email_verified_at).where(users.c.id == user_id, users.c.email == email)
+        )
+    ).first()
+    return row is not None and row.email_verified_at is not None
 
 
 async def _count(conn: AsyncConnection, table: Any, *where: Any) -> int:
@@ -269,9 +283,9 @@ class SharingStore:
         max_viewers: int,
     ) -> AcceptResult:
         """Make ``user_id`` a viewer through an invitation; single use.  An e-mail invitation is
-        accepted only by the account with that address, a link invitation only by its token
-        (never by ``invite_id``); either kind is void once its camera has another owner than
-        the one who made it."""
+        accepted only by the account with that address, once it is verified (read in the same
+        transaction), a link invitation only by its token (never by ``invite_id``); either kind
+        is void once its camera has another owner than the one who made it."""
         if not storable(token_hash or "", invite_id or "", user_id):
             return AcceptResult(AcceptOutcome.INVALID)
         where = (
@@ -298,6 +312,8 @@ class SharingStore:
                 if invite.expires_at <= now:
                     await conn.execute(delete(share_invites).where(share_invites.c.id == invite.id))
                     return AcceptResult(AcceptOutcome.EXPIRED)
+                if invite.email is not None and not await _verified(conn, user_id, invite.email):
+                    return AcceptResult(AcceptOutcome.EMAIL_UNVERIFIED)
                 device = _device(
                     (
                         await conn.execute(select(devices).where(devices.c.id == invite.device_id))
@@ -331,6 +347,13 @@ class SharingStore:
         except IntegrityError:  # the account or camera was deleted meanwhile
             return AcceptResult(AcceptOutcome.INVALID)
         return AcceptResult(AcceptOutcome.ACCEPTED, device)
+
+    async def email_verified(self, user_id: str, email: str) -> bool:
+        """Whether ``user_id``'s address is ``email`` and verified."""
+        if not storable(user_id, email):
+            return False
+        async with self._tx() as conn:
+            return await _verified(conn, user_id, email)
 
     async def decline(self, invite_id: str, email: str) -> bool:
         if not storable(invite_id):

@@ -3,7 +3,9 @@ agent with the synthetic camera, both on this machine.
 
 Enter stops the camera (to see "camera offline" in the app) and starts it again; Ctrl-C stops
 everything.  The cloud's and the camera's logs go to files in the demo's data directory, not to
-this terminal: the terminal shows only what a person needs (the address, the pairing code).
+this terminal: the terminal shows only what a person needs (the address, the pairing code, and
+each mail the cloud would send: the demo has no mail server, so the cloud writes its mails to
+``mail.jsonl`` (``MUMU_MAIL_LOG``) and the demo shows each one here, with its link).
 
 Run through ``scripts/demo`` (which installs what it needs first).
 """
@@ -88,6 +90,39 @@ def camera_is_paired(state: Path) -> bool:
     return bool(row and row[0])
 
 
+class Mails:
+    """The mails the cloud wrote to its ``MUMU_MAIL_LOG`` (one JSON object a line), read as they
+    come; those of earlier runs are not shown again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.offset = path.stat().st_size
+        except OSError:
+            self.offset = 0
+
+    def new(self) -> list[str]:
+        """What to show for each mail written since the last look."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for the next look
+        self.offset += len(complete)
+        shown = []
+        for line in complete.splitlines():
+            try:
+                mail = json.loads(line)
+                to, subject, link = mail["to"], mail["subject"], mail.get("link")
+            except (ValueError, KeyError, TypeError):
+                continue
+            words = str(subject).removeprefix("MuMu Camera: ")
+            shown.append(f"  a mail to {to} : {words}" + (f": {link}" if link else ""))
+        return shown
+
+
 class Demo:
     def __init__(self, host: str, port: int, state: Path) -> None:
         self.host = host
@@ -99,6 +134,7 @@ class Demo:
         self.agent: subprocess.Popen[bytes] | None = None
         self.logs: list[IO[bytes]] = []
         state.mkdir(parents=True, exist_ok=True)
+        self.mails = Mails(state / "mail.jsonl")
 
     def log(self, name: str) -> IO[bytes]:
         f = open(self.state / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
@@ -111,6 +147,8 @@ class Demo:
             "MUMU_DATA_DIR": str(self.state / "cloud"),
             "MUMU_WEB_DIR": str(ROOT / "web"),
             "MUMU_PUBLIC_URL": self.url,
+            # No mail server here: the cloud writes each mail to this file, shown on the terminal.
+            "MUMU_MAIL_LOG": str(self.mails.path),
         }
         argv = [str(BIN / "mumu-cloud"), "serve", "--host", self.host, "--port", str(self.port)]
         # Its own session: Ctrl-C reaches the demo only, which stops the children in order.
@@ -173,6 +211,8 @@ class Demo:
         """Until Ctrl-C (0) or the cloud exits (1)."""
         interactive = sys.stdin.isatty()
         while True:
+            for mail in self.mails.new():
+                say(mail)
             if self.cloud is not None and self.cloud.poll() is not None:
                 say(
                     f"demo: the cloud stopped (exit status {self.cloud.returncode}). Its log "
@@ -287,6 +327,7 @@ def main() -> None:
             "  MuMu Camera demo is running.\n"
             f"  Open {demo.url} , {next_step}\n"
             "  Enter stops the camera (and starts it again). Ctrl-C stops everything.\n"
+            "  The mails the cloud sends (sign-up, invitations) are shown here, with their links.\n"
             f"  Logs: {state / 'cloud.log'}, {state / 'agent.log'}\n"
         )
         say(

@@ -11,6 +11,7 @@ import asyncio
 import email
 import email.policy
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -56,7 +57,9 @@ class _Handler:
 
 
 class MailServer:
-    def __init__(self) -> None:
+    """``tls``: offer STARTTLS with that context and refuse mail without it."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         from aiosmtpd.controller import Controller
 
         self.port = free_port()
@@ -65,11 +68,18 @@ class MailServer:
         self._taken: set[int] = set()
         self._fail: list[str] = []
         self.refused = 0
-        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+        self.tls = tls
+        self._controller = Controller(
+            _Handler(self),
+            hostname="127.0.0.1",
+            port=self.port,
+            tls_context=tls,
+            require_starttls=tls is not None,
+        )
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}?starttls=off"
+        return f"smtp://127.0.0.1:{self.port}?starttls={'off' if self.tls is None else 'require'}"
 
     def start(self) -> None:
         self._controller.start()

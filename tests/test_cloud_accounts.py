@@ -27,8 +27,8 @@ from cloud.store import SqlStore
 from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, JWT_SECRET, start_cloud
 from tests.cloud_process import ApiClient, CloudProcess
-from tests.test_cloud_invariants import metric
 from tests.mail_server import MailServer, ReceivedMail
+from tests.test_cloud_invariants import metric
 
 COOKIE = "mumu_refresh"
 CLOSE_SIGNED_OUT = 4403

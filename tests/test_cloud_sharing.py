@@ -19,7 +19,9 @@ import pytest
 from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, start_cloud
 from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
+from tests.mail_server import MailServer
 from tests.test_cloud_invariants import SDP_ANSWER, SDP_OFFER, Inbox, metric
+from tests.verify_shortcut import mark_verified_in_store
 
 #: The alphabet of link tokens (secrets.token_urlsafe) and ids (uuid hex).
 TOKEN = re.compile(r"/#/share/([A-Za-z0-9_-]{43})$")
@@ -230,16 +232,36 @@ async def test_a_viewer_may_leave(cloud: CloudProcess, api: ApiClient) -> None:
 
 
 async def test_an_invitation_by_e_mail_is_accepted_by_that_account_only(
-    cloud: CloudProcess, api: ApiClient
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
 ) -> None:
     owner, invitee, other = await api.account(), await api.account(), await api.account()
     camera = await api.owned_camera(owner, name="Garden")
     url = f"/api/devices/{camera.device_id}/invites"
+    # the mail names the inviter: an owner whose address is not proven cannot invite by e-mail
+    r = await api.http.post(url, json={"email": invitee.email}, headers=owner.auth)
+    assert (r.status_code, error_code(r)) == (403, "email_unverified")
+    await mark_verified_in_store(cloud, owner, other)
     r = await api.http.post(url, json={"email": invitee.email.upper()}, headers=owner.auth)
     assert r.status_code == 201, r.text
     assert r.json()["kind"] == "email" and r.json()["email"] == invitee.email
     assert r.json()["url"] is None
     invite_id = r.json()["invite_id"]
+
+    # a mail to the invitee: the camera's name, who invites, a link to the camera list
+    mail = await mail_server.next_mail(invitee.email, "invitation")
+    assert "Garden" in mail.subject and owner.email in mail.subject
+    assert "Garden" in mail.text and owner.email in mail.text and "Garden" in mail.html
+    assert mail.link == f"{cloud.url}/#/devices"
+    assert "Create an account" not in mail.text
+    assert "Confirm this address first" in mail.text  # (the invitee has not yet)
+
+    # bound to the verified address: until the invitee proves it, not listed, not accepted
+    assert (await api.http.get("/api/invites", headers=invitee.auth)).json()["invites"] == []
+    for action in ("accept", "decline"):
+        r = await api.http.post(f"/api/invites/{invite_id}/{action}", headers=invitee.auth)
+        assert (r.status_code, error_code(r)) == (403, "email_unverified"), action
+        assert "confirm your address" in r.json()["error"]["message"]
+    await mark_verified_in_store(cloud, invitee)
 
     r = await api.http.get("/api/invites", headers=invitee.auth)
     assert [(i["name"], i["owner_email"]) for i in r.json()["invites"]] == [("Garden", owner.email)]
@@ -266,21 +288,32 @@ async def test_an_invitation_by_e_mail_is_accepted_by_that_account_only(
 
 
 async def test_an_invitation_waits_for_its_address_to_sign_up_and_can_be_declined(
-    cloud: CloudProcess, api: ApiClient
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
 ) -> None:
-    """The same answer whether the address has an account or not: nobody probes for accounts."""
+    """The same answer whether the address has an account or not: nobody probes for accounts.
+    Only the mail says more, to the address's own mailbox."""
     owner, existing = await api.account(), await api.account()
+    await mark_verified_in_store(cloud, owner, existing)
     camera = await api.owned_camera(owner)
     url = f"/api/devices/{camera.device_id}/invites"
-    future = f"later-{camera.device_id[:8]}@example.com"
+    future = f"later-{camera.device_id[:8]}+x@example.com"
     answers = []
     for address in (existing.email, future):
         r = await api.http.post(url, json={"email": address}, headers=owner.auth)
         assert r.status_code == 201, r.text
         answers.append(sorted(r.json()))
     assert answers[0] == answers[1]
+    # no account yet: "create an account to watch", a link to sign up with that address
+    mail = await mail_server.next_mail(future, "invitation")
+    assert "Test camera" in mail.subject and owner.email in mail.text
+    assert "Create an account" in mail.text and "create an account" in mail.text.lower()
+    assert mail.link == f"{cloud.url}/#/signup?email={future.replace('+', '%2B')}"
+    known = await mail_server.next_mail(existing.email, "invitation")
+    assert known.link == f"{cloud.url}/#/devices" and "Confirm" not in known.text
 
     newcomer = await api.account(email=future)
+    assert (await api.http.get("/api/invites", headers=newcomer.auth)).json()["invites"] == []
+    await mark_verified_in_store(cloud, newcomer)
     invites = (await api.http.get("/api/invites", headers=newcomer.auth)).json()["invites"]
     assert len(invites) == 1
     r = await api.http.post(
@@ -348,6 +381,7 @@ async def test_an_expired_invitation_is_refused(
         api = ApiClient(short.url)
         try:
             owner, viewer = await api.account(), await api.account()
+            await mark_verified_in_store(short, owner, viewer)
             camera = await api.owned_camera(owner)
             token = await link(api, owner, camera)
             r = await api.http.post(

@@ -1,10 +1,12 @@
-"""``scripts/demo`` as a person uses it: the address with its port, the pairing code, Enter to
+"""``scripts/demo`` as a person uses it: the address with its port, the pairing code, each mail
+the cloud sends shown on the terminal with its link (the demo has no mail server), Enter to
 stop only the camera (the cloud stays up, the camera shows offline), Ctrl-C that stops cleanly,
 and a restart on the same port that knows the camera is paired already.  Real processes: the
 demo script starts the real cloud and the real agent with the synthetic camera."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import queue
 import re
@@ -21,6 +23,7 @@ import httpx
 import pytest
 
 from tests.services import free_port
+from tests.verify_shortcut import mark_verified_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +127,17 @@ def test_demo_port_code_camera_offline_ctrl_c_and_restart(tmp_path: Path) -> Non
             auth = {"authorization": f"Bearer {token.json()['access_token']}"}
             paired = http.post("/api/devices/pair", json={"code": code}, headers=auth)
             assert paired.status_code == 200, paired.text
+            device_id = paired.json()["device"]["device_id"]
+
+            # No mail server in the demo: a mail the cloud sends is shown on its terminal.
+            database = f"sqlite:///{tmp_path / 'state' / 'cloud' / 'mumu.db'}"
+            asyncio.run(mark_verified_at(database, email))  # (inviting by e-mail needs it)
+            friend = f"friend-{time.monotonic_ns()}@example.com"
+            r = http.post(f"/api/devices/{device_id}/invites", json={"email": friend}, headers=auth)
+            assert r.status_code == 201, r.text
+            shown = demo.wait_for(rf"a mail to {re.escape(friend)} : (.*): (http\S+)$")
+            assert "Demo camera" in shown.group(1) and email in shown.group(1)
+            assert shown.group(2) == f"http://localhost:{port}/#/signup?email={friend}"
 
             def online() -> bool:
                 devices = http.get("/api/devices", headers=auth).json()["devices"]

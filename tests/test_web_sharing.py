@@ -21,6 +21,7 @@ from tests.test_web_app import (  # the same real cloud, nginx, coturn and camer
     unexpected,
     watch_until_live,
 )
+from tests.verify_shortcut import mark_verified_in_store
 
 __all__ = ["api", "browser", "cloud", "coturn", "nginx"]
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from playwright.async_api import Browser
 
     from tests.browser import Nginx
-    from tests.cloud_process import ApiClient
+    from tests.cloud_process import ApiClient, CloudProcess
 
 
 async def test_invite_accept_watch_revoke_ended(
@@ -127,9 +128,10 @@ async def test_invite_accept_watch_revoke_ended(
 
 
 async def test_an_invitation_by_e_mail_is_accepted_from_the_camera_list(
-    nginx: Nginx, browser: Browser, api: ApiClient
+    cloud: CloudProcess, nginx: Nginx, browser: Browser, api: ApiClient
 ) -> None:
     owner, family = await api.account(), await api.account()
+    await mark_verified_in_store(cloud, owner, family)  # e-mail invitations: verified addresses
     camera = await api.owned_camera(owner, "Garage")
     owner_ctx, owner_page, _ = await open_app(browser, nginx, owner)
     card = owner_page.locator(f"[data-device-id='{camera.device_id}']")

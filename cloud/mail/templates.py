@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from html import escape
 
 from cloud.mail.message import Mail, MailKind
 
 PRODUCT = "MuMu Camera"
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    """Words a person chose (a camera's name) made safe for a subject: no control characters
+    (a CR/LF would start a header of its own), bounded."""
+    flat = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _mail(kind: MailKind, to: str, subject: str, lines: list[str], link: str, action: str) -> Mail:
@@ -96,16 +104,28 @@ def address_changed(to: str, new: str, link: str) -> Mail:
     )
 
 
-def invitation(to: str, inviter: str, camera: str, link: str, has_account: bool) -> Mail:
-    how = (
-        "Sign in with this address to accept it from your camera list."
-        if has_account
-        else "Create an account with this address to watch: the invitation waits for it."
-    )
+def invitation(
+    to: str, inviter: str, camera: str, link: str, has_account: bool, confirmed: bool = True
+) -> Mail:
+    """``has_account``: ``to`` has an account (the link opens the camera list, where the
+    invitation waits; ``confirmed``: its address is verified, else it is told to confirm it
+    first); else the link opens the sign-up with the address filled in."""
+    if not has_account:
+        how = (
+            "Create an account with this address to watch: the invitation waits for it, "
+            "and you accept it once you have confirmed the address."
+        )
+    elif confirmed:
+        how = "Sign in with this address to accept it from your camera list."
+    else:
+        how = (
+            "Confirm this address first (the link in the mail sent when you signed up), "
+            "then accept it from your camera list."
+        )
     return _mail(
         "invitation",
         to,
-        f"{inviter} shares the camera “{camera}” with you",
+        f"{_one_line(inviter)} shares the camera “{_one_line(camera)}” with you",
         [f"{inviter} invites you to watch their camera “{camera}” live.", how],
         link,
         "Open the invitation" if has_account else "Create an account to watch",
