@@ -6,7 +6,7 @@ import { MSG } from "../protocol.js";
 import { ago } from "../time.js";
 import { modelWords } from "../words.js";
 import { cardLine, windowForm } from "../updates.js";
-import { cameraThumbnail } from "../snapshots.js";
+import { cameraThumbnail, forgetThumbnail } from "../snapshots.js";
 import * as sharing from "../sharing.js";
 import { settingsButton } from "../camera-settings.js";
 
@@ -199,6 +199,7 @@ export function render(ctx) {
         confirmButton.disabled = true;
         try {
           await api.unpairDevice(id);
+          forgetThumbnail(id); // no longer this account's camera: nor its picture
           cards.delete(id);
           card.remove();
           if (cards.size === 0) replace(list, empty());
@@ -222,6 +223,7 @@ export function render(ctx) {
       showError,
       flash: ctx.flash,
       onGone: () => {
+        forgetThumbnail(id);
         cards.delete(id);
         card.remove();
         if (cards.size === 0) replace(list, empty());
