@@ -13,8 +13,16 @@ is a compare-and-swap):
 - any other genuine token of the sign-in (a copy replayed after it was rotated): the sign-in is
   revoked and its sockets closed; whoever holds the newer token must sign in again too.
 
-Sign-out, sign-out everywhere, a password change and deleting the account revoke sign-ins;
-``cloud.identity`` refuses their access tokens from that moment, and their viewer sockets close.
+Sign-out, sign-out everywhere, a password change, a password reset and deleting the account
+revoke sign-ins; ``cloud.identity`` refuses their access tokens from that moment, and their viewer
+sockets close.
+
+Addresses are proven by one-time links mailed to them (``cloud.account_links``): at sign-up, on
+"Send again", before a new address replaces the old one, and by a password reset.  Nothing here
+tells a stranger whether an address has an account: signing up with a taken address answers
+like a new one (after hashing the password all the same) and mails the owner instead; asking
+for a reset answers the same for any address; a new address that has an account is recorded as
+pending like any other, but no link is mailed to it.
 """
 
 from __future__ import annotations
@@ -30,10 +38,13 @@ from litestar.datastructures import Cookie, State
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from cloud import auth
+from cloud.account_links import AccountLink, LinkOutcome, LinkResult, Purpose, new_token, token_hash
 from cloud.api import BEARER, _bearer, _client, _iso, _limit, checked_text, current_identity
 from cloud.api import services as services_of
 from cloud.errors import ApiError
 from cloud.identity import Identity
+from cloud.mail import templates
+from cloud.mail.message import Mail
 from cloud.services import Services
 from cloud.store import DuplicateError, SignIn, User
 
@@ -53,6 +64,7 @@ REVOKED_WORDS = {
     "refresh_reused": "this sign-in was used from two places, so it was ended to keep the "
     "account safe",
     "too_many": "this account signed in on too many browsers, so the oldest sign-in ended",
+    "password_reset": "the password of this account was reset, which signs out every browser",
 }
 
 
@@ -61,9 +73,33 @@ class Credentials(msgspec.Struct, forbid_unknown_fields=True):
     password: Password
 
 
-class UserOut(msgspec.Struct):
-    user_id: str
+class EmailOut(msgspec.Struct):
     email: str
+
+
+class Address(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+
+
+LinkToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class LinkIn(msgspec.Struct, forbid_unknown_fields=True):
+    token: LinkToken
+
+
+class ResetIn(msgspec.Struct, forbid_unknown_fields=True):
+    token: LinkToken
+    password: Password
+
+
+class EmailChange(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: AnyPassword
+
+
+class PendingOut(msgspec.Struct):
+    pending_email: str
 
 
 class TokenOut(msgspec.Struct):
@@ -97,6 +133,10 @@ class AccountOut(msgspec.Struct):
     email: str
     created_at: str
     sign_ins: list[SignInOut]
+    #: Whether the person proved the address (opened a link mailed to it).
+    email_verified: bool
+    #: A new address waiting for its link to be opened (the old one stays until then).
+    pending_email: str | None
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -216,23 +256,182 @@ async def _confirm_password(
     return user
 
 
+# --- one-time links ----------------------------------------------------------------------------
+
+
+def _origin(svc: Services, request: Request[Any, Any, Any]) -> str:
+    return svc.settings.public_url or str(request.base_url).rstrip("/")
+
+
+async def _mail_allowed(svc: Services, scope: str, user_id: str, purpose: Purpose) -> bool:
+    """Whether the account's mail bucket ``scope`` allows one more mail; when spent, nothing is
+    mailed (counted) and the caller answers as if it had been: a stranger learns nothing."""
+    verdict = await svc.limits.hit((svc.settings.mail_rate_per_account, scope, user_id))
+    if not verdict.allowed:
+        svc.metrics.rate_limited.labels(scope).inc()
+        svc.metrics.account_links.labels(purpose, "not_sent").inc()
+    return verdict.allowed
+
+
+async def _new_link(svc: Services, user_id: str, purpose: Purpose, to: str, now: float) -> str:
+    """Store a new link (its hash only); its token, for the mail."""
+    token = new_token()
+    ttl = svc.settings.reset_link_ttl_s if purpose == "reset" else svc.settings.verify_link_ttl_s
+    hash_ = token_hash(token)
+    assert hash_ is not None
+    await svc.links.create(AccountLink(hash_, user_id, purpose, to, now, now + ttl))
+    svc.metrics.account_links.labels(purpose, "created").inc()
+    return token
+
+
+async def _send_link(
+    svc: Services,
+    request: Request[Any, Any, Any],
+    user_id: str,
+    purpose: Purpose,
+    to: str,
+    now: float,
+    *,
+    kind: str | None = None,
+    old: str = "",
+) -> None:
+    """Make a link and mail it to ``to`` (the outbox sends it; this never waits for SMTP)."""
+    token = await _new_link(svc, user_id, purpose, to, now)
+    s = svc.settings
+    hours = max(1, s.verify_link_ttl_s // 3600)
+    page = "reset" if purpose == "reset" else "verify"
+    link = f"{_origin(svc, request)}/#/{page}/{token}"
+    mail: Mail
+    if kind == "already_registered":
+        mail = templates.already_registered(to, link)
+    elif purpose == "reset":
+        mail = templates.reset_password(to, link, max(1, s.reset_link_ttl_s // 60))
+    elif purpose == "email":
+        mail = templates.confirm_new_address(to, old, link, hours)
+    else:
+        mail = templates.verify_address(to, link, hours)
+    svc.mail.send(mail)
+
+
+_LINK_REFUSALS = {
+    LinkOutcome.INVALID: (400, "link_invalid", "that link is not valid; ask for a new one"),
+    LinkOutcome.EXPIRED: (410, "link_expired", "that link expired; ask for a new one"),
+    LinkOutcome.USED: (410, "link_used", "that link was used already; ask for a new one"),
+    LinkOutcome.EMAIL_TAKEN: (
+        409,
+        "email_taken",
+        "another account has that address now, so it cannot become this account's",
+    ),
+}
+_LINK_METRIC = {
+    LinkOutcome.INVALID: "invalid",
+    LinkOutcome.EXPIRED: "expired",
+    LinkOutcome.USED: "used_again",
+    LinkOutcome.EMAIL_TAKEN: "email_taken",
+}
+
+
+def _link_hash(svc: Services, token: str, purpose: Purpose) -> str:
+    hash_ = token_hash(token)
+    if hash_ is None:
+        svc.metrics.account_links.labels(purpose, "invalid").inc()
+        status, code, message = _LINK_REFUSALS[LinkOutcome.INVALID]
+        raise ApiError(status, code, message)
+    return hash_
+
+
+def _used(svc: Services, result: LinkResult, purpose: Purpose, *, final: bool) -> AccountLink:
+    """The link of a successful ``result``; else the refusal, counted."""
+    if result.outcome is LinkOutcome.DONE and result.link is not None:
+        if final:
+            svc.metrics.account_links.labels(result.link.purpose, "used").inc()
+        return result.link
+    label = result.link.purpose if result.link is not None else purpose
+    svc.metrics.account_links.labels(label, _LINK_METRIC[result.outcome]).inc()
+    status, code, message = _LINK_REFUSALS[result.outcome]
+    raise ApiError(status, code, message)
+
+
+@post("/api/auth/verify", status_code=200, tags=["auth"])
+async def verify(request: Request[Any, Any, Any], state: State, data: LinkIn) -> EmailOut:
+    """Open a link that proves an address: the account's own, or a new one, which then replaces
+    the old (and the old address is told).  No sign-in needed."""
+    svc = services_of(state)
+    await _limit(svc, (svc.settings.link_rate_per_address, "link-addr", _client(request)))
+    hash_ = _link_hash(svc, data.token, "verify")
+    now = time.time()
+    result = await svc.links.verify(hash_, now)
+    link = _used(svc, result, "verify", final=True)
+    if link.purpose == "email" and result.old_email is not None:
+        svc.mail.send(
+            templates.address_changed(result.old_email, link.email, _origin(svc, request))
+        )
+        svc.metrics.auth_events.labels("address_changed").inc()
+    else:
+        svc.metrics.auth_events.labels("address_verified").inc()
+    return EmailOut(email=link.email)
+
+
+@post("/api/auth/forgot", status_code=202, tags=["auth"])
+async def forgot(request: Request[Any, Any, Any], state: State, data: Address) -> dict[str, str]:
+    """Mail a password-reset link to the address if it has an account; the same answer whether
+    or not it has (a reset link is the only thing that ever reaches the mailbox)."""
+    svc = services_of(state)
+    email = _email(data.email)
+    await _limit(svc, (svc.settings.forgot_rate_per_address, "forgot-addr", _client(request)))
+    user = await svc.store.user_by_email(email)
+    if user is not None and await _mail_allowed(svc, "mail-others", user.id, "reset"):
+        await _send_link(svc, request, user.id, "reset", email, time.time())
+    svc.metrics.auth_events.labels("reset_asked").inc()
+    return {}
+
+
+@post("/api/auth/reset", status_code=200, tags=["auth"])
+async def reset_password(request: Request[Any, Any, Any], state: State, data: ResetIn) -> EmailOut:
+    """Choose a new password with a reset link: every sign-in of the account is revoked and its
+    sockets closed, as a password change does (the browser then signs in); the address counts
+    as proven."""
+    svc = services_of(state)
+    await _limit(svc, (svc.settings.link_rate_per_address, "link-addr", _client(request)))
+    password = _new_password(data.password)
+    hash_ = _link_hash(svc, data.token, "reset")
+    # Only a link that works costs a password hash; using it is decided after, atomically.
+    _used(svc, await svc.links.check(hash_, ("reset",), time.time()), "reset", final=False)
+    password_hash = await svc.passwords.hash(password)
+    result = await svc.links.reset_password(hash_, password_hash, "password_reset", time.time())
+    link = _used(svc, result, "reset", final=True)
+    await svc.hub.close_viewer_sockets(link.user_id)
+    svc.metrics.auth_events.labels("password_reset").inc()
+    return EmailOut(email=link.email)
+
+
 # --- sign-up and sign-in -----------------------------------------------------------------------
 
 
 @post("/api/auth/register", status_code=HTTP_201_CREATED, tags=["auth"])
-async def register(request: Request[Any, Any, Any], state: State, data: Credentials) -> UserOut:
-    """Create an account. Passwords are kept as argon2id hashes."""
+async def register(request: Request[Any, Any, Any], state: State, data: Credentials) -> EmailOut:
+    """Create an account (passwords are kept as argon2id hashes) and mail it a link proving its
+    address.  An address that has an account answers the same (the password is hashed all the
+    same, so it takes as long) and its owner gets a mail instead: nothing changes."""
     svc = services_of(state)
     email = _email(data.email)
     password = _new_password(data.password)
     await _limit(svc, (svc.settings.register_rate_per_address, "register-addr", _client(request)))
     user_id = uuid.uuid4().hex
     password_hash = await svc.passwords.hash(password)
+    now = time.time()
     try:
-        await svc.store.create_user(user_id, email, password_hash, time.time())
+        await svc.store.create_user(user_id, email, password_hash, now)
     except DuplicateError:
-        raise ApiError(409, "email_taken", "an account with that e-mail exists already") from None
-    return UserOut(user_id=user_id, email=email)
+        owner = await svc.store.user_by_email(email)
+        if owner is not None and await _mail_allowed(svc, "mail-others", owner.id, "reset"):
+            await _send_link(svc, request, owner.id, "reset", email, now, kind="already_registered")
+        svc.metrics.auth_events.labels("register_existing").inc()
+    else:
+        if await _mail_allowed(svc, "mail-account", user_id, "verify"):
+            await _send_link(svc, request, user_id, "verify", email, now)
+        svc.metrics.auth_events.labels("register").inc()
+    return EmailOut(email=email)
 
 
 @post("/api/auth/login", status_code=200, tags=["auth"])
@@ -369,6 +568,8 @@ async def account(request: Request[Any, Any, Any], state: State) -> AccountOut:
     return AccountOut(
         user_id=user.id,
         email=user.email,
+        email_verified=user.email_verified_at is not None,
+        pending_email=await svc.links.pending_email(user.id, time.time()),
         created_at=_iso(user.created_at) or "",
         sign_ins=[
             SignInOut(
@@ -401,6 +602,45 @@ async def change_password(
     await svc.hub.close_viewer_sockets(user.id, keep=sign_in)
     svc.metrics.auth_events.labels("password_changed").inc()
     return _tokens(svc, request, user.id, sign_in, refresh_token)
+
+
+@post("/api/account/verification", status_code=202, tags=["account"], security=BEARER)
+async def send_verification(request: Request[Any, Any, Any], state: State) -> dict[str, str]:
+    """Mail the link that proves the account's address again ("Send again")."""
+    svc = services_of(state)
+    identity = await current_identity(request, svc)
+    user = await svc.store.user_by_id(identity.user_id)
+    if user is None:
+        raise ApiError(401, "unauthorized", "that account no longer exists")
+    if user.email_verified_at is not None:
+        raise ApiError(409, "already_verified", "this account's address is confirmed already")
+    await _limit(svc, (svc.settings.mail_rate_per_account, "mail-account", user.id))
+    await _send_link(svc, request, user.id, "verify", user.email, time.time())
+    return {}
+
+
+@post("/api/account/email", status_code=202, tags=["account"], security=BEARER)
+async def change_email(
+    request: Request[Any, Any, Any], state: State, data: EmailChange
+) -> PendingOut:
+    """Ask to use another address (the password confirms it): a link goes to the new address,
+    and the old one stays until it is opened.  A new address that has an account gets no link
+    (the answer is the same: nobody learns that it has one); the change just stays pending."""
+    svc = services_of(state)
+    identity = await current_identity(request, svc)
+    new = _email(data.email)
+    user = await _confirm_password(svc, request, identity, data.password)
+    if new == user.email:
+        raise ApiError(422, "invalid_input", "email: that is this account's address already")
+    await _limit(svc, (svc.settings.mail_rate_per_account, "mail-account", user.id))
+    now = time.time()
+    if await svc.store.user_by_email(new) is None:
+        await _send_link(svc, request, user.id, "email", new, now, old=user.email)
+    else:
+        await _new_link(svc, user.id, "email", new, now)
+        svc.metrics.account_links.labels("email", "not_sent").inc()
+    svc.metrics.auth_events.labels("address_change_asked").inc()
+    return PendingOut(pending_email=new)
 
 
 @post("/api/account/delete", status_code=HTTP_204_NO_CONTENT, tags=["account"], security=BEARER)
@@ -440,4 +680,9 @@ ACCOUNT_ROUTES = [
     account,
     change_password,
     delete_account,
+    verify,
+    forgot,
+    reset_password,
+    send_verification,
+    change_email,
 ]

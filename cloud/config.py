@@ -86,6 +86,12 @@ class Settings:
     mail_from: str = "MuMu Camera <noreply@localhost>"
     mail_queue: int = 1000
     mail_attempts: int = 6
+    # one-time account links: verify an address, change it, reset a password (cloud/account_links)
+    verify_link_ttl_s: int = 48 * 3600
+    reset_link_ttl_s: int = 30 * 60
+    mail_rate_per_account: str = "5/hour"
+    forgot_rate_per_address: str = "10/hour"
+    link_rate_per_address: str = "30/minute"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,6 +168,14 @@ VARIABLES: dict[str, str] = {
     "MUMU_MAIL_FROM": "the From of the cloud's mail (default MuMu Camera <noreply@localhost>)",
     "MUMU_MAIL_QUEUE": "mails that may wait to be sent; more are dropped and counted (1000)",
     "MUMU_MAIL_ATTEMPTS": "tries per mail while the SMTP server fails, with backoff (6)",
+    "MUMU_VERIFY_LINK_TTL": "seconds a link proving an address (new account, new address) "
+    "works (default 172800: 48 h)",
+    "MUMU_RESET_LINK_TTL": "seconds a password-reset link works (default 1800: 30 min)",
+    "MUMU_MAIL_RATE_PER_ACCOUNT": "account mails (confirm again, new address) one account may "
+    "ask for, and (in a bucket of their own) reset and already-registered mails others may "
+    "cause it (default 5/hour each)",
+    "MUMU_FORGOT_RATE_PER_ADDRESS": "password-reset requests per client address (10/hour)",
+    "MUMU_LINK_RATE_PER_ADDRESS": "verify and reset links tried per client address (30/minute)",
     "MUMU_CONFIG": "optional YAML file with the same settings in lower case without MUMU_",
 }
 
@@ -217,6 +231,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         "MUMU_DEVICE_REGISTER_RATE_PER_ADDRESS",
         "MUMU_REFRESH_RATE_PER_ADDRESS",
         "MUMU_INVITE_RATE",
+        "MUMU_MAIL_RATE_PER_ACCOUNT",
+        "MUMU_FORGOT_RATE_PER_ADDRESS",
+        "MUMU_LINK_RATE_PER_ADDRESS",
     ):
         if key in merged:
             try:
@@ -260,6 +277,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         mail_from=mail_from,
         mail_queue=_int(merged, "MUMU_MAIL_QUEUE", 1000, 1, 1_000_000),
         mail_attempts=_int(merged, "MUMU_MAIL_ATTEMPTS", 6, 1, 100),
+        verify_link_ttl_s=_int(merged, "MUMU_VERIFY_LINK_TTL", 48 * 3600, 1, 30 * 86400),
+        reset_link_ttl_s=_int(merged, "MUMU_RESET_LINK_TTL", 30 * 60, 1, 86400),
         web_dir=web_dir,
         update_repo_dir=update_repo_dir,
         update_downloads_per_address=_int(

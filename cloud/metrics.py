@@ -186,6 +186,15 @@ class Metrics:
             "Mails waiting in this process's outbox (MUMU_MAIL_QUEUE), retries included",
             registry=self.registry,
         )
+        # --- one-time account links (cloud/account_links.py) ------------------------------------
+        self.account_links = Counter(
+            "mumu_account_links",
+            "One-time account links by purpose (verify, email, reset) and outcome: created, "
+            "used, invalid, expired, used_again, email_taken, not_sent (a per-account mail rate "
+            "was spent: nothing mailed, the same answer)",
+            ["purpose", "outcome"],
+            registry=self.registry,
+        )
         for event in (
             "invited_email",
             "invited_link",

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from cloud import gc_policy
+from cloud.account_links import AccountLinks
 from cloud.auth import PairingHasher, RefreshTokens, TokenIssuer
 from cloud.config import Settings
 from cloud.identity import token_authenticator
@@ -37,6 +38,7 @@ class Services:
     hub: SignalingHub
     updates: UpdateService
     sharing: SharingStore
+    links: AccountLinks
     downloads: DownloadSlots
     mail: Outbox
     _gc: asyncio.Task[None] = field(init=False, repr=False)
@@ -103,6 +105,7 @@ class Services:
             hub=hub,
             updates=updates,
             sharing=SharingStore(store),
+            links=AccountLinks(store),
             downloads=DownloadSlots(
                 settings.update_downloads_per_address, settings.update_downloads, metrics
             ),

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from cloud import migrate
 from cloud.schema import (
+    account_links,
     device_viewers,
     devices,
     pairing_codes,
@@ -50,6 +51,8 @@ class User:
     password_hash: str
     created_at: float
     last_login_at: float | None
+    #: When the person proved the address (opened a link mailed to it); None: not yet.
+    email_verified_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -397,6 +400,7 @@ class SqlStore:
             await conn.execute(delete(share_invites).where(share_invites.c.owner_id == user_id))
             await conn.execute(delete(watch_sessions).where(watch_sessions.c.viewer_id == user_id))
             await conn.execute(delete(sign_ins).where(sign_ins.c.user_id == user_id))
+            await conn.execute(delete(account_links).where(account_links.c.user_id == user_id))
             done = await conn.execute(delete(users).where(users.c.id == user_id))
             if done.rowcount != 1:
                 return None
@@ -958,7 +962,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _user(row: Row[Any] | None) -> User | None:
     if row is None:
         return None
-    return User(row.id, row.email, row.password_hash, row.created_at, row.last_login_at)
+    return User(
+        row.id,
+        row.email,
+        row.password_hash,
+        row.created_at,
+        row.last_login_at,
+        row.email_verified_at,
+    )
 
 
 def _device(row: Row[Any] | None) -> Device | None:

@@ -155,10 +155,12 @@ class ApiClient:
         email = email or f"user{self._n}-{time.monotonic_ns()}@example.com"
         r = await self.http.post("/api/auth/register", json={"email": email, "password": password})
         assert r.status_code == 201, r.text
-        user_id = r.json()["user_id"]
         r = await self.http.post("/api/auth/login", json={"email": email, "password": password})
         assert r.status_code == 200, r.text
-        return Account(email, password, user_id, r.json()["access_token"])
+        token = r.json()["access_token"]
+        r = await self.http.get("/api/account", headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        return Account(email, password, r.json()["user_id"], token)
 
     async def camera(self, name: str = "Test camera") -> Camera:
         r = await self.http.post("/api/devices/register", json={"name": name, "model": "test"})
