@@ -303,6 +303,45 @@ async def test_forgot_password_the_reset_link_signs_in_with_the_new_one(
     assert unexpected(problems) == [], problems.errors
 
 
+async def test_changing_the_address_waits_for_the_new_one_to_be_confirmed(
+    nginx: Nginx, browser: Browser, api: ApiClient, mail_server: MailServer
+) -> None:
+    account = await api.account()
+    new = f"moved-{time.monotonic_ns()}@example.com"
+    context, page, problems = await sign_in_in_page(browser, nginx, account)
+    await page.click("[data-testid=nav-account]")
+    await page.wait_for_selector("[data-testid=sign-in]")
+    await page.fill("[data-testid=new-email]", new)
+    await page.fill("[data-testid=email-password]", "not my password")
+    await page.click("[data-testid=email-submit]")
+    await page.wait_for_selector("[data-testid=email-error]:visible")
+    assert await text(page, "email-error") == "Your current password is not right."
+    await page.fill("[data-testid=email-password]", account.password)
+    await page.click("[data-testid=email-submit]")
+    pending = (
+        f"Confirm the new address from the mail we sent to {new};"
+        f" until then you sign in with {account.email}."
+    )
+    await page.wait_for_selector("[data-testid=email-pending]:visible")
+    assert await text(page, "email-pending") == pending
+    await page.reload()  # the cloud keeps it pending: the page shows it when read again
+    await page.wait_for_selector("[data-testid=email-pending]:visible")
+    assert await text(page, "email-pending") == pending
+    assert await text(page, "account-email") == account.email
+
+    mail = await mail_server.next_mail(new, "confirm_new_address")
+    await page.goto(f"{nginx.url}/#/verify/{mail.token}")
+    await page.wait_for_selector("[data-testid=link-result]")
+    assert await text(page, "link-result") == f"Your address {new} is confirmed."
+    await page.wait_for_selector(f"[data-testid=who]:has-text('{new}')")
+    assert (await mail_server.next_mail(account.email, "address_changed")).to == account.email
+    await page.click("[data-testid=nav-account]")
+    await page.wait_for_selector(f"[data-testid=account-email]:has-text('{new}')")
+    assert await page.is_hidden("[data-testid=email-pending]")
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
 async def test_every_way_of_leaving_forgets_the_pictures_and_the_address(
     nginx: Nginx, browser: Browser, api: ApiClient
 ) -> None:

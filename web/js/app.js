@@ -172,6 +172,7 @@ function signedIn(accessToken, email, { signedUp = false, flash: text = null } =
   session.signIn(accessToken, email);
   keepSignedIn();
   startSignaling();
+  accountChecked = email;
   verification.check({ justSignedUp: signedUp });
   const claim = session.takeClaim();
   const shared = sharing.takeLink();
@@ -187,6 +188,7 @@ async function leave({ remote = false } = {}) {
   stopSignaling();
   verification.hide();
   operatorChecked = null;
+  accountChecked = null;
   document.getElementById("nav-rollouts").hidden = true;
   if (remote) {
     try {
@@ -234,7 +236,7 @@ window.addEventListener("storage", (event) => {
 const ROUTES = [
   { pattern: /^\/signin$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signin" }) },
   { pattern: /^\/signup$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signup" }) },
-  { pattern: /^\/forgot$/, auth: false, show: (ctx) => mailLinks.renderForgot(ctx) },
+  { pattern: /^\/forgot$/, auth: "any", show: (ctx) => mailLinks.renderForgot(ctx) },
   { pattern: /^\/verify\/([A-Za-z0-9_-]+)$/, auth: "any", show: (ctx, [token]) => mailLinks.renderVerify(ctx, { token }) },
   { pattern: /^\/reset\/([A-Za-z0-9_-]+)$/, auth: "any", show: (ctx, [token]) => mailLinks.renderReset(ctx, { token }) },
   { pattern: /^\/devices$/, auth: true, show: (ctx) => devicesPage.render(ctx) },
@@ -316,6 +318,11 @@ function route() {
   }
   if (signed) startSignaling();
   if (signed) showOperatorLink();
+  if (signed && accountChecked !== session.email()) {
+    // Once per sign-in (and per address): is the address confirmed? (the banner)
+    accountChecked = session.email();
+    verification.check();
+  }
   nav.hidden = !signed;
   who.textContent = signed ? session.email() : "";
   for (const link of nav.querySelectorAll("a[data-route]")) {
@@ -341,6 +348,7 @@ function route() {
 
 // Operators (the cloud's MUMU_OPERATORS) see the rollout page in the menu.
 let operatorChecked = null;
+let accountChecked = null; // the address whose account was read for the banner
 async function showOperatorLink() {
   const link = document.getElementById("nav-rollouts");
   if (!link || operatorChecked === session.token()) return;
@@ -380,8 +388,5 @@ themeToggle.addEventListener("click", () => {
 systemDark.addEventListener("change", showTheme);
 showTheme();
 window.addEventListener("hashchange", route);
-if (session.token()) {
-  keepSignedIn();
-  verification.check();
-}
+if (session.token()) keepSignedIn();
 route();

@@ -107,6 +107,11 @@ export function onSignOut(forget) {
   forgetters.add(forget);
 }
 
+/** The account's address changed (a confirmed new address): the one shown from now on. */
+export function setEmail(address) {
+  localStorage.setItem(EMAIL_KEY, address);
+}
+
 export function email() {
   return localStorage.getItem(EMAIL_KEY) || "";
 }

@@ -7,6 +7,7 @@
 
 import * as api from "./api.js";
 import { h, replace } from "./dom.js";
+import * as session from "./session.js";
 import { ACCOUNT_WORDS } from "./words.js";
 
 const banner = document.getElementById("verify-banner");
@@ -42,10 +43,17 @@ export function hide() {
   replace(banner);
 }
 
-/** Reads the account again and shows what it says (errors leave the banner as it is). */
+/**
+ * Reads the account again and shows what it says (errors leave the banner as it is); resolves
+ * to the account, or null.  The address kept for display follows a change made by a link.
+ */
 export function check(options = {}) {
   checking ||= api.account().then(
-    (account) => show(account, options),
+    (account) => {
+      show(account, options);
+      if (account?.email && session.token()) session.setEmail(account.email);
+      return account;
+    },
     () => null, // a 401 signs out on its own; unreachable: the next look tries again
   ).finally(() => {
     checking = null;

@@ -43,7 +43,12 @@ export function renderVerify(ctx, { token }) {
     ({ email }) => {
       if (!live) return;
       verification.confirmed(email);
-      if (signedIn) verification.check(); // the address of this account may have changed
+      if (signedIn) {
+        // The address of this account may have changed: the top bar shows the new one.
+        verification.check().then(() => {
+          if (live) document.getElementById("who").textContent = session.email();
+        });
+      }
       ctx.show(page("Address confirmed",
         said(ACCOUNT_WORDS.confirmed(email)),
         signedIn
