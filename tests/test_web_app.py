@@ -198,9 +198,16 @@ async def test_sign_up_confirm_the_address_sign_out_sign_in(
         f"Confirm your address — we sent a link to {email}."
     )
 
-    # The link from the mail the cloud really sent, opened in this page: the banner goes.
+    # "Send again": a new mail with a link.
+    await mail_server.next_mail(email, "verify")
+    await page.click("[data-testid=verify-send-again]")
+    await page.wait_for_selector(
+        f"[data-testid=verify-banner-text]:text-is('We sent a new link to {email}.')"
+    )
     mail = await mail_server.next_mail(email, "verify")
     assert "#/verify/" in mail.link, mail.link
+
+    # The link from the mail the cloud really sent, opened in this page: the banner goes.
     await page.goto(f"{nginx.url}/#/verify/{mail.token}")
     await page.wait_for_selector("[data-testid=link-result]")
     assert await text(page, "link-result") == f"Your address {email} is confirmed."

@@ -3,7 +3,7 @@
 //
 // The list of sign-ins is read again whenever it may have changed: after this page changes the
 // password (every other sign-in ended), when the page is looked at again, when the signaling
-// socket comes back, and every little while it stays open (another browser signing out).
+// socket comes back, and every 5 s while it is open and seen (another browser signing out).
 
 import * as api from "../api.js";
 import { h, replace } from "../dom.js";
@@ -12,7 +12,7 @@ import { ago } from "../time.js";
 import * as verification from "../verification.js";
 import { ACCOUNT_WORDS } from "../words.js";
 
-const SIGN_INS_EVERY_MS = 10_000;
+const SIGN_INS_EVERY_MS = 5_000;
 
 /** "Chrome on Linux" from a User-Agent string, good enough to recognise one's own browsers. */
 export function browserName(userAgent) {
