@@ -1,7 +1,7 @@
 // The app shell: hash routes, the signed-in session, the signaling connection, the banner.
 //
 // Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/account
-//         #/grid  #/history  #/history/<device_id>  #/rollouts (operators)
+//         #/signup?email=<address>  #/grid  #/history  #/history/<device_id>  #/rollouts (operators)
 //         #/share/<token> (an invitation link, sharing.js)
 //         #/forgot  #/verify/<token>  #/reset/<token> (the links the cloud mails, mail-links.js)
 // Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
@@ -235,7 +235,8 @@ window.addEventListener("storage", (event) => {
 
 const ROUTES = [
   { pattern: /^\/signin$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signin" }) },
-  { pattern: /^\/signup$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signup" }) },
+  // An invitation mailed to an address without an account: #/signup?email=<address> (a hint).
+  { pattern: /^\/signup(?:\?(.*))?$/, auth: false, show: (ctx, [query]) => signinPage.render(ctx, { mode: "signup", email: new URLSearchParams(query || "").get("email") }) },
   { pattern: /^\/forgot$/, auth: "any", show: (ctx) => mailLinks.renderForgot(ctx) },
   { pattern: /^\/verify\/([A-Za-z0-9_-]+)$/, auth: "any", show: (ctx, [token]) => mailLinks.renderVerify(ctx, { token }) },
   { pattern: /^\/reset\/([A-Za-z0-9_-]+)$/, auth: "any", show: (ctx, [token]) => mailLinks.renderReset(ctx, { token }) },

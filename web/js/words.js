@@ -24,6 +24,8 @@ const CODE_WORDS = {
   internal: "The MuMu cloud had a problem. Try again in a moment.",
   too_large: "That is too large to send.",
   already_verified: "Your address is already confirmed.",
+  email_unverified:
+    "Confirm your address first: open the link we mailed to it, or press “Send again” at the top of the page.",
   link_invalid: "This link is not valid: it may have been cut short when it was copied.",
   link_expired: "This link has expired.",
   link_used: "This link was already used.",

@@ -11,7 +11,8 @@ import { h, replace } from "../dom.js";
 import { ACCOUNT_WORDS } from "../words.js";
 import { EMAIL_DRAFT } from "./mail-links.js";
 
-export function render(ctx, { mode }) {
+/** `email`: an address to start with (an invitation's link names it). */
+export function render(ctx, { mode, email: hint = null }) {
   const signup = mode === "signup";
   const error = h("p", { class: "form-error", role: "alert", "data-testid": "form-error", hidden: true });
   const email = h("input", {
@@ -125,7 +126,7 @@ export function render(ctx, { mode }) {
       ),
     ),
   );
-  const draft = sessionStorage.getItem(EMAIL_DRAFT);
+  const draft = sessionStorage.getItem(EMAIL_DRAFT) || (hint ? hint.trim().slice(0, 320) : null);
   sessionStorage.removeItem(EMAIL_DRAFT);
   if (draft) {
     email.value = draft;
