@@ -122,7 +122,9 @@ async function socketRefused() {
   try {
     await session.refresh({ force: true });
   } catch (error) {
-    if (error instanceof session.RefreshRefused) {
+    // (unless this socket was closed meanwhile: that sign-in is left already, and this browser
+    // may be in a new one, e.g. just signed in with the password a reset link set)
+    if (error instanceof session.RefreshRefused && signaling === current) {
       expired(error.message);
       return;
     }

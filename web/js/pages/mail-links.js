@@ -69,6 +69,10 @@ export function renderVerify(ctx, { token }) {
 
 /** The one thing to do after a refused verification link. */
 function verifyNextStep(failure, signedIn) {
+  if (failure.status === 0 || failure.status === 429 || failure.status >= 500) {
+    // Not the link's fault (unreachable, busy, too many tries from here): the link again.
+    return h("button", { class: "button primary wide", type: "button", "data-testid": "link-action", onclick: () => window.location.reload() }, "Try again");
+  }
   if (failure.code === "email_taken") {
     return signedIn
       ? h("a", { class: "button primary wide", href: "#/account", "data-testid": "link-action" }, "Open your account")
