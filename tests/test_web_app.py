@@ -266,6 +266,8 @@ async def test_forgot_password_the_reset_link_signs_in_with_the_new_one(
     account = await api.account()
     # Signed in elsewhere: a reset ends that sign-in, and that browser forgets the account.
     there, elsewhere, _ = await sign_in_in_page(browser, nginx, account)
+    # The link is opened in a browser signed in (with a live socket) as that very account.
+    here, opener, opener_problems = await sign_in_in_page(browser, nginx, account)
     context, page, problems = await open_app(browser, nginx)
 
     # The same words for an address without an account as for one with.
@@ -284,14 +286,21 @@ async def test_forgot_password_the_reset_link_signs_in_with_the_new_one(
 
     mail = await mail_server.next_mail(account.email, "reset")
     assert "#/reset/" in mail.link, mail.link
-    await page.goto(f"{nginx.url}/#/reset/{mail.token}")
-    await page.fill("[data-testid=reset-password]", "a brand new password")
-    await page.fill("[data-testid=reset-password-again]", "a brand new password")
-    await page.click("[data-testid=reset-submit]")
-    await page.wait_for_selector("[data-testid=devices-empty]")
-    assert "password was changed" in await text(page, "banner")
-    assert await text(page, "who") == account.email
+    await opener.goto(f"{nginx.url}/#/reset/{mail.token}")
+    await opener.fill("[data-testid=reset-password]", "a brand new password")
+    await opener.fill("[data-testid=reset-password-again]", "a brand new password")
+    await opener.click("[data-testid=reset-submit]")
+    await opener.wait_for_selector("[data-testid=devices-empty]")
+    assert "password was changed" in await text(opener, "banner")
+    assert await text(opener, "who") == account.email
     await elsewhere.wait_for_selector("[data-testid=auth-form]", timeout=15_000)
+    # The opener's old sign-in ended (its socket closed with 4403) and a new one began: it is
+    # signed in with the new password, its socket open again.
+    await opener.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    new_token = await opener.evaluate("localStorage.getItem('mumu.token')")
+    r = await api.http.get("/api/devices", headers={"authorization": f"Bearer {new_token}"})
+    assert r.status_code == 200, r.text
+    assert opener.url.endswith("#/devices")
     assert await kept(elsewhere) == NOTHING_KEPT
     r = await api.http.post(
         "/api/auth/login", json={"email": account.email, "password": account.password}
@@ -311,9 +320,10 @@ async def test_forgot_password_the_reset_link_signs_in_with_the_new_one(
     assert (await text(page, "form-error")).startswith("This link was already used.")
     await page.click("[data-testid=link-action]")
     await page.wait_for_selector("[data-testid=forgot-form]")
-    for c in (context, there):
+    for c in (context, there, here):
         await c.close()
     assert unexpected(problems) == [], problems.errors
+    assert unexpected(opener_problems) == [], opener_problems.errors
 
 
 async def test_changing_the_address_waits_for_the_new_one_to_be_confirmed(
