@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from cloud import gc_policy
@@ -112,6 +113,13 @@ class Services:
         )
 
     async def start(self) -> None:
+        if self.settings.smtp_url and not self.settings.public_url:
+            # A link in a mail would take its origin from the request's Host header, which a
+            # stranger asking for a reset of someone else's password chooses.
+            logging.getLogger("mumu.mail").warning(
+                "MUMU_SMTP_URL is set but MUMU_PUBLIC_URL is not: links in mails use the origin "
+                "each request names; set MUMU_PUBLIC_URL to the web app's origin"
+            )
         await self.store.open()
         await self.live.open()
         self.hub.start()

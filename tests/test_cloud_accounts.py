@@ -1,21 +1,33 @@
 """Accounts that can be revoked, against a real ``mumu-cloud serve`` on both backends: refresh
 tokens that rotate (and a replayed one that ends the sign-in), two tabs refreshing at once,
 sign-out on the server, sign-out everywhere, password change and account deletion, each
-closing the sockets it must."""
+closing the sockets it must.  Addresses proven by one-time links read from a real SMTP server
+(``tests/mail_server.py``): sign-up, "Send again", a new address, a password reset; none of
+them tells a stranger whether an address has an account."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
+import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 import pytest
+from sqlalchemy import select
 
+from cloud.account_links import AccountLink, AccountLinks
+from cloud.schema import account_links
+from cloud.store import SqlStore
 from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, JWT_SECRET, start_cloud
 from tests.cloud_process import ApiClient, CloudProcess
+from tests.mail_server import MailServer, ReceivedMail
 
 COOKIE = "mumu_refresh"
 CLOSE_SIGNED_OUT = 4403
@@ -395,3 +407,367 @@ def test_refresh_tokens_carry_a_mac_and_are_stored_hashed() -> None:
     assert tokens.sign_in_of(f"sid2.{nonce}.{mac}") is None
     assert RefreshTokens("other secret").sign_in_of(token) is None
     assert len(tokens.hash(token)) == 64 and token not in tokens.hash(token)
+
+
+# --- proven addresses, password reset, changing the address (issue 18) -------------------------
+
+#: ``secrets.token_urlsafe(32)``: the alphabet and length of every link token.
+LINK_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+def error_code(r: httpx.Response) -> str:
+    code: str = r.json()["error"]["code"]
+    return code
+
+
+def link_token(cloud: CloudProcess, mail: ReceivedMail, page: str) -> str:
+    """The token of a mail's link, checked to be a link to the web app's ``page`` (at
+    ``MUMU_PUBLIC_URL``, else the origin the request came in on)."""
+    origin = cloud.env.get("MUMU_PUBLIC_URL", cloud.url)
+    assert mail.link == f"{origin}/#/{page}/{mail.token}", mail.link
+    assert LINK_TOKEN.match(mail.token), mail.token
+    return mail.token
+
+
+@asynccontextmanager
+async def cloud_store(cloud: CloudProcess) -> AsyncIterator[SqlStore]:
+    """The cloud's own database, read through the store."""
+    url = cloud.env.get("MUMU_DATABASE_URL") or f"sqlite:///{cloud.data_dir / 'mumu.db'}"
+    store = SqlStore(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def stored_links(cloud: CloudProcess, user_id: str) -> list[AccountLink]:
+    async with cloud_store(cloud) as store:
+        return await AccountLinks(store).of_user(user_id)
+
+
+async def assert_kept_only_hashed(cloud: CloudProcess, tokens: list[str]) -> None:
+    """No token is in the database: each is there as its SHA-256 only."""
+    async with cloud_store(cloud) as store, store.transaction() as conn:
+        rows = [tuple(r) for r in await conn.execute(select(account_links))]
+        hashes = {r.token_hash for r in await conn.execute(select(account_links))}
+    dump = repr(rows)
+    for token in tokens:
+        assert token not in dump
+        assert hashlib.sha256(token.encode()).hexdigest() in hashes
+
+
+async def account_of(cloud: CloudProcess, token: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=cloud.url) as http:
+        r = await http.get("/api/account", headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def fresh_email(tag: str) -> str:
+    return f"{tag}-{time.monotonic_ns()}@example.com"
+
+
+async def test_sign_up_mails_a_link_that_proves_the_address_once(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    email = fresh_email("verify")
+    r = await api.http.post("/api/auth/register", json={"email": email, "password": "long pass 1"})
+    assert r.status_code == 201 and r.json() == {"email": email}, r.text
+    token = link_token(cloud, await mail_server.next_mail(email, "verify"), "verify")
+    browser = Browser(cloud)
+    assert (await browser.sign_in(email, "long pass 1")).status_code == 200
+    body = await account_of(cloud, browser.token)
+    assert body["email_verified"] is False and body["pending_email"] is None
+
+    url = "/api/auth/verify"
+    tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
+    for bad in (tampered, "nonsense", token + "x", token[:-1]):
+        r = await api.http.post(url, json={"token": bad})
+        assert r.status_code == 400 and error_code(r) == "link_invalid", (bad, r.text)
+    assert (await account_of(cloud, browser.token))["email_verified"] is False
+
+    r = await api.http.post(url, json={"token": token})  # no sign-in needed
+    assert r.status_code == 200 and r.json() == {"email": email}, r.text
+    assert (await account_of(cloud, browser.token))["email_verified"] is True
+    r = await api.http.post(url, json={"token": token})
+    assert r.status_code == 410 and error_code(r) == "link_used", r.text
+
+    r = await browser.http.post("/api/account/verification", headers=browser.auth)
+    assert r.status_code == 409 and error_code(r) == "already_verified", r.text
+    assert (await browser.http.post("/api/account/verification")).status_code == 401
+    metrics = (await api.http.get("/metrics")).text
+    assert 'mumu_account_links_total{outcome="used",purpose="verify"}' in metrics
+    assert 'mumu_account_links_total{outcome="used_again",purpose="verify"}' in metrics
+    await browser.aclose()
+
+
+async def test_send_again_keeps_the_newest_few_links_open(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    account = await api.account()
+    tokens = [link_token(cloud, await mail_server.next_mail(account.email, "verify"), "verify")]
+    for _ in range(4):  # with the sign-up's, the five mails an hour an account may ask for
+        r = await api.http.post("/api/account/verification", headers=account.auth)
+        assert r.status_code == 202 and r.json() == {}, r.text
+        mail = await mail_server.next_mail(account.email, "verify")
+        tokens.append(link_token(cloud, mail, "verify"))
+    assert len(set(tokens)) == 5
+    r = await api.http.post("/api/account/verification", headers=account.auth)
+    assert r.status_code == 429 and error_code(r) == "rate_limited" and r.headers["retry-after"]
+    links = await stored_links(cloud, account.user_id)
+    now = time.time()
+    assert sum(link.expires_at > now for link in links) == 3, "at most a few open"
+    r = await api.http.post("/api/auth/verify", json={"token": tokens[0]})
+    assert r.status_code == 410 and error_code(r) == "link_expired", r.text
+    assert (await api.http.post("/api/auth/verify", json={"token": tokens[2]})).status_code == 200
+    assert (await account_of(cloud, account.token))["email_verified"] is True
+    await assert_kept_only_hashed(cloud, tokens)
+
+
+async def test_two_uses_of_one_link_at_once_exactly_one_wins(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    account = await api.account()
+    token = link_token(cloud, await mail_server.next_mail(account.email, "verify"), "verify")
+    answers = await asyncio.gather(
+        *(api.http.post("/api/auth/verify", json={"token": token}) for _ in range(4))
+    )
+    assert sorted(r.status_code for r in answers) == [200, 410, 410, 410], [r.text for r in answers]
+
+    r = await api.http.post("/api/auth/forgot", json={"email": account.email})
+    assert r.status_code == 202
+    token = link_token(cloud, await mail_server.next_mail(account.email, "reset"), "reset")
+    passwords = [f"reset race {n} pw" for n in range(3)]
+    answers = await asyncio.gather(
+        *(api.http.post("/api/auth/reset", json={"token": token, "password": p}) for p in passwords)
+    )
+    assert sorted(r.status_code for r in answers) == [200, 410, 410], [r.text for r in answers]
+    winner = passwords[[r.status_code for r in answers].index(200)]
+    for password in [*passwords, "correct horse 1"]:
+        r = await Browser(cloud).sign_in(account.email, password)
+        assert r.status_code == (200 if password == winner else 401), password
+
+
+async def test_signing_up_with_a_taken_address_answers_alike_and_mails_its_owner(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    account = await api.account()
+    await mail_server.next_mail(account.email, "verify")
+
+    async def sign_up(email: str) -> tuple[float, httpx.Response]:
+        started = time.perf_counter()
+        r = await api.http.post(
+            "/api/auth/register", json={"email": email, "password": "another pass 2"}
+        )
+        return time.perf_counter() - started, r
+
+    taken, new = [], []
+    for _ in range(3):
+        elapsed, r = await sign_up(account.email.upper())
+        assert r.status_code == 201 and r.json() == {"email": account.email}, r.text
+        taken.append(elapsed)
+        elapsed, r = await sign_up(fresh_email("new"))
+        assert r.status_code == 201 and set(r.json()) == {"email"}, r.text
+        new.append(elapsed)
+    # The password is hashed either way (~the cost of a sign-up): without it, a taken address
+    # would answer in a few milliseconds.
+    assert min(taken) > 0.3 * min(new), (taken, new)
+
+    mail = await mail_server.next_mail(account.email, "already_registered")
+    link_token(cloud, mail, "reset")
+    assert "already" in mail.subject
+    # Nothing changed: the password is the owner's, the account the same.
+    assert (await Browser(cloud).sign_in(account.email, "another pass 2")).status_code == 401
+    browser = Browser(cloud)
+    assert (await browser.sign_in(account.email, "correct horse 1")).status_code == 200
+    assert (await account_of(cloud, browser.token))["user_id"] == account.user_id
+    await browser.aclose()
+
+
+async def test_forgot_answers_alike_and_mails_only_an_address_with_an_account(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    account = await api.account()
+    stranger = fresh_email("nobody")
+    for email in (stranger, account.email):
+        r = await api.http.post("/api/auth/forgot", json={"email": email})
+        assert r.status_code == 202 and r.json() == {}, r.text
+    mail = await mail_server.next_mail(account.email, "reset")
+    link_token(cloud, mail, "reset")
+    assert "30 minutes" in mail.text
+    # One outbox sends in order: a mail to the stranger would have arrived before this one.
+    assert mail_server.received(stranger) == []
+    r = await api.http.post("/api/auth/forgot", json={"email": "not an address"})
+    assert r.status_code == 422
+
+
+async def test_a_reset_sets_the_password_and_ends_every_sign_in(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    email, [first, second] = await browsers_of(cloud, api, 2)
+    account_id = (await account_of(cloud, first.token))["user_id"]
+    assert (await account_of(cloud, first.token))["email_verified"] is False
+    sockets = [await sig.viewer(cloud.ws_url, b.token) for b in (first, second)]
+    assert (await api.http.post("/api/auth/forgot", json={"email": email})).status_code == 202
+    token = link_token(cloud, await mail_server.next_mail(email, "reset"), "reset")
+    [link] = [link for link in await stored_links(cloud, account_id) if link.purpose == "reset"]
+    assert link.expires_at - link.created_at == 30 * 60 and link.email == email
+
+    url = "/api/auth/reset"
+    r = await api.http.post(url, json={"token": token, "password": "aaaaaaaaaaaa"})
+    assert r.status_code == 422, "a weak password is refused and the link stays usable"
+    r = await api.http.post("/api/auth/verify", json={"token": token})
+    assert r.status_code == 400 and error_code(r) == "link_invalid", "a reset link proves nothing"
+    r = await api.http.post(url, json={"token": token[::-1], "password": "fresh start 3"})
+    assert r.status_code == 400 and error_code(r) == "link_invalid"
+    assert await first.authorized(), "refusals change nothing"
+
+    r = await api.http.post(url, json={"token": token, "password": "fresh start 3"})
+    assert r.status_code == 200 and r.json() == {"email": email}, r.text
+    for socket in sockets:
+        assert await socket.closed() == CLOSE_SIGNED_OUT
+    for browser in (first, second):
+        assert not await browser.authorized()
+        r = await browser.refresh()
+        assert r.status_code == 401 and "reset" in r.json()["error"]["message"], r.text
+    r = await api.http.post(url, json={"token": token, "password": "again other 4"})
+    assert r.status_code == 410 and error_code(r) == "link_used"
+
+    fresh = Browser(cloud)
+    assert (await fresh.sign_in(email, "correct horse 1")).status_code == 401
+    assert (await fresh.sign_in(email, "fresh start 3")).status_code == 200
+    assert (await account_of(cloud, fresh.token))["email_verified"] is True, "it read the mail"
+    metrics = (await api.http.get("/metrics")).text
+    assert 'mumu_auth_events_total{event="password_reset"}' in metrics
+    await assert_kept_only_hashed(cloud, [token])
+    for b in (first, second, fresh):
+        await b.aclose()
+
+
+async def test_a_new_address_is_proven_before_it_replaces_the_old(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    account = await api.account()
+    other = await api.account()
+    old, new = account.email, fresh_email("moved")
+    url = "/api/account/email"
+    r = await api.http.post(url, json={"email": new, "password": "wrong"}, headers=account.auth)
+    assert r.status_code == 403 and error_code(r) == "wrong_password"
+    for bad in (old, "not an address"):
+        r = await api.http.post(
+            url, json={"email": bad, "password": "correct horse 1"}, headers=account.auth
+        )
+        assert r.status_code == 422, (bad, r.text)
+    assert (await api.http.post(url, json={"email": new, "password": "x"})).status_code == 401
+
+    # An address with an account: the same answer, the same pending change, but no mail to it.
+    r = await api.http.post(
+        url, json={"email": other.email, "password": "correct horse 1"}, headers=account.auth
+    )
+    assert r.status_code == 202 and r.json() == {"pending_email": other.email}, r.text
+    assert (await account_of(cloud, account.token))["pending_email"] == other.email
+
+    r = await api.http.post(
+        url, json={"email": new, "password": "correct horse 1"}, headers=account.auth
+    )
+    assert r.status_code == 202 and r.json() == {"pending_email": new}, r.text
+    mail = await mail_server.next_mail(new, "confirm_new_address")
+    token = link_token(cloud, mail, "verify")
+    assert [m.kind for m in mail_server.received(other.email)] == ["verify"], "its sign-up only"
+    body = await account_of(cloud, account.token)
+    assert body["email"] == old and body["pending_email"] == new
+    assert (await Browser(cloud).sign_in(old, "correct horse 1")).status_code == 200
+    assert (await Browser(cloud).sign_in(new, "correct horse 1")).status_code == 401
+
+    r = await api.http.post("/api/auth/verify", json={"token": token})
+    assert r.status_code == 200 and r.json() == {"email": new}, r.text
+    body = await account_of(cloud, account.token)
+    assert body["email"] == new and body["email_verified"] is True
+    assert body["pending_email"] is None
+    assert (await Browser(cloud).sign_in(new, "correct horse 1")).status_code == 200
+    assert (await Browser(cloud).sign_in(old, "correct horse 1")).status_code == 401
+    told = await mail_server.next_mail(old, "address_changed")
+    assert new in told.text
+    r = await api.http.post("/api/auth/verify", json={"token": token})
+    assert r.status_code == 410 and error_code(r) == "link_used"
+
+    # A link to an address that got an account before it was opened cannot take it.
+    contested = fresh_email("contested")
+    r = await api.http.post(
+        url, json={"email": contested, "password": "correct horse 1"}, headers=account.auth
+    )
+    assert r.status_code == 202
+    late = link_token(
+        cloud, await mail_server.next_mail(contested, "confirm_new_address"), "verify"
+    )
+    await api.account(email=contested)
+    r = await api.http.post("/api/auth/verify", json={"token": late})
+    assert r.status_code == 409 and error_code(r) == "email_taken", r.text
+    assert (await account_of(cloud, account.token))["email"] == new
+    await assert_kept_only_hashed(cloud, [token, late])
+
+
+#: Links that expire in a second, and mail and reset requests bounded tightly.
+TIGHT = {
+    "MUMU_VERIFY_LINK_TTL": "1",
+    "MUMU_RESET_LINK_TTL": "1",
+    "MUMU_MAIL_RATE_PER_ACCOUNT": "2/hour",
+    "MUMU_FORGOT_RATE_PER_ADDRESS": "4/hour",
+    "MUMU_PUBLIC_URL": "https://cameras.example",
+}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def tight(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudProcess]:
+    yield from start_cloud(request, tmp_path_factory.mktemp("tight"), request.param, **TIGHT)
+
+
+async def test_links_expire_and_the_mail_an_account_gets_is_bounded(
+    tight: CloudProcess, mail_server: MailServer
+) -> None:
+    api = ApiClient(tight.url)
+    account = await api.account()
+    verify = link_token(tight, await mail_server.next_mail(account.email, "verify"), "verify")
+    stranger = fresh_email("stranger")
+
+    # A stranger asks for resets: two mails reach the owner, then nothing more (same answer),
+    # and the address that asks is refused after four.
+    # (Naming another site in Host changes no link: they are at MUMU_PUBLIC_URL.)
+    for n in range(4):
+        email = account.email if n < 3 else stranger
+        r = await api.http.post(
+            "/api/auth/forgot", json={"email": email}, headers={"host": "evil.example"}
+        )
+        assert r.status_code == 202, r.text
+    r = await api.http.post("/api/auth/forgot", json={"email": account.email})
+    assert r.status_code == 429 and error_code(r) == "rate_limited" and r.headers["retry-after"]
+    resets = [await mail_server.next_mail(account.email, "reset") for _ in range(2)]
+    reset = link_token(tight, resets[0], "reset")
+    assert link_token(tight, resets[1], "reset") != reset
+    # ...which does not use up the owner's own: "Send again" still works (one more: the
+    # sign-up's mail was the first), then 429.
+    r = await api.http.post("/api/account/verification", headers=account.auth)
+    assert r.status_code == 202, r.text
+    await mail_server.next_mail(account.email, "verify")
+    r = await api.http.post("/api/account/verification", headers=account.auth)
+    assert r.status_code == 429 and error_code(r) == "rate_limited"
+    assert [m.kind for m in mail_server.received(account.email)].count("reset") == 2
+    metrics = (await api.http.get("/metrics")).text
+    assert 'mumu_account_links_total{outcome="not_sent",purpose="reset"} 1.0' in metrics
+    assert 'mumu_rate_limited_total{limit="forgot-addr"} 1.0' in metrics
+    assert 'mumu_rate_limited_total{limit="mail-account"} 1.0' in metrics
+
+    # Both kinds of link expire (each lives a second here).
+    latest = max(link.expires_at for link in await stored_links(tight, account.user_id))
+    await asyncio.sleep(max(0.0, latest - time.time()) + 0.2)
+    r = await api.http.post("/api/auth/verify", json={"token": verify})
+    assert r.status_code == 410 and error_code(r) == "link_expired", r.text
+    r = await api.http.post("/api/auth/reset", json={"token": reset, "password": "too late 5x"})
+    assert r.status_code == 410 and error_code(r) == "link_expired", r.text
+    assert (await account_of(tight, account.token))["email_verified"] is False
+    assert (await Browser(tight).sign_in(account.email, "correct horse 1")).status_code == 200
+    await api.aclose()

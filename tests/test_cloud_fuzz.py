@@ -162,6 +162,10 @@ ENDPOINTS = [
     ("POST", "/api/devices/{device_id}/invites"),
     ("POST", "/api/invite-links/preview"),
     ("POST", "/api/invite-links/accept"),
+    ("POST", "/api/auth/verify"),
+    ("POST", "/api/auth/forgot"),
+    ("POST", "/api/auth/reset"),
+    ("POST", "/api/account/email"),
 ]
 
 
