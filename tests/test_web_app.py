@@ -5,7 +5,9 @@ config, one coturn with the repository's config (loopback test overrides).  A pe
 sign up, sign in, sign out, pair (code and claim link), rename, unpair, the live online state,
 refusals shown in words, an expired session, signaling loss and recovery, and watching live
 video from a camera (a real aiortc sender with the synthetic camera, speaking the device
-protocol over a real WebSocket), directly and through the TURN relay.
+protocol over a real WebSocket), directly and through the TURN relay.  The cloud mails the
+suite's real SMTP server (tests/mail_server.py): confirming an address and resetting a password
+follow the links the mails carry.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -38,6 +41,7 @@ from tests.browser import (
 )
 from tests.cloud_fixtures import RELAXED
 from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
+from tests.mail_server import MailServer
 from tests.signaling_client import Client, device
 
 if TYPE_CHECKING:
@@ -55,9 +59,12 @@ def coturn() -> Iterator[Coturn]:
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory, coturn: Coturn) -> Iterator[CloudProcess]:
+def cloud(
+    tmp_path_factory: pytest.TempPathFactory, coturn: Coturn, mail_server: MailServer
+) -> Iterator[CloudProcess]:
     env = {
         **RELAXED,
+        "MUMU_SMTP_URL": mail_server.url,
         "MUMU_TURN_SECRET": TURN_SECRET,
         "MUMU_TURN_URLS": ",".join(coturn.urls),
         "MUMU_STUN_URLS": f"stun:127.0.0.1:{coturn.port}",
@@ -119,46 +126,131 @@ async def text(page: Page, testid: str) -> str:
 # --- accounts ---------------------------------------------------------------------------------
 
 
-async def test_sign_up_sign_out_sign_in(nginx: Nginx, browser: Browser) -> None:
+#: What the app keeps of an account in this browser: every key of ours but the theme, in
+#: localStorage and sessionStorage, and the pictures in IndexedDB (read without creating it).
+KEPT_DATA = """async () => {
+  const ours = (storage) =>
+    Object.keys(storage).filter((k) => k.startsWith("mumu.") && k !== "mumu.theme");
+  const names = (await indexedDB.databases()).map((d) => d.name);
+  let pictures = [];
+  if (names.includes("mumu-pictures")) {
+    const db = await new Promise((ok, fail) => {
+      const r = indexedDB.open("mumu-pictures");
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => fail(r.error);
+    });
+    if (db.objectStoreNames.contains("thumbnails")) {
+      pictures = await new Promise((ok, fail) => {
+        const r = db.transaction("thumbnails").objectStore("thumbnails").getAllKeys();
+        r.onsuccess = () => ok(r.result);
+        r.onerror = () => fail(r.error);
+      });
+    }
+    db.close();
+  }
+  return { local: ours(localStorage), session: ours(sessionStorage), pictures };
+}"""
+NOTHING_KEPT: dict[str, list[str]] = {"local": [], "session": [], "pictures": []}
+
+
+async def kept(page: Page) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = await page.evaluate(KEPT_DATA)
+    return found
+
+
+async def keep_picture(page: Page, device_id: str) -> None:
+    """A camera's latest picture, kept the way a watch keeps it (the app's own module)."""
+    await page.evaluate(
+        """async (id) => {
+          const { storeThumbnail } = await import("/js/snapshots.js");
+          const canvas = new OffscreenCanvas(32, 18);
+          canvas.getContext("2d").fillRect(0, 0, 32, 18);
+          await storeThumbnail(id, await canvas.convertToBlob({ type: "image/jpeg" }));
+        }""",
+        device_id,
+    )
+
+
+async def sign_up_in_page(page: Page, email: str, password: str) -> None:
+    await page.click("[data-testid=to-signup]")
+    await page.fill("[data-testid=email]", email)
+    await page.fill("[data-testid=password]", password)
+    await page.click("[data-testid=submit]")
+
+
+async def test_sign_up_confirm_the_address_sign_out_sign_in(
+    nginx: Nginx, browser: Browser, mail_server: MailServer
+) -> None:
     email = f"person-{time.monotonic_ns()}@example.com"
     password = "a good long password"
     context, page, problems = await open_app(browser, nginx)
 
-    await page.click("[data-testid=to-signup]")
-    await page.fill("[data-testid=email]", email)
+    # Signed up and in at once; the banner says where the link went, with one action.  (An
+    # invitation mailed to an address without an account links to the sign-up with it.)
+    await page.goto(f"{nginx.url}/#/signup?email={quote(email)}")
+    await page.wait_for_selector("[data-testid=page-title]:has-text('Create your account')")
+    assert await page.input_value("[data-testid=email]") == email
     await page.fill("[data-testid=password]", password)
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=devices-empty]")
     assert await page.evaluate("location.hash") == "#/devices"
     assert await text(page, "who") == email
     await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    await page.wait_for_selector("[data-testid=verify-banner]:visible")
+    assert await text(page, "verify-banner-text") == f"Check your mail: we sent a link to {email}."
+    assert await page.locator("[data-testid=verify-banner] button").count() == 1
     await screenshot(page, "app-devices-empty")
+    # Read again (a reload): the standing sentence.
+    await page.reload()
+    await page.wait_for_selector("[data-testid=verify-banner]:visible")
+    assert await text(page, "verify-banner-text") == (
+        f"Confirm your address — we sent a link to {email}."
+    )
 
-    # The same address again: the cloud's 409 in words.
+    # "Send again": a new mail with a link.
+    await mail_server.next_mail(email, "verify")
+    await page.click("[data-testid=verify-send-again]")
+    await page.wait_for_selector(
+        f"[data-testid=verify-banner-text]:text-is('We sent a new link to {email}.')"
+    )
+    mail = await mail_server.next_mail(email, "verify")
+    assert "#/verify/" in mail.link, mail.link
+
+    # The link from the mail the cloud really sent, opened in this page: the banner goes.
+    await page.goto(f"{nginx.url}/#/verify/{mail.token}")
+    await page.wait_for_selector("[data-testid=link-result]")
+    assert await text(page, "link-result") == f"Your address {email} is confirmed."
+    assert await page.is_hidden("[data-testid=verify-banner]")
+    await page.click("[data-testid=link-action]")
+    await page.wait_for_selector("[data-testid=devices-empty]")
+    assert await page.is_hidden("[data-testid=verify-banner]")
+    # A link works once.
+    await page.goto(f"{nginx.url}/#/verify/{mail.token}")
+    await page.wait_for_selector("[data-testid=link-error]")
+    assert await text(page, "link-error") == "This link was already used."
+
     token = await page.evaluate("localStorage.getItem('mumu.token')")
     await page.click("[data-testid=signout]")
     await page.wait_for_selector("[data-testid=auth-form]")
     assert "signed out" in await text(page, "banner")
-    assert await page.evaluate("localStorage.getItem('mumu.token')") is None
+    assert await kept(page) == NOTHING_KEPT  # the address, the token: nothing stays
     async with httpx.AsyncClient(base_url=nginx.url) as h:  # revoked on the server too
         r = await h.get("/api/devices", headers={"authorization": f"Bearer {token}"})
         assert r.status_code == 401
     assert await page.is_hidden("[data-testid=signaling-state]")
-    await page.click("[data-testid=to-signup]")
-    await page.fill("[data-testid=email]", email)
-    await page.fill("[data-testid=password]", password)
-    await page.click("[data-testid=submit]")
-    await page.wait_for_selector("[data-testid=form-error]:visible")
-    # The app's words and the next step, not the server's sentence.
-    said = await text(page, "form-error")
-    assert said.startswith("There is already an account with this e-mail address"), said
-    assert "exists already" not in said
-    await page.click("[data-testid=signin-instead]")
+
+    # The same address again, with another password: the very words a new address gets (the
+    # owner is mailed instead), never "there is an account".
+    await sign_up_in_page(page, email, "somebody else's password")
+    await page.wait_for_selector("[data-testid=check-mail]")
+    assert await text(page, "check-mail") == f"Check your mail: we sent a link to {email}."
+    assert (await mail_server.next_mail(email, "already_registered")).to == email
+    await page.click("[data-testid=to-signin]")
     await page.wait_for_selector("[data-testid=page-title]:has-text('Sign in')")
     assert await page.input_value("[data-testid=email]") == email
 
-    # A wrong password, then the right one (on the sign-in page "Sign in instead" opened; the
-    # test waited for it above: filling a form just before it is replaced loses the input).
+    # A wrong password, then the right one (on the sign-in page "Sign in" opened; the test
+    # waited for it above: filling a form just before it is replaced loses the input).
     await page.fill("[data-testid=email]", email)
     await page.fill("[data-testid=password]", "not the password")
     await page.click("[data-testid=submit]")
@@ -167,6 +259,149 @@ async def test_sign_up_sign_out_sign_in(nginx: Nginx, browser: Browser) -> None:
     await page.fill("[data-testid=password]", password)
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=devices-empty]")
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+async def test_forgot_password_the_reset_link_signs_in_with_the_new_one(
+    nginx: Nginx, browser: Browser, api: ApiClient, mail_server: MailServer
+) -> None:
+    account = await api.account()
+    # Signed in elsewhere: a reset ends that sign-in, and that browser forgets the account.
+    there, elsewhere, _ = await sign_in_in_page(browser, nginx, account)
+    # The link is opened in a browser signed in (with a live socket) as that very account.
+    here, opener, opener_problems = await sign_in_in_page(browser, nginx, account)
+    context, page, problems = await open_app(browser, nginx)
+
+    # The same words for an address without an account as for one with.
+    nobody = f"nobody-{time.monotonic_ns()}@example.com"
+    for address in (nobody, account.email):
+        await page.goto(nginx.url + "/#/signin")
+        await page.fill("[data-testid=email]", address)
+        await page.click("[data-testid=to-forgot]")
+        await page.wait_for_selector("[data-testid=forgot-form]")
+        assert await page.input_value("[data-testid=forgot-email]") == address
+        await page.click("[data-testid=forgot-submit]")
+        await page.wait_for_selector("[data-testid=forgot-sent]")
+        said = await text(page, "forgot-sent")
+        assert said == f"If an account uses {address}, we sent it a link.", said
+    assert mail_server.received(nobody) == []
+
+    mail = await mail_server.next_mail(account.email, "reset")
+    assert "#/reset/" in mail.link, mail.link
+    await opener.goto(f"{nginx.url}/#/reset/{mail.token}")
+    await opener.fill("[data-testid=reset-password]", "a brand new password")
+    await opener.fill("[data-testid=reset-password-again]", "a brand new password")
+    await opener.click("[data-testid=reset-submit]")
+    await opener.wait_for_selector("[data-testid=devices-empty]")
+    assert "password was changed" in await text(opener, "banner")
+    assert await text(opener, "who") == account.email
+    await elsewhere.wait_for_selector("[data-testid=auth-form]", timeout=15_000)
+    # The opener's old sign-in ended (its socket closed with 4403) and a new one began: it is
+    # signed in with the new password, its socket open again.
+    await opener.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    new_token = await opener.evaluate("localStorage.getItem('mumu.token')")
+    r = await api.http.get("/api/devices", headers={"authorization": f"Bearer {new_token}"})
+    assert r.status_code == 200, r.text
+    assert opener.url.endswith("#/devices")
+    assert await kept(elsewhere) == NOTHING_KEPT
+    r = await api.http.post(
+        "/api/auth/login", json={"email": account.email, "password": account.password}
+    )
+    assert r.status_code == 401
+    r = await api.http.post(
+        "/api/auth/login", json={"email": account.email, "password": "a brand new password"}
+    )
+    assert r.status_code == 200
+
+    # The link again: used, said so, with the way to a new one.
+    await page.goto(f"{nginx.url}/#/reset/{mail.token}")
+    await page.fill("[data-testid=reset-password]", "another new password")
+    await page.fill("[data-testid=reset-password-again]", "another new password")
+    await page.click("[data-testid=reset-submit]")
+    await page.wait_for_selector("[data-testid=form-error]:visible")
+    assert (await text(page, "form-error")).startswith("This link was already used.")
+    await page.click("[data-testid=link-action]")
+    await page.wait_for_selector("[data-testid=forgot-form]")
+    for c in (context, there, here):
+        await c.close()
+    assert unexpected(problems) == [], problems.errors
+    assert unexpected(opener_problems) == [], opener_problems.errors
+
+
+async def test_changing_the_address_waits_for_the_new_one_to_be_confirmed(
+    nginx: Nginx, browser: Browser, api: ApiClient, mail_server: MailServer
+) -> None:
+    account = await api.account()
+    new = f"moved-{time.monotonic_ns()}@example.com"
+    context, page, problems = await sign_in_in_page(browser, nginx, account)
+    await page.click("[data-testid=nav-account]")
+    await page.wait_for_selector("[data-testid=sign-in]")
+    await page.fill("[data-testid=new-email]", new)
+    await page.fill("[data-testid=email-password]", "not my password")
+    await page.click("[data-testid=email-submit]")
+    await page.wait_for_selector("[data-testid=email-error]:visible")
+    assert await text(page, "email-error") == "Your current password is not right."
+    await page.fill("[data-testid=email-password]", account.password)
+    await page.click("[data-testid=email-submit]")
+    pending = (
+        f"Confirm the new address from the mail we sent to {new};"
+        f" until then you sign in with {account.email}."
+    )
+    await page.wait_for_selector("[data-testid=email-pending]:visible")
+    assert await text(page, "email-pending") == pending
+    await page.reload()  # the cloud keeps it pending: the page shows it when read again
+    await page.wait_for_selector("[data-testid=email-pending]:visible")
+    assert await text(page, "email-pending") == pending
+    assert await text(page, "account-email") == account.email
+
+    mail = await mail_server.next_mail(new, "confirm_new_address")
+    await page.goto(f"{nginx.url}/#/verify/{mail.token}")
+    await page.wait_for_selector("[data-testid=link-result]")
+    assert await text(page, "link-result") == f"Your address {new} is confirmed."
+    await page.wait_for_selector(f"[data-testid=who]:has-text('{new}')")
+    assert (await mail_server.next_mail(account.email, "address_changed")).to == account.email
+    await page.click("[data-testid=nav-account]")
+    await page.wait_for_selector(f"[data-testid=account-email]:has-text('{new}')")
+    assert await page.is_hidden("[data-testid=email-pending]")
+    await context.close()
+    assert unexpected(problems) == [], problems.errors
+
+
+async def test_every_way_of_leaving_forgets_the_pictures_and_the_address(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+    stays = await api.owned_camera(account, "Stays")
+    goes = await api.owned_camera(account, "Goes")
+    context, page, problems = await sign_in_in_page(browser, nginx, account)
+    await page.wait_for_selector("[data-testid=device-card] >> nth=1")
+
+    # A camera that leaves the list (unpaired elsewhere: devices_changed) loses its picture.
+    for camera in (stays, goes):
+        await keep_picture(page, camera.device_id)
+    assert sorted((await kept(page))["pictures"]) == sorted([stays.device_id, goes.device_id])
+    r = await api.http.delete(f"/api/devices/{goes.device_id}", headers=account.auth)
+    assert r.status_code in (200, 204), r.text
+    await page.wait_for_function(
+        f"async () => JSON.stringify((await ({KEPT_DATA})()).pictures)"
+        f" === JSON.stringify([{json.dumps(stays.device_id)}])"
+    )
+    assert "mumu.email" in (await kept(page))["local"]
+
+    # Signing out here.
+    await page.click("[data-testid=signout]")
+    await page.wait_for_selector("[data-testid=auth-form]")
+    assert await kept(page) == NOTHING_KEPT
+
+    # Signed out from elsewhere (the socket closes with 4403, the refresh is refused).
+    await context.close()
+    context, page, problems = await sign_in_in_page(browser, nginx, account)
+    await keep_picture(page, stays.device_id)
+    r = await api.http.post("/api/auth/logout-all", headers=account.auth)
+    assert r.status_code == 204, r.text
+    await page.wait_for_selector("[data-testid=auth-form]", timeout=15_000)
+    assert await kept(page) == NOTHING_KEPT
     await context.close()
     assert unexpected(problems) == [], problems.errors
 
@@ -217,11 +452,19 @@ async def test_account_page_password_change_and_sign_out_everywhere(
     here, page, problems = await sign_in_in_page(browser, nginx, account)
     there, other, _ = await sign_in_in_page(browser, nginx, account)
 
+    third, gone, _ = await sign_in_in_page(browser, nginx, account)
+
     await page.click("[data-testid=nav-account]")
-    await page.wait_for_selector("[data-testid=sign-in] >> nth=2")  # api.account()'s, and two
+    await page.wait_for_selector("[data-testid=sign-in] >> nth=3")  # api.account()'s, and three
     assert await text(page, "account-email") == account.email
     assert await page.locator("[data-testid=this-browser]").count() == 1
     await screenshot(page, "app-account")
+    # A browser that signs out leaves the list without a reload.
+    await gone.click("[data-testid=signout]")
+    await gone.wait_for_selector("[data-testid=auth-form]")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=sign-in]').length === 3", timeout=15_000
+    )
 
     # A wrong current password is said so; nothing changes.
     await page.fill("[data-testid=current-password]", "not my password")
@@ -234,8 +477,14 @@ async def test_account_page_password_change_and_sign_out_everywhere(
     await page.fill("[data-testid=current-password]", account.password)
     await page.click("[data-testid=password-submit]")
     await page.wait_for_selector("[data-testid=banner]:has-text('password was changed')")
+    # Every other sign-in ended: the list says so at once.
+    await page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=sign-in]').length === 1", timeout=5_000
+    )
+    assert await page.locator("[data-testid=this-browser]").count() == 1
     await other.wait_for_selector("[data-testid=auth-form]", timeout=15_000)
     assert "password" in await text(other, "banner")
+    assert await kept(other) == NOTHING_KEPT
     await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
     await page.click("[data-testid=nav-devices]")
     await page.wait_for_selector("[data-testid=devices-empty]")
@@ -251,9 +500,10 @@ async def test_account_page_password_change_and_sign_out_everywhere(
     await page.click("[data-testid=signout-everywhere-confirm]")
     await page.wait_for_selector("[data-testid=auth-form]")
     assert "every browser" in await text(page, "banner")
+    assert await kept(page) == NOTHING_KEPT
     r = await api.http.get("/api/devices", headers={"authorization": f"Bearer {token}"})
     assert r.status_code == 401
-    for context in (here, there):
+    for context in (here, there, third):
         await context.close()
     assert unexpected(problems) == [], problems.errors
 
@@ -265,6 +515,8 @@ async def test_deleting_the_account_from_the_account_page(
     camera = await api.owned_camera(account, "Attic")
     cam_ws = await device(nginx.ws_url, camera.hello())
     context, page, problems = await sign_in_in_page(browser, nginx, account)
+    await page.wait_for_selector("[data-testid=device-card]")
+    await keep_picture(page, camera.device_id)
     await page.click("[data-testid=nav-account]")
     await page.fill("[data-testid=delete-password]", "not it")
     await page.click("[data-testid=delete-account]")
@@ -275,6 +527,7 @@ async def test_deleting_the_account_from_the_account_page(
     await page.click("[data-testid=delete-confirm]")
     await page.wait_for_selector("[data-testid=auth-form]")
     assert "deleted" in await text(page, "banner")
+    assert await kept(page) == NOTHING_KEPT
     assert (await cam_ws.recv("pairing_status"))["payload"] == {"paired": False}
     r = await api.http.post(
         "/api/auth/login", json={"email": account.email, "password": account.password}

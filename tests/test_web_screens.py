@@ -23,6 +23,7 @@ from tests.browser import (
 )
 from tests.cloud_fixtures import RELAXED
 from tests.cloud_process import ApiClient, CloudProcess
+from tests.mail_server import MailServer
 from tests.test_web_app import TestCamera, open_app, unexpected, watch_until_live
 
 if TYPE_CHECKING:
@@ -30,8 +31,10 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudProcess]:
-    env = {**RELAXED, "MUMU_TRUSTED_PROXIES": "127.0.0.1"}
+def cloud(
+    tmp_path_factory: pytest.TempPathFactory, mail_server: MailServer
+) -> Iterator[CloudProcess]:
+    env = {**RELAXED, "MUMU_TRUSTED_PROXIES": "127.0.0.1", "MUMU_SMTP_URL": mail_server.url}
     with CloudProcess(tmp_path_factory.mktemp("cloud"), env=env) as process:
         yield process
 
@@ -70,7 +73,12 @@ SIZES = {"desktop": DESKTOP_VIEWPORT, "phone": PHONE_VIEWPORT}
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("size", ["desktop", "phone"])
 async def test_every_screen_is_accessible_and_photographed(
-    nginx: Nginx, browser: Browser, api: ApiClient, size: str, scheme: str
+    nginx: Nginx,
+    browser: Browser,
+    api: ApiClient,
+    mail_server: MailServer,
+    size: str,
+    scheme: str,
 ) -> None:
     suffix = f"{size}{'-dark' if scheme == 'dark' else ''}"
     options: dict[str, Any] = {"viewport": SIZES[size], "color_scheme": scheme}
@@ -83,12 +91,27 @@ async def test_every_screen_is_accessible_and_photographed(
     await page.click("[data-testid=to-signup]")
     await page.wait_for_selector("[data-testid=page-title]:has-text('Create your account')")
     await check(page, f"screen-signup-{suffix}", problems)
+    await page.goto(nginx.url + "/#/signin")
+    await page.click("[data-testid=to-forgot]")
+    await page.wait_for_selector("[data-testid=forgot-form]")
+    await check(page, f"screen-forgot-{suffix}", problems)
+    await page.fill("[data-testid=forgot-email]", "somebody@example.com")
+    await page.click("[data-testid=forgot-submit]")
+    await page.wait_for_selector("[data-testid=forgot-sent]")
+    await check(page, f"screen-forgot-sent-{suffix}", problems)
+    await page.goto(f"{nginx.url}/#/reset/{'A' * 43}")
+    await page.wait_for_selector("[data-testid=reset-form]")
+    await check(page, f"screen-reset-{suffix}", problems)
+    await page.goto(f"{nginx.url}/#/verify/{'A' * 43}")  # no such link
+    await page.wait_for_selector("[data-testid=link-error]")
+    await check(page, f"screen-verify-refused-{suffix}", problems)
     await context.close()
 
     # Signed in: no camera, then cameras online and offline.
     account = await api.account()
     context, page, page_problems = await open_app(browser, nginx, account, **options)
     await page.wait_for_selector("[data-testid=devices-empty]")
+    await page.wait_for_selector("[data-testid=verify-banner]:visible")  # not confirmed yet
     await check(page, f"screen-devices-empty-{suffix}", problems)
     await page.click("[data-testid=nav-pair]")
     await page.wait_for_selector("[data-testid=pair-form]")
@@ -167,6 +190,18 @@ async def test_every_screen_is_accessible_and_photographed(
     await page.click("[data-testid=nav-account]")
     await page.wait_for_selector("[data-testid=sign-in]")
     await check(page, f"screen-account-{suffix}", problems)
+    await page.fill("[data-testid=new-email]", f"new-{account.email}")
+    await page.fill("[data-testid=email-password]", account.password)
+    await page.click("[data-testid=email-submit]")
+    await page.wait_for_selector("[data-testid=email-pending]:visible")
+    await check(page, f"screen-account-email-pending-{suffix}", problems)
+
+    # The address confirmed from the link the cloud mailed.
+    mail = await mail_server.next_mail(account.email, "verify")
+    await page.goto(f"{nginx.url}/#/verify/{mail.token}")
+    await page.wait_for_selector("[data-testid=link-result]")
+    assert await page.is_hidden("[data-testid=verify-banner]")
+    await check(page, f"screen-verify-confirmed-{suffix}", problems)
     await context.close()
     assert problems == {}, problems
     assert [e for e in unexpected(page_problems)] == [], page_problems.errors

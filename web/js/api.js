@@ -3,6 +3,7 @@
 // `code` (words.js), never the server's sentence.
 
 import * as session from "./session.js";
+import { keepThumbnailsOf } from "./snapshots.js";
 import { refusalWords } from "./words.js";
 
 export class ApiError extends Error {
@@ -112,9 +113,39 @@ export function logoutEverywhere() {
   return request("POST", "/api/auth/logout-all");
 }
 
-/** The account: {user_id, email, created_at, sign_ins: [{created_at, last_used_at, user_agent, current}]} */
+/**
+ * The account: {user_id, email, created_at, email_verified, pending_email,
+ * sign_ins: [{created_at, last_used_at, user_agent, current}]}
+ */
 export function account() {
   return request("GET", "/api/account");
+}
+
+// --- proving the address, a forgotten password (the links in the cloud's mails) -------------
+
+/** Opens a link's token ("verify" or a new address): resolves to {email} (now verified). */
+export function verifyEmail(token) {
+  return request("POST", "/api/auth/verify", { token }, { auth: false });
+}
+
+/** The verification mail again (409 already_verified, 429 with retryAfter). */
+export function resendVerification() {
+  return request("POST", "/api/account/verification");
+}
+
+/** A reset link to `email` if an account uses it; the same answer either way. */
+export function forgotPassword(email) {
+  return request("POST", "/api/auth/forgot", { email }, { auth: false });
+}
+
+/** A new password from a reset link's token: resolves to {email}; every sign-in ends. */
+export function resetPassword(token, password) {
+  return request("POST", "/api/auth/reset", { token, password }, { auth: false });
+}
+
+/** Starts changing the address (the password confirms): resolves to {pending_email}. */
+export function changeEmail(email, password) {
+  return request("POST", "/api/account/email", { email, password });
 }
 
 /** Resolves to new tokens ({access_token, ...}): every other sign-in ends. */
@@ -134,8 +165,11 @@ export function previewClaim(claimToken) {
   return request("POST", "/api/pairing/preview", { claim_token: claimToken });
 }
 
+/** The account's cameras; the pictures of any other camera are forgotten (it left the list). */
 export async function listDevices() {
-  return (await request("GET", "/api/devices")).devices;
+  const { devices } = await request("GET", "/api/devices");
+  keepThumbnailsOf(devices.map((device) => device.device_id));
+  return devices;
 }
 
 export function renameDevice(deviceId, name) {

@@ -1,8 +1,9 @@
 // The app shell: hash routes, the signed-in session, the signaling connection, the banner.
 //
 // Routes: #/signin  #/signup  #/devices  #/pair  #/claim/<token>  #/watch/<device_id>  #/account
-//         #/grid  #/history  #/history/<device_id>  #/rollouts (operators)
+//         #/signup?email=<address>  #/grid  #/history  #/history/<device_id>  #/rollouts (operators)
 //         #/share/<token> (an invitation link, sharing.js)
+//         #/forgot  #/verify/<token>  #/reset/<token> (the links the cloud mails, mail-links.js)
 // Test hook: window.__mumu = {signaling, watch, pc, state, stats, route}.
 
 import * as api from "./api.js";
@@ -15,9 +16,12 @@ import * as gridPage from "./pages/grid.js";
 import * as historyPage from "./pages/history.js";
 import * as pairPage from "./pages/pair.js";
 import * as rolloutsPage from "./pages/rollouts.js";
+import * as mailLinks from "./pages/mail-links.js";
 import * as signinPage from "./pages/signin.js";
 import * as watchPage from "./pages/watch.js";
 import * as sharing from "./sharing.js";
+import { MSG } from "./protocol.js";
+import * as verification from "./verification.js";
 
 const EXPIRED = "Your session has expired. Please sign in again.";
 
@@ -93,6 +97,13 @@ function startSignaling() {
   // its session); if the sign-in itself is over, back to sign-in, saying why.
   signaling.addEventListener("unauthorized", () => socketRefused());
   signaling.addEventListener("signedout", () => socketRefused());
+  // A camera left the list (unpaired, no longer shared): reading the list forgets its picture
+  // at once, whichever page is open (the camera list reads it again itself).
+  signaling.addEventListener("message", (event) => {
+    if (event.detail?.type === MSG.DEVICES_CHANGED && currentRoute?.path !== "/devices") {
+      api.listDevices().catch(() => null);
+    }
+  });
   signaling.start();
 }
 
@@ -111,7 +122,9 @@ async function socketRefused() {
   try {
     await session.refresh({ force: true });
   } catch (error) {
-    if (error instanceof session.RefreshRefused) {
+    // (unless this socket was closed meanwhile: that sign-in is left already, and this browser
+    // may be in a new one, e.g. just signed in with the password a reset link set)
+    if (error instanceof session.RefreshRefused && signaling === current) {
       expired(error.message);
       return;
     }
@@ -156,20 +169,43 @@ function keepSignedIn() {
   session.keepFresh((refused) => expired(refused.message));
 }
 
-function signedIn(accessToken, email) {
+/** `signedUp`: the account was just made (the banner says "Check your mail"). */
+function signedIn(accessToken, email, { signedUp = false, flash: text = null } = {}) {
   session.signIn(accessToken, email);
   keepSignedIn();
   startSignaling();
+  accountChecked = email;
+  verification.check({ justSignedUp: signedUp });
   const claim = session.takeClaim();
   const shared = sharing.takeLink();
-  go(claim ? `#/claim/${claim}` : shared ? `#/share/${shared}` : "#/devices");
+  go(claim ? `#/claim/${claim}` : shared ? `#/share/${shared}` : "#/devices", text, "info");
+}
+
+/**
+ * Leaves the sign-in in this browser: the socket closes, and everything kept of the account
+ * here is forgotten (session.signOut: the token, the address, the pictures).  `remote`: the
+ * cloud ends the sign-in too.  Every way of leaving comes here.
+ */
+async function leave({ remote = false } = {}) {
+  stopSignaling();
+  verification.hide();
+  operatorChecked = null;
+  accountChecked = null;
+  document.getElementById("nav-rollouts").hidden = true;
+  if (remote) {
+    try {
+      await api.logout();
+    } catch {
+      // Unreachable: the local sign-out still happens; the cookie ends with its sign-in.
+    }
+  }
+  await session.signOut();
 }
 
 /** The sign-in is over (expired, revoked, signed out elsewhere): back to sign-in, saying why. */
-function expired(message = EXPIRED) {
+async function expired(message = EXPIRED) {
   const wasSignedIn = Boolean(localStorage.getItem("mumu.token"));
-  session.signOut();
-  stopSignaling();
+  await leave();
   if (wasSignedIn || currentRoute?.auth) go("#/signin", message, "error");
 }
 
@@ -178,15 +214,7 @@ function expired(message = EXPIRED) {
  * sign-in page with `text`.
  */
 async function signOut(text = "You are signed out.", { remote = true } = {}) {
-  stopSignaling();
-  if (remote) {
-    try {
-      await api.logout();
-    } catch {
-      // Unreachable: the local sign-out still happens; the cookie ends with its sign-in.
-    }
-  }
-  session.signOut();
+  await leave({ remote });
   go("#/signin", text, "info");
 }
 
@@ -195,8 +223,8 @@ window.addEventListener(api.UNAUTHORIZED_EVENT, (event) => expired(event.detail?
 window.addEventListener("storage", (event) => {
   if (event.key !== "mumu.token") return;
   if (!event.newValue) {
-    stopSignaling();
-    go("#/signin", "You were signed out in another window.", "info");
+    // (that window forgot the account's data already; this one forgets what it holds)
+    leave().then(() => go("#/signin", "You were signed out in another window.", "info"));
   } else if (!event.oldValue) {
     keepSignedIn();
     route();
@@ -209,7 +237,11 @@ window.addEventListener("storage", (event) => {
 
 const ROUTES = [
   { pattern: /^\/signin$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signin" }) },
-  { pattern: /^\/signup$/, auth: false, show: (ctx) => signinPage.render(ctx, { mode: "signup" }) },
+  // An invitation mailed to an address without an account: #/signup?email=<address> (a hint).
+  { pattern: /^\/signup(?:\?(.*))?$/, auth: false, show: (ctx, [query]) => signinPage.render(ctx, { mode: "signup", email: new URLSearchParams(query || "").get("email") }) },
+  { pattern: /^\/forgot$/, auth: "any", show: (ctx) => mailLinks.renderForgot(ctx) },
+  { pattern: /^\/verify\/([A-Za-z0-9_-]+)$/, auth: "any", show: (ctx, [token]) => mailLinks.renderVerify(ctx, { token }) },
+  { pattern: /^\/reset\/([A-Za-z0-9_-]+)$/, auth: "any", show: (ctx, [token]) => mailLinks.renderReset(ctx, { token }) },
   { pattern: /^\/devices$/, auth: true, show: (ctx) => devicesPage.render(ctx) },
   { pattern: /^\/pair$/, auth: true, show: (ctx) => pairPage.render(ctx) },
   { pattern: /^\/rollouts$/, auth: true, show: (ctx) => rolloutsPage.render(ctx) },
@@ -227,20 +259,24 @@ function route() {
   const signed = Boolean(session.token());
   const match = ROUTES.map((r) => ({ r, m: r.pattern.exec(path) })).find(({ m }) => m);
 
-  if (!signed && session.canRefresh() && match && match.r.auth !== false) {
+  if (!signed && session.canRefresh() && match && match.r.auth !== false && match.r.auth !== "any") {
     // The access token expired while the page was closed or asleep: get a new one first.
     session.refresh().then(
       () => {
         keepSignedIn();
         route();
       },
-      (error) => {
-        if (match.r.auth === "claim") session.rememberClaim(match.m[1]);
-        if (match.r.auth === "share") sharing.rememberLink(match.m[1]);
+      async (error) => {
+        const remember = () => {
+          if (match.r.auth === "claim") session.rememberClaim(match.m[1]);
+          if (match.r.auth === "share") sharing.rememberLink(match.m[1]);
+        };
         if (error instanceof session.RefreshRefused) {
-          session.signOut();
+          await leave(); // (forgets everything of the account: the link is remembered after)
+          remember();
           go("#/signin", error.message, "error");
         } else {
+          remember();
           // The cloud cannot be asked now: the sign-in may well hold; a reload will tell.
           go("#/signin", "Cannot reach the MuMu cloud right now. Check your connection and try again.", "error");
         }
@@ -266,8 +302,8 @@ function route() {
   }
   if (r.auth === true && !signed) {
     const wasExpired = session.hasExpiredToken();
-    if (wasExpired) session.signOut();
-    go("#/signin", wasExpired ? EXPIRED : null, "error");
+    if (wasExpired) leave().then(() => go("#/signin", EXPIRED, "error"));
+    else go("#/signin");
     return;
   }
   if (r.auth === false && signed) {
@@ -285,6 +321,11 @@ function route() {
   }
   if (signed) startSignaling();
   if (signed) showOperatorLink();
+  if (signed && accountChecked !== session.email()) {
+    // Once per sign-in (and per address): is the address confirmed? (the banner)
+    accountChecked = session.email();
+    verification.check();
+  }
   nav.hidden = !signed;
   who.textContent = signed ? session.email() : "";
   for (const link of nav.querySelectorAll("a[data-route]")) {
@@ -300,6 +341,7 @@ function route() {
     go,
     signedIn,
     signOut,
+    leave,
     setWatch: (watch) => (currentWatch = watch),
   };
   cleanup = r.show(ctx, m.slice(1)) || null;
@@ -309,6 +351,7 @@ function route() {
 
 // Operators (the cloud's MUMU_OPERATORS) see the rollout page in the menu.
 let operatorChecked = null;
+let accountChecked = null; // the address whose account was read for the banner
 async function showOperatorLink() {
   const link = document.getElementById("nav-rollouts");
   if (!link || operatorChecked === session.token()) return;

@@ -14,6 +14,8 @@ const EMAIL_KEY = "mumu.email";
 const SIGNED_IN_KEY = "mumu.signedIn";
 const CLAIM_KEY = "mumu.pendingClaim";
 const LOCK_NAME = "mumu-refresh";
+// Kept across sign-ins: a preference of the person at this screen, not of an account.
+const KEPT_KEYS = new Set(["mumu.theme"]);
 
 /** A refresh the cloud refused (401): the person must sign in again; `message` says why. */
 export class RefreshRefused extends Error {
@@ -79,10 +81,35 @@ export function signIn(accessToken, email) {
   localStorage.setItem(SIGNED_IN_KEY, "1");
 }
 
+/**
+ * Ends the sign-in in this browser and forgets everything of the account kept here: the token,
+ * the address, anything else of ours in localStorage and sessionStorage (the theme stays), and
+ * whatever the `forgetters` registered keep elsewhere (the thumbnails in IndexedDB).  Every way
+ * of leaving comes here.  Resolves when the forgetting is done.
+ */
 export function signOut() {
-  localStorage.removeItem(TOKEN_KEY);
-  localStorage.removeItem(SIGNED_IN_KEY);
   clearTimeout(timer);
+  for (const storage of [localStorage, sessionStorage]) {
+    const ours = [];
+    for (let i = 0; i < storage.length; i++) {
+      const key = storage.key(i);
+      if (key?.startsWith("mumu.") && !KEPT_KEYS.has(key)) ours.push(key);
+    }
+    for (const key of ours) storage.removeItem(key);
+  }
+  return Promise.all([...forgetters].map((forget) => Promise.resolve().then(forget).catch(() => null)));
+}
+
+const forgetters = new Set();
+
+/** `forget()` runs on every sign-out (it clears what a module keeps of the account). */
+export function onSignOut(forget) {
+  forgetters.add(forget);
+}
+
+/** The account's address changed (a confirmed new address): the one shown from now on. */
+export function setEmail(address) {
+  localStorage.setItem(EMAIL_KEY, address);
 }
 
 export function email() {

@@ -8,10 +8,13 @@
 // * The camera list shows each camera's latest picture, kept only in this browser (IndexedDB):
 //   taken when a watch starts showing pictures and every minute while it does. An offline
 //   camera shows it greyed, with when it was taken ("Last picture 3 min ago").
+// * Those pictures belong to the signed-in account: every sign-out forgets them all, and a
+//   camera that leaves the account's list (unpaired, no longer shared) loses its own at once.
 
 import { SNAPSHOT } from "./protocol.js";
 import { h } from "./dom.js";
 import { ago } from "./time.js";
+import * as session from "./session.js";
 
 const REQUEST_TIMEOUT_MS = 10_000;
 const THUMBNAIL_WIDTH = 320;
@@ -163,10 +166,25 @@ async function withStore(mode, work) {
   });
 }
 
-/** Keeps `blob` as the latest picture of `deviceId` (in this browser) and tells the list. */
-export async function storeThumbnail(deviceId, blob, takenAt = new Date()) {
-  if (!blob) return;
+// Bumped by every sign-out: a picture asked for before it is not kept after it.
+let epoch = 0;
+
+/** The moment a picture is asked for: hand it to `storeThumbnail` with the picture. */
+export function thumbnailEpoch() {
+  return epoch;
+}
+
+/**
+ * Keeps `blob` as the latest picture of `deviceId` (in this browser) and tells the list; not
+ * when the sign-in ended since `since` (a `thumbnailEpoch()`), or there is none.
+ */
+export async function storeThumbnail(deviceId, blob, takenAt = new Date(), since = epoch) {
+  if (!blob || since !== epoch || !(session.token() || session.hasExpiredToken())) return;
   await withStore("readwrite", (store) => store.put({ blob, takenAt: takenAt.toISOString() }, deviceId));
+  if (since !== epoch) {
+    await forgetThumbnail(deviceId); // signed out while it was being written
+    return;
+  }
   dispatchEvent(new CustomEvent("mumu-thumbnail", { detail: { deviceId } }));
 }
 
@@ -178,6 +196,22 @@ export function loadThumbnail(deviceId) {
 export function forgetThumbnail(deviceId) {
   return withStore("readwrite", (store) => store.delete(deviceId));
 }
+
+/** Forgets every picture kept in this browser (signing out). */
+export function forgetAllThumbnails() {
+  epoch += 1;
+  return withStore("readwrite", (store) => store.clear());
+}
+
+/** Forgets the picture of every camera not in `deviceIds` (the account's list as it is now). */
+export async function keepThumbnailsOf(deviceIds) {
+  const keep = new Set(deviceIds);
+  const kept = (await withStore("readonly", (store) => store.getAllKeys())) || [];
+  const gone = kept.filter((id) => !keep.has(id));
+  if (gone.length) await withStore("readwrite", (store) => gone.forEach((id) => store.delete(id)));
+}
+
+session.onSignOut(forgetAllThumbnails);
 
 /**
  * The camera's picture in the list: its latest one from this browser, else the camera icon.
@@ -250,8 +284,9 @@ export function snapshotButton({ watch, video, cameraName }) {
 
   async function keepThumbnail() {
     if (watch.state !== "connected") return;
+    const since = thumbnailEpoch();
     const shot = await picture(THUMBNAIL_WIDTH);
-    if (shot) await storeThumbnail(watch.deviceId, shot.blob, shot.takenAt);
+    if (shot) await storeThumbnail(watch.deviceId, shot.blob, shot.takenAt, since);
   }
 
   button.onclick = async () => {
@@ -259,10 +294,11 @@ export function snapshotButton({ watch, video, cameraName }) {
     const label = button.textContent;
     button.textContent = "Taking…";
     try {
+      const since = thumbnailEpoch();
       const shot = await picture(0);
       if (shot) {
         saveBlob(shot.blob, snapshotFileName(cameraName(), shot.takenAt));
-        storeThumbnail(watch.deviceId, shot.blob, shot.takenAt);
+        storeThumbnail(watch.deviceId, shot.blob, shot.takenAt, since);
       }
     } finally {
       button.textContent = label;

@@ -23,6 +23,12 @@ const CODE_WORDS = {
   unavailable: "The MuMu cloud is restarting or busy.",
   internal: "The MuMu cloud had a problem. Try again in a moment.",
   too_large: "That is too large to send.",
+  already_verified: "Your address is already confirmed.",
+  email_unverified:
+    "Confirm your address first: open the link we mailed to it, or press “Send again” at the top of the page.",
+  link_invalid: "This link is not valid: it may have been cut short when it was copied.",
+  link_expired: "This link has expired.",
+  link_used: "This link was already used.",
 };
 
 const STATUS_WORDS = {
@@ -75,6 +81,32 @@ export function refusalWords({ code, status, serverMessage = "", retryAfter = nu
   if ((status >= 500 || status === 429) && !/try again/i.test(words)) return `${words} Try again in a moment.`;
   return words;
 }
+
+/**
+ * The sentences of an account's address and password (the links the cloud mails).  Each one
+ * names the address it is about, so that the person sees where to look.
+ */
+export const ACCOUNT_WORDS = {
+  /** Right after sign-up (and on its "check your mail" screen). */
+  checkMail: (address) => `Check your mail: we sent a link to ${address}.`,
+  /** The banner while the address is not confirmed. */
+  confirmAddress: (address) => `Confirm your address — we sent a link to ${address}.`,
+  sendAgain: "Send again",
+  sentAgain: (address) => `We sent a new link to ${address}.`,
+  askAgainIn: (seconds) => `You can ask for another link in ${waitWords(seconds)}.`,
+  confirmed: (address) => `Your address ${address} is confirmed.`,
+  forgotSent: (address) => `If an account uses ${address}, we sent it a link.`,
+  emailPending: (next, current) =>
+    `Confirm the new address from the mail we sent to ${next}; until then you sign in with ${current}.`,
+  passwordReset: "Your password was changed, and every browser signed in to this account was signed out.",
+  /** What a refused link means, by the cloud's code (the page adds the one next step). */
+  link: {
+    link_invalid: CODE_WORDS.link_invalid,
+    link_expired: CODE_WORDS.link_expired,
+    link_used: CODE_WORDS.link_used,
+    email_taken: "Another account uses that address now, so it cannot become the address of yours.",
+  },
+};
 
 /** A camera's model in words: "Raspberry Pi 4 Model B", "A computer (Linux, x86_64)". */
 export function modelWords(model) {

@@ -1,10 +1,18 @@
-// The account (#/account): where it is signed in, changing the password, signing out (here or
-// everywhere), and deleting it.
+// The account (#/account): its address (confirmed or not, changing it), where it is signed in,
+// changing the password, signing out (here or everywhere), and deleting it.
+//
+// The list of sign-ins is read again whenever it may have changed: after this page changes the
+// password (every other sign-in ended), when the page is looked at again, when the signaling
+// socket comes back, and every 5 s while it is open and seen (another browser signing out).
 
 import * as api from "../api.js";
 import { h, replace } from "../dom.js";
 import * as session from "../session.js";
 import { ago } from "../time.js";
+import * as verification from "../verification.js";
+import { ACCOUNT_WORDS } from "../words.js";
+
+const SIGN_INS_EVERY_MS = 5_000;
 
 /** "Chrome on Linux" from a User-Agent string, good enough to recognise one's own browsers. */
 export function browserName(userAgent) {
@@ -38,47 +46,127 @@ function passwordInput(testid, autocomplete, label) {
 
 export function render(ctx) {
   const email = h("strong", { "data-testid": "account-email" }, session.email());
+  const unconfirmed = h("span", { class: "tag", "data-testid": "email-unconfirmed", hidden: true }, "Not confirmed yet");
   const since = h("span", { class: "muted" });
   const signIns = h("ul", { class: "stack sign-ins", "data-testid": "sign-ins", "aria-busy": "true" });
   const loadError = h("p", { class: "form-error", role: "alert", hidden: true });
+  const address = emailSection(() => load());
 
   ctx.show(
     h("section", { class: "narrow stack" },
       h("h1", { "data-testid": "page-title" }, "Your account"),
       h("div", { class: "card stack" },
-        h("p", {}, "Signed in as ", email, ". ", since),
+        h("p", {}, "Signed in as ", email, ". ", unconfirmed, " ", since),
         loadError,
         h("h2", {}, "Where you are signed in"),
         signIns,
         signOutSection(ctx),
       ),
-      passwordSection(ctx),
+      address.element,
+      passwordSection(ctx, () => load()),
       deleteSection(ctx),
     ),
   );
 
   let live = true;
-  api.account().then(
-    (account) => {
-      if (!live) return;
-      email.textContent = account.email;
-      since.textContent = `Account created ${new Date(account.created_at).toLocaleDateString()}.`;
-      signIns.removeAttribute("aria-busy");
-      replace(signIns, account.sign_ins.map((s) =>
-        h("li", { "data-testid": "sign-in" },
-          h("strong", {}, browserName(s.user_agent)),
-          s.current ? h("span", { class: "tag", "data-testid": "this-browser" }, "This browser") : null,
-          h("span", { class: "muted small" }, ` · signed in ${ago(s.created_at) || "just now"}, last active ${ago(s.last_used_at) || "just now"}`),
-        )));
-    },
-    (failure) => {
-      if (!live || failure.status === 401) return;
-      loadError.textContent = `Could not load your account: ${failure.message}`;
-      loadError.hidden = false;
-    },
-  );
+  let loading = null;
+  function load() {
+    loading ||= api.account().then(
+      (account) => {
+        if (!live) return;
+        loadError.hidden = true;
+        email.textContent = account.email;
+        unconfirmed.hidden = account.email_verified !== false;
+        address.show(account);
+        verification.show(account);
+        since.textContent = `Account created ${new Date(account.created_at).toLocaleDateString()}.`;
+        signIns.removeAttribute("aria-busy");
+        replace(signIns, account.sign_ins.map((s) =>
+          h("li", { "data-testid": "sign-in" },
+            h("strong", {}, browserName(s.user_agent)),
+            s.current ? h("span", { class: "tag", "data-testid": "this-browser" }, "This browser") : null,
+            h("span", { class: "muted small" }, ` · signed in ${ago(s.created_at) || "just now"}, last active ${ago(s.last_used_at) || "just now"}`),
+          )));
+      },
+      (failure) => {
+        if (!live || failure.status === 401) return;
+        loadError.textContent = `Could not load your account: ${failure.message}`;
+        loadError.hidden = false;
+      },
+    ).finally(() => {
+      loading = null;
+    });
+    return loading;
+  }
+  load();
+
+  const timer = setInterval(() => {
+    if (document.visibilityState === "visible") load();
+  }, SIGN_INS_EVERY_MS);
+  const onVisible = () => {
+    if (document.visibilityState === "visible") load();
+  };
+  const onReady = (event) => {
+    if (event.detail.reconnected) load();
+  };
+  document.addEventListener("visibilitychange", onVisible);
+  ctx.signaling?.addEventListener("ready", onReady);
   return () => {
     live = false;
+    clearInterval(timer);
+    document.removeEventListener("visibilitychange", onVisible);
+    ctx.signaling?.removeEventListener("ready", onReady);
+  };
+}
+
+/** The address: waiting to be confirmed, or changing it (the new one is confirmed first). */
+function emailSection(reload) {
+  const pending = h("p", { role: "status", "data-testid": "email-pending", hidden: true });
+  const next = h("input", { type: "email", autocomplete: "email", required: true, "data-testid": "new-email", "aria-label": "New address" });
+  const password = passwordInput("email-password", "current-password", "Current password");
+  const error = h("p", { class: "form-error", role: "alert", "data-testid": "email-error", hidden: true });
+  const submit = h("button", { class: "button", type: "submit", "data-testid": "email-submit" }, "Change address");
+  let current = session.email();
+
+  function showPending(newAddress) {
+    pending.textContent = newAddress ? ACCOUNT_WORDS.emailPending(newAddress, current) : "";
+    pending.hidden = !newAddress;
+  }
+
+  async function onSubmit(event) {
+    event.preventDefault();
+    error.hidden = true;
+    submit.disabled = true;
+    try {
+      const answer = await api.changeEmail(next.value.trim(), password.value);
+      showPending(answer?.pending_email || next.value.trim());
+      next.value = "";
+      password.value = "";
+      reload();
+    } catch (failure) {
+      if (failure.status === 401) return;
+      error.textContent = failure.code === "wrong_password" ? "Your current password is not right." : failure.message;
+      error.hidden = false;
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  const element = h("form", { class: "card stack", "data-testid": "email-form", onsubmit: onSubmit },
+    h("h2", {}, "Change your address"),
+    h("p", { class: "muted" }, "We mail the new address a link; it replaces the old one once you open it."),
+    pending,
+    h("label", {}, "New address", next),
+    h("label", {}, "Current password", password),
+    error,
+    h("div", { class: "row" }, submit),
+  );
+  return {
+    element,
+    show(account) {
+      current = account.email;
+      showPending(account.pending_email || null);
+    },
   };
 }
 
@@ -115,7 +203,7 @@ function signOutSection(ctx) {
   );
 }
 
-function passwordSection(ctx) {
+function passwordSection(ctx, reload) {
   const current = passwordInput("current-password", "current-password", "Current password");
   const next = passwordInput("new-password", "new-password", "New password");
   const again = passwordInput("new-password-again", "new-password", "New password again");
@@ -142,6 +230,7 @@ function passwordSection(ctx) {
       });
       for (const input of [current, next, again]) input.value = "";
       ctx.flash("Your password was changed. Every other browser and device was signed out.", "info");
+      reload(); // the list of sign-ins: this browser alone now
     } catch (failure) {
       if (failure.status === 401) return;
       error.textContent = failure.code === "wrong_password"

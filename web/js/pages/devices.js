@@ -7,7 +7,7 @@ import { ago } from "../time.js";
 import { modelWords, noH264Words } from "../words.js";
 import { canReceiveH264 } from "../watch.js";
 import { cardLine, windowForm } from "../updates.js";
-import { cameraThumbnail } from "../snapshots.js";
+import { cameraThumbnail, forgetThumbnail } from "../snapshots.js";
 import * as sharing from "../sharing.js";
 import { settingsButton } from "../camera-settings.js";
 
@@ -204,6 +204,7 @@ export function render(ctx) {
         confirmButton.disabled = true;
         try {
           await api.unpairDevice(id);
+          forgetThumbnail(id); // no longer this account's camera: nor its picture
           cards.delete(id);
           card.remove();
           if (cards.size === 0) replace(list, empty());
@@ -227,6 +228,7 @@ export function render(ctx) {
       showError,
       flash: ctx.flash,
       onGone: () => {
+        forgetThumbnail(id);
         cards.delete(id);
         card.remove();
         if (cards.size === 0) replace(list, empty());

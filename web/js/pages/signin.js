@@ -1,11 +1,18 @@
 // Sign in (#/signin) and sign up (#/signup).
+//
+// Sign-up answers the same whether or not the address had an account (the cloud mails a
+// confirmation link to a new one, and a note with a reset link to the owner of an existing one):
+// the page says "Check your mail" and signs in with the password just typed.  That fails only
+// when the address had an account with another password; the page then says no more than
+// "Check your mail" either.
 
 import * as api from "../api.js";
 import { h, replace } from "../dom.js";
+import { ACCOUNT_WORDS } from "../words.js";
+import { EMAIL_DRAFT } from "./mail-links.js";
 
-const EMAIL_DRAFT = "mumu.emailDraft"; // carried from sign-up to "Sign in instead"
-
-export function render(ctx, { mode }) {
+/** `email`: an address to start with (an invitation's link names it). */
+export function render(ctx, { mode, email: hint = null }) {
   const signup = mode === "signup";
   const error = h("p", { class: "form-error", role: "alert", "data-testid": "form-error", hidden: true });
   const email = h("input", {
@@ -33,6 +40,11 @@ export function render(ctx, { mode }) {
       signup ? h("span", { class: "hint" }, "At least 8 characters.") : null),
     error,
     submit,
+    signup ? null : h("p", { class: "forgot" }, h("a", {
+      href: "#/forgot",
+      "data-testid": "to-forgot",
+      onclick: () => email.value.trim() && sessionStorage.setItem(EMAIL_DRAFT, email.value.trim()),
+    }, "Forgot your password?")),
   );
 
   /** Passwords are checked by a bounded pool: when it is busy (503), wait as told and retry. */
@@ -56,11 +68,16 @@ export function render(ctx, { mode }) {
     submit.disabled = true;
     submit.textContent = signup ? "Creating account…" : "Signing in…";
     const address = email.value.trim();
+    let registered = null;
     try {
-      if (signup) await patiently(() => api.register(address, password.value));
+      if (signup) registered = (await patiently(() => api.register(address, password.value)))?.email || address;
       const { access_token: accessToken } = await patiently(() => api.login(address, password.value));
-      ctx.signedIn(accessToken, address);
+      ctx.signedIn(accessToken, registered || address, { signedUp: Boolean(registered) });
     } catch (failure) {
+      if (registered && failure.code === "bad_credentials") {
+        checkMail(registered);
+        return;
+      }
       // The next step as a link where there is one: an address with an account signs in.
       const next = failure.code === "email_taken"
         ? h("a", {
@@ -74,6 +91,22 @@ export function render(ctx, { mode }) {
       submit.disabled = false;
       submit.textContent = signup ? "Create account" : "Sign in";
     }
+  }
+
+  /** After sign-up, when the address had an account: what a new one is told, and no more. */
+  function checkMail(address) {
+    ctx.show(h("section", { class: "auth" },
+      h("div", { class: "auth-intro" },
+        h("img", { src: "img/logo.svg", alt: "", class: "auth-logo", width: 56, height: 56 }),
+        h("h1", { "data-testid": "page-title" }, "Check your mail")),
+      h("div", { class: "card auth-card stack" },
+        h("p", { class: "lead", role: "status", "data-testid": "check-mail" }, ACCOUNT_WORDS.checkMail(address)),
+        h("a", {
+          class: "button primary wide",
+          href: "#/signin",
+          "data-testid": "to-signin",
+          onclick: () => sessionStorage.setItem(EMAIL_DRAFT, address),
+        }, "Sign in"))));
   }
 
   ctx.show(
@@ -93,7 +126,7 @@ export function render(ctx, { mode }) {
       ),
     ),
   );
-  const draft = sessionStorage.getItem(EMAIL_DRAFT);
+  const draft = sessionStorage.getItem(EMAIL_DRAFT) || (hint ? hint.trim().slice(0, 320) : null);
   sessionStorage.removeItem(EMAIL_DRAFT);
   if (draft) {
     email.value = draft;

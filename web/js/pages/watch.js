@@ -9,7 +9,7 @@ import * as api from "../api.js";
 import { h } from "../dom.js";
 import { MSG } from "../protocol.js";
 import { Watch } from "../watch.js";
-import { snapshotButton } from "../snapshots.js";
+import { forgetThumbnail, snapshotButton } from "../snapshots.js";
 import { ownerSettingsButton } from "../camera-settings.js";
 
 export function forceRelay() {
@@ -283,6 +283,7 @@ export function render(ctx, { deviceId }) {
   watch.addEventListener("state", (event) => {
     shown = event.detail;
     if (shown.state !== "connected") pictured = false;
+    if (shown.state === "not_yours") forgetThumbnail(deviceId); // nor its picture, then
     if (["ended", "failed", "camera_failed", "not_yours", "unsupported"].includes(shown.state)) {
       video.srcObject = null;
       framesOnScreen = false;
