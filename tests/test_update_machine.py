@@ -12,7 +12,7 @@ import pytest
 from device.update import install as installer
 from device.update.files import Status, read_struct
 from device.update.machine import State, in_window
-from tests.update_fixtures import Bench, Clock, make_bench
+from tests.update_fixtures import Bench, Clock, PowerCut, make_bench
 
 
 @pytest.fixture
@@ -179,9 +179,6 @@ def test_power_loss_during_probation_rolls_back_at_the_next_boot(bench: Bench) -
     bench.offer("1.1.0")
     updater = bench.updater()
 
-    class PowerCut(Exception):
-        pass
-
     def cut(clock: Clock) -> None:
         if updater.state.probation is not None:
             raise PowerCut
@@ -218,9 +215,6 @@ def test_a_power_cut_between_the_record_and_the_rename_rolls_back_cleanly(
     bench.offer("1.1.0")
     updater = bench.updater()
     real_point = installer.point
-
-    class PowerCut(Exception):
-        pass
 
     def point_then_cut(root: Path, link: str, version: str) -> None:
         raise PowerCut

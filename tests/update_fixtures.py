@@ -78,9 +78,14 @@ def stage_release(bundle: Path, root: Path) -> installer.Manifest:
     manifest = installer.read_manifest(bundle)
     target = installer.release_dir(root, manifest.version)
     (target / "bin").mkdir(parents=True, exist_ok=True)
-    (target / "bin" / "mumu-agent").write_text("#!/bin/sh\n")
-    installer.write_atomic(target / installer.MANIFEST, manifest.to_json())
+    for program in ("mumu-agent", "mumu-update"):
+        (target / "bin" / program).write_text("#!/bin/sh\n")
+    installer.publish_release(target, manifest)
     return manifest
+
+
+class PowerCut(BaseException):
+    """The power goes: not an error the updater may catch (it is a ``BaseException``)."""
 
 
 class Clock:
