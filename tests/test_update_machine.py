@@ -3,8 +3,12 @@ injectable clock and root directory, and a service manager playing systemd for t
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,17 @@ from tests.update_fixtures import Bench, Clock, PowerCut, make_bench
 @pytest.fixture
 def bench(tmp_path: Path) -> Iterator[Bench]:
     yield from make_bench(tmp_path)
+
+
+@pytest.fixture
+def memory_bench() -> Iterator[Bench]:
+    """A bench in memory (tmpfs), for the tests that run an update a few hundred times: the
+    order of fsyncs is what they check (through the seam), not how long the disk takes."""
+    tmp = Path(tempfile.mkdtemp(prefix="mumu-update-", dir="/dev/shm"))
+    try:
+        yield from make_bench(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def states(bench: Bench) -> list[str]:
@@ -345,3 +360,182 @@ def test_in_window() -> None:
     assert in_window(None, base)
     assert in_window("11:00-13:00", base) and not in_window("13:00-14:00", base)
     assert in_window("23:00-13:00", base) and not in_window("23:00-02:00", base)
+
+
+# --- power cuts at every change to the disk ---------------------------------------------------
+
+
+@dataclass
+class Seam:
+    """Sees every change the updater makes to the disk (``installer.observer``): counts the
+    points before and after each, cuts the power at point ``cut_at`` (every later change then
+    fails too: the machine is off), and records what was done, in order."""
+
+    cut_at: int | None = None
+    points: int = 0
+    off: bool = False
+    done: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+
+    def __call__(self, phase: str, op: str, paths: tuple[str, ...]) -> None:
+        if self.off:
+            raise PowerCut
+        self.points += 1
+        if self.points == self.cut_at:
+            self.off = True
+            raise PowerCut
+        if phase == "after":
+            self.done.append((op, paths))
+
+
+@contextlib.contextmanager
+def watching(seam: Seam) -> Iterator[Seam]:
+    installer.observer = seam
+    try:
+        yield seam
+    finally:
+        installer.observer = None
+
+
+class Device:
+    """The bench's device directory saved once and put back before each cut."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.dir = bench.root.parent
+        self.saved = bench.tmp / "saved-device"
+        shutil.rmtree(self.saved, ignore_errors=True)
+        shutil.copytree(self.dir, self.saved, symlinks=True)
+        self.clock = (bench.clock.mono, bench.unit.running, bench.unit.started_at, bench.boot)
+
+    def restore(self) -> None:
+        shutil.rmtree(self.dir)
+        shutil.copytree(self.saved, self.dir, symlinks=True)
+        mono, running, started, boot = self.clock
+        self.bench.clock.mono = mono
+        self.bench.clock.sleep_hooks.clear()
+        self.bench.unit.running, self.bench.unit.started_at = running, started
+        self.bench.unit.restarts_before = 0
+        self.bench.boot = boot
+
+
+def consistent(bench: Bench) -> State:
+    """What must hold after any cut and the next boot: both links lead to complete releases
+    (``committed`` has the updater both units run), the state agrees with the links, nothing
+    half-built or half-deleted is left, and the last status is the one published."""
+    current, committed = bench.links()
+    assert current is not None and committed is not None
+    assert (bench.root / "committed" / "bin" / "mumu-update").exists()
+    assert (bench.root / "current" / "bin" / "mumu-agent").exists()
+    assert installer.complete(bench.root, current) and installer.complete(bench.root, committed)
+    state = bench.updater().load()
+    if state.probation is None:
+        assert current == committed
+    else:
+        assert (current, committed) == (state.probation.version, state.probation.previous)
+    for entry in (bench.root / installer.RELEASES).iterdir():
+        assert installer.complete(bench.root, entry.name), entry
+    if state.history:
+        status = bench.status()
+        assert status["seq"] == state.history[-1].seq
+        assert status["state"] == state.history[-1].state
+    return state
+
+
+def cut_everywhere(bench: Bench, scenario: Callable[[], object]) -> list[str]:
+    """Run ``scenario`` once to count the points before and after each change to the disk, then
+    once per point with the power cut there; after each cut the next boot must leave the
+    device consistent and reported, and the updater must carry on to a lasting outcome.
+    Returns the outcomes of the boots after the cuts."""
+    device = Device(bench)
+    with watching(Seam()) as clean:
+        scenario()
+    assert clean.points > 10, clean.done  # the seam sees the run
+    booted: list[str] = []
+    for point in range(1, clean.points + 1):
+        device.restore()
+        with watching(Seam(cut_at=point)) as seam, pytest.raises(PowerCut):
+            scenario()
+        bench.boot = f"after-cut-{point}"
+        after = bench.updater().boot()
+        booted.append(after.kind)
+        state = consistent(bench)
+        assert state.probation is None, (point, seam.done[-3:])
+        if after.kind in ("rolled_back", "committed"):
+            assert bench.status()["state"] == after.kind
+        for _ in range(3):  # then it carries on: retried after a cut, or already done
+            outcome = bench.updater().run()
+            consistent(bench)
+            if outcome.kind != "later":
+                break
+            bench.clock.advance(bench.settings.retry_after + 1)
+        assert outcome.kind in ("committed", "current", "rolled_back", "bad"), (point, outcome)
+    return booted
+
+
+def test_a_power_cut_at_any_change_of_an_update_leaves_a_device_that_boots_and_updates(
+    memory_bench: Bench,
+) -> None:
+    bench = memory_bench
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    booted = cut_everywhere(bench, lambda: bench.updater().run())
+    # every cut ends in the new version committed or the old one running (and 1.1.0 retried)
+    assert bench.links() == ("1.1.0", "1.1.0")
+    assert "committed" in booted and "rolled_back" in booted  # both halves of the commit
+
+
+def test_a_power_cut_at_any_change_of_a_rollback_leaves_the_previous_version(
+    memory_bench: Bench,
+) -> None:
+    bench = memory_bench
+    bench.publish("1.1.0")
+    bench.unit.behaviour["1.1.0"] = "crash"
+    bench.offer("1.1.0")
+    cut_everywhere(bench, lambda: bench.updater().run())
+    assert bench.links() == ("1.0.0", "1.0.0")
+    assert "1.1.0" in bench.updater().load().bad
+
+
+def test_a_power_cut_at_any_change_of_the_boot_check_is_finished_by_the_next_boot(
+    memory_bench: Bench,
+) -> None:
+    bench = memory_bench
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    updater = bench.updater()
+
+    def cut(clock: Clock) -> None:
+        if updater.state.probation is not None:
+            raise PowerCut
+
+    bench.clock.sleep_hooks.append(cut)
+    with pytest.raises(PowerCut):
+        updater.run()
+    bench.clock.sleep_hooks.clear()
+    bench.boot = "boot-2"
+    cut_everywhere(bench, lambda: bench.updater().boot())
+    assert bench.links() == ("1.1.0", "1.1.0")  # rolled back, retried an hour later
+
+
+def test_what_a_rename_publishes_is_on_the_disk_before_it_and_the_rename_after_it(
+    bench: Bench,
+) -> None:
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    with watching(Seam()) as seam:
+        assert bench.updater().run().kind == "committed"
+    done = seam.done
+    renames = [i for i, (op, _) in enumerate(done) if op == "rename"]
+    assert len(renames) > 10
+    for i in renames:
+        source, dest = (Path(p) for p in done[i][1])
+        # the directory that holds the new name is synced right after the rename
+        assert done[i + 1] == ("fsync_dir", (str(dest.parent),)), done[i : i + 2]
+        before = done[:i]
+        if source.is_dir() or dest.name.startswith(".gone-"):
+            continue  # a release moved out of the way: a directory entry, nothing to write
+        made = [op for op, paths in before if paths == (str(source),)]
+        assert made and made[-1] in ("write", "symlink"), (dest, made)
+        if dest.name == installer.MANIFEST:
+            # a release is complete once its manifest is there: its files are synced first
+            assert ("sync_tree", (str(dest.parent),)) in before
