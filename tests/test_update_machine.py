@@ -539,3 +539,21 @@ def test_what_a_rename_publishes_is_on_the_disk_before_it_and_the_rename_after_i
         if dest.name == installer.MANIFEST:
             # a release is complete once its manifest is there: its files are synced first
             assert ("sync_tree", (str(dest.parent),)) in before
+
+
+def test_free_space_is_checked_against_the_signed_sizes_before_downloading(bench: Bench) -> None:
+    bench.publish("1.1.0", size=1_000_000, installed_size=20_000_000)
+    target = bench.repo.targets().signed.targets[installer.bundle_name("1.1.0", "x86_64")]
+    assert target.custom is not None
+    assert (target.custom["unpacked_size"], target.custom["installed_size"]) == (
+        1_000_000,
+        20_000_000,
+    )
+    # the download, its unpacked wheels, the installed venv and the reserve: far above 3 x
+    need = target.length + 1_000_000 + 20_000_000 + bench.settings.space_reserve
+    bench.offer("1.1.0")
+    outcome = bench.updater(disk_free=lambda p: need - 1).run()
+    assert outcome.kind == "failed" and "as signed" in str(outcome.reason), outcome
+    assert not any(path.startswith("targets/") for path, _ in bench.server.requests)
+    outcome = bench.updater(disk_free=lambda p: need).run()
+    assert outcome.kind == "committed", outcome

@@ -29,9 +29,17 @@ from release.repo import Expiry, UpdateRepository
 ARCH = "x86_64"
 
 
-def tiny_bundle(out: Path, version: str, *, arch: str = ARCH, size: int = 64 * 1024) -> Path:
+def tiny_bundle(
+    out: Path,
+    version: str,
+    *,
+    arch: str = ARCH,
+    size: int = 64 * 1024,
+    installed_size: int | None = None,
+) -> Path:
     """A bundle with a manifest and one wheel of ``size`` bytes (not installable by pip: the
-    state-machine tests install with :func:`stage_release`)."""
+    state-machine tests install with :func:`stage_release`); with ``installed_size``, the
+    manifest gives its sizes (as ``mumu-release build`` does) and the signed target too."""
     payload = (version.encode() * (size // len(version) + 1))[:size]
     import hashlib
 
@@ -41,7 +49,15 @@ def tiny_bundle(out: Path, version: str, *, arch: str = ARCH, size: int = 64 * 1
         python_abi="cp311",
         min_updater=1,
         requirement=f"mumu-camera[device]=={version}",
-        wheels=[installer.Wheel("pip-0-py3-none-any.whl", hashlib.sha256(payload).hexdigest())],
+        wheels=[
+            installer.Wheel(
+                "pip-0-py3-none-any.whl",
+                hashlib.sha256(payload).hexdigest(),
+                length=size if installed_size is not None else None,
+            )
+        ],
+        unpacked_size=size if installed_size is not None else None,
+        installed_size=installed_size,
     )
     out.mkdir(parents=True, exist_ok=True)
     bundle = out / installer.bundle_name(version, arch)
@@ -245,8 +261,13 @@ class Bench:
     def root(self) -> Path:
         return Path(self.settings.root)
 
-    def publish(self, *versions: str, size: int = 64 * 1024) -> list[Path]:
-        bundles = [tiny_bundle(self.tmp / "dist", v, size=size) for v in versions]
+    def publish(
+        self, *versions: str, size: int = 64 * 1024, installed_size: int | None = None
+    ) -> list[Path]:
+        bundles = [
+            tiny_bundle(self.tmp / "dist", v, size=size, installed_size=installed_size)
+            for v in versions
+        ]
         self.repo.add_bundles(
             bundles,
             keys.load(self.keys_dir / "targets.key"),

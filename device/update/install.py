@@ -189,17 +189,19 @@ def python_abi(python: str = sys.executable) -> str:
 
 
 def read_manifest(bundle: Path) -> Manifest:
+    """The bundle's manifest (read from the members up to it, not the whole archive)."""
     try:
         with tarfile.open(bundle, "r:") as tar:
-            member = tar.getmember(MANIFEST)
-            data = tar.extractfile(member)
-            if data is None:
-                raise InstallError(f"{bundle.name}: {MANIFEST} is not a file")
-            return Manifest.from_json(data.read(1024 * 1024))
-    except KeyError:
-        raise InstallError(f"{bundle.name}: no {MANIFEST} in the bundle") from None
+            for member in tar:
+                if member.name.removeprefix("./") != MANIFEST:
+                    continue
+                data = tar.extractfile(member) if member.isreg() else None
+                if data is None:
+                    raise InstallError(f"{bundle.name}: {MANIFEST} is not a file")
+                return Manifest.from_json(data.read(1024 * 1024))
     except (tarfile.TarError, OSError) as exc:
         raise InstallError(f"{bundle.name}: not a readable bundle ({exc})") from None
+    raise InstallError(f"{bundle.name}: no {MANIFEST} in the bundle")
 
 
 def check_compatible(
@@ -239,12 +241,14 @@ def _extract_wheels(bundle: Path, manifest: Manifest, into: Path) -> None:
             if not name.startswith("wheels/"):
                 continue
             base = name.removeprefix("wheels/")
-            if base not in wanted or member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                raise InstallError(f"unexpected bundle member {member.name!r}")
-            if member.sparse is not None or any(
-                k.startswith("GNU.sparse") for k in member.pax_headers
+            if (
+                member.type == tarfile.GNUTYPE_SPARSE
+                or member.sparse is not None
+                or any(k.startswith("GNU.sparse") for k in member.pax_headers)
             ):
                 raise InstallError(f"{base}: a sparse member is refused")
+            if base not in wanted or member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                raise InstallError(f"unexpected bundle member {member.name!r}")
             wheel = wanted.pop(base)
             if member.offset_data + member.size > stored:
                 raise InstallError(
