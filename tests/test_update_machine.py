@@ -4,8 +4,10 @@ injectable clock and root directory, and a service manager playing systemd for t
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +18,8 @@ import pytest
 from device.update import install as installer
 from device.update.files import Status, read_struct
 from device.update.machine import State, in_window
-from tests.update_fixtures import Bench, Clock, PowerCut, make_bench
+from device.update.services import UnitStatus
+from tests.update_fixtures import Bench, Clock, PowerCut, make_bench, stage_release, tiny_bundle
 
 
 @pytest.fixture
@@ -557,3 +560,137 @@ def test_free_space_is_checked_against_the_signed_sizes_before_downloading(bench
     assert not any(path.startswith("targets/") for path, _ in bench.server.requests)
     outcome = bench.updater(disk_free=lambda p: need).run()
     assert outcome.kind == "committed", outcome
+
+
+# --- offer, signed target and manifest agree; every failure is a status ----------------------
+
+
+def sign_as(bench: Bench, bundle: Path, name: str, **custom: object) -> None:
+    """Publish ``bundle`` under target ``name`` with ``custom``, signed with the real keys (what
+    a stolen targets key or a broken build machine could do)."""
+    from tuf.api.metadata import TargetFile
+
+    from release import keys
+
+    target = TargetFile.from_file(name, str(bundle), ["sha256"])
+    target.unrecognized_fields["custom"] = {"arch": "x86_64", "min_updater": 1, **custom}
+    shutil.copyfile(bundle, bench.repo.targets_dir / f"{target.hashes['sha256']}.{name}")
+    targets = bench.repo.targets()
+    targets.signed.targets[name] = target
+    bench.repo._sign_targets(
+        targets,
+        keys.load(bench.keys_dir / "targets.key"),
+        keys.load(bench.keys_dir / "online.key"),
+    )
+
+
+def refused_cleanly(bench: Bench, *words: str) -> str:
+    outcome = bench.updater().run()
+    assert outcome.kind == "failed", outcome
+    reason = str(outcome.reason)
+    for word in words:
+        assert word in reason, reason
+    status = bench.status()
+    assert status["state"] == "failed" and status["reason"] == reason
+    assert bench.links() == ("1.0.0", "1.0.0")
+    assert installer.installed_versions(bench.root) == ["1.0.0"]
+    assert bench.updater().load().probation is None
+    assert not list((bench.root / "downloads").glob("*.part"))
+    assert bench.unit.restarts_log == ["1.0.0"]
+    return reason
+
+
+def test_a_bundle_signed_under_a_newer_name_holding_an_older_manifest_is_refused(
+    bench: Bench,
+) -> None:
+    older = tiny_bundle(bench.tmp / "old", "1.1.0")
+    sign_as(bench, older, installer.bundle_name("1.2.0", "x86_64"), version="1.2.0")
+    bench.offer("1.2.0")
+    refused_cleanly(bench, "manifest", "'1.1.0'")
+    assert any(path.startswith("targets/") for path, _ in bench.server.requests)  # after download
+
+
+def test_a_signed_target_describing_another_version_is_refused_before_download(
+    bench: Bench,
+) -> None:
+    older = tiny_bundle(bench.tmp / "old", "1.1.0")
+    sign_as(bench, older, installer.bundle_name("1.2.0", "x86_64"), version="1.1.0")
+    bench.offer("1.2.0")
+    refused_cleanly(bench, "the signed target", "'1.1.0'")
+    assert not any(path.startswith("targets/") for path, _ in bench.server.requests)
+
+
+@pytest.mark.parametrize("where", ["target", "manifest"])
+def test_a_signed_version_with_a_trailing_newline_is_a_clean_failure(
+    bench: Bench, where: str
+) -> None:
+    name = installer.bundle_name("1.2.0", "x86_64")
+    if where == "target":
+        sign_as(bench, tiny_bundle(bench.tmp / "b", "1.2.0"), name, version="1.2.0\n")
+        refused = ("'1.2.0\\n'",)
+    else:
+        good = tiny_bundle(bench.tmp / "b", "1.2.0")
+        bundle = bench.tmp / "newline.tar"
+        with tarfile.open(good) as src, tarfile.open(bundle, "w") as dst:
+            for member in src:
+                data = src.extractfile(member)
+                assert data is not None
+                content = data.read()
+                if member.name == installer.MANIFEST:
+                    content = content.replace(b'"version": "1.2.0"', b'"version": "1.2.0\\n"')
+                    member.size = len(content)
+                dst.addfile(member, io.BytesIO(content))
+        sign_as(bench, bundle, name, version="1.2.0")
+        refused = ("bad version", "'1.2.0\\n'")
+    bench.offer("1.2.0")
+    refused_cleanly(bench, *refused)
+
+
+def test_an_install_that_raises_anything_ends_as_a_failed_status(bench: Bench) -> None:
+    bench.publish("1.1.0")
+
+    def broken_install(bundle: Path, root: Path) -> installer.Manifest:
+        raise RuntimeError("the installer broke")
+
+    bench.offer("1.1.0")
+    outcome = bench.updater(install=broken_install).run()
+    assert outcome.kind == "failed"
+    assert "RuntimeError: the installer broke" in str(outcome.reason)
+    assert bench.status()["state"] == "failed"
+    assert bench.links() == ("1.0.0", "1.0.0")
+
+
+def test_an_incomplete_release_is_never_put_on_probation(bench: Bench) -> None:
+    bench.publish("1.1.0")
+
+    def without_updater(bundle: Path, root: Path) -> installer.Manifest:
+        manifest = stage_release(bundle, root)
+        (installer.release_dir(root, manifest.version) / "bin" / "mumu-update").unlink()
+        return manifest
+
+    bench.offer("1.1.0")
+    outcome = bench.updater(install=without_updater).run()
+    assert outcome.kind == "failed" and "did not complete" in str(outcome.reason), outcome
+    assert bench.updater().load().probation is None
+    assert bench.links() == ("1.0.0", "1.0.0")
+    assert bench.unit.restarts_log == ["1.0.0"]
+
+
+def test_a_failure_of_the_service_manager_during_probation_rolls_back(bench: Bench) -> None:
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    real_status = bench.unit.status
+    calls = [0]
+
+    def flaky(unit: str) -> UnitStatus:
+        calls[0] += 1
+        if calls[0] > 3:
+            raise subprocess.CalledProcessError(1, ["systemctl", "show"])
+        return real_status(unit)
+
+    bench.unit.status = flaky  # type: ignore[method-assign]
+    outcome = bench.updater().run()
+    assert outcome.kind == "rolled_back" and "CalledProcessError" in str(outcome.reason)
+    assert bench.status()["state"] == "rolled_back"
+    assert bench.links() == ("1.0.0", "1.0.0")
+    assert "1.1.0" not in bench.updater().load().bad  # not the release's fault: retried later
