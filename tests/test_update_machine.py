@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from device.update import install as installer
 from device.update.files import Status, read_struct
-from device.update.machine import State, in_window
+from device.update.machine import Outcome, State, in_window
 from device.update.services import UnitStatus
 from tests.update_fixtures import Bench, Clock, PowerCut, make_bench, stage_release, tiny_bundle
 
@@ -694,3 +695,88 @@ def test_a_failure_of_the_service_manager_during_probation_rolls_back(bench: Ben
     assert bench.status()["state"] == "rolled_back"
     assert bench.links() == ("1.0.0", "1.0.0")
     assert "1.1.0" not in bench.updater().load().bad  # not the release's fault: retried later
+
+
+# --- every run ends in bounded time -----------------------------------------------------------
+
+
+@pytest.fixture
+def slow_bench(tmp_path: Path) -> Iterator[Bench]:
+    """Transfers must keep 100 KB/s over each half second, and end within 3 s in all."""
+    yield from make_bench(tmp_path, min_rate=100_000.0, rate_window=0.5, fetch_deadline=3.0)
+
+
+def timed_run(bench: Bench) -> tuple[Outcome, float]:
+    """A run on the real monotonic clock (the transfers' pace is real time)."""
+    started = time.monotonic()
+    outcome = bench.updater(clock=time.monotonic).run()
+    return outcome, time.monotonic() - started
+
+
+def test_a_trickling_bundle_is_given_up_and_resumed_at_the_next_run(slow_bench: Bench) -> None:
+    bench = slow_bench
+    bench.publish("1.1.0", size=1_000_000)
+    target = bench.target_path("1.1.0")
+    bench.server.trickle[target] = (2_000, 0.05)  # ~40 KB/s: 25 s for the bundle
+    bench.offer("1.1.0")
+    outcome, took = timed_run(bench)
+    assert outcome.kind == "retry", outcome
+    assert "below the minimum" in str(outcome.reason)
+    assert took < 10
+    status = bench.status()
+    assert status["state"] == "waiting" and "resumes" in str(status["reason"])
+    part = bench.root / "downloads" / f"{Path(target).name.split('.', 1)[1]}.part"
+    kept = part.stat().st_size
+    assert 0 < kept < 1_000_000
+    del bench.server.trickle[target]
+    assert bench.updater().run().kind == "committed"
+    ranges = [rng for path, rng in bench.server.requests if path == target]
+    assert ranges == [None, f"bytes={kept}-"]
+
+
+def test_trickling_metadata_is_given_up_and_the_run_ends_waiting(slow_bench: Bench) -> None:
+    bench = slow_bench
+    bench.publish("1.1.0")
+    bench.server.trickle["metadata/timestamp.json"] = (20, 0.05)  # 400 bytes/s
+    bench.offer("1.1.0")
+    outcome, took = timed_run(bench)
+    assert outcome.kind == "retry" and "unreachable" in str(outcome.reason), outcome
+    assert took < 10
+    assert bench.status()["state"] == "waiting"
+    assert bench.links() == ("1.0.0", "1.0.0")
+    del bench.server.trickle["metadata/timestamp.json"]
+    assert bench.updater().run().kind == "committed"
+
+
+def test_a_run_s_transfers_end_by_its_deadline_however_fast_they_trickle(
+    slow_bench: Bench,
+) -> None:
+    bench = slow_bench
+    bench.publish("1.1.0", size=8_000_000)
+    target = bench.target_path("1.1.0")
+    bench.server.trickle[target] = (40_000, 0.02)  # ~2 MB/s: fast enough, but 4 s in all
+    bench.offer("1.1.0")
+    outcome, took = timed_run(bench)
+    assert outcome.kind == "retry" and "used up" in str(outcome.reason), outcome
+    assert took < 10
+    part = bench.root / "downloads" / f"{Path(target).name.split('.', 1)[1]}.part"
+    assert 0 < part.stat().st_size < 8_000_000
+    del bench.server.trickle[target]
+    assert bench.updater().run().kind == "committed"
+
+
+def test_a_run_waiting_for_viewers_to_leave_ends_and_the_next_one_switches(
+    bench: Bench,
+) -> None:
+    bench.publish("1.1.0")
+    bench.offer("1.1.0")
+    bench.viewers(1)
+    started = bench.clock.monotonic()
+    outcome = bench.updater().run()
+    assert outcome.kind == "later"
+    waited = bench.clock.monotonic() - started
+    assert bench.settings.quiet_wait <= waited <= bench.settings.quiet_wait + 10
+    assert bench.status()["state"] == "waiting"
+    assert bench.links() == ("1.0.0", "1.0.0")
+    bench.viewers(0)
+    assert bench.updater().run().kind == "committed"

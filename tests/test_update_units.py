@@ -201,3 +201,23 @@ def test_the_build_records_what_each_wheel_unpacks_to(tmp_path: Path) -> None:
     assert listed.content == 6000 + 10_000
     # blocks rounded up, bytecode beside the source, the venv's own files
     assert installed >= installer.VENV_BASE + 16_000 + 6000
+
+
+def seconds(value: str) -> float:
+    """A systemd time span of one unit (``2h``, ``5min``, ``90s``, ``90``)."""
+    for suffix, factor in (("min", 60), ("h", 3600), ("s", 1)):
+        if value.endswith(suffix):
+            return float(value.removesuffix(suffix)) * factor
+    return float(value)
+
+
+def test_every_updater_run_is_bounded_by_its_unit_too() -> None:
+    from device.update.settings import UpdaterSettings
+
+    defaults = UpdaterSettings()
+    runs_for = (
+        defaults.fetch_deadline + defaults.quiet_wait + defaults.health_timeout + defaults.probation
+    )
+    backstop = seconds(parse("mumu-update.service")["Service"]["RuntimeMaxSec"])
+    assert runs_for < backstop <= 3 * 3600
+    assert seconds(parse("mumu-update-boot.service")["Service"]["TimeoutStartSec"]) <= 600

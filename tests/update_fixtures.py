@@ -10,6 +10,7 @@ import json
 import shutil
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -208,10 +209,18 @@ class RepoHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        trickle = srv.trickle.get(path)
         # A client may hang up mid-body (the updater stops reading a target longer than its
-        # signed length): that is the client's right, not a fault of this server.
+        # signed length, or one too slow): that is the client's right, not a fault of this server.
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-            self.wfile.write(body)
+            if trickle is None:
+                self.wfile.write(body)
+                return
+            piece, every = trickle
+            for start in range(0, len(body), piece):
+                self.wfile.write(body[start : start + piece])
+                self.wfile.flush()
+                time.sleep(every)
 
 
 class RepoServer(ThreadingHTTPServer):
@@ -226,6 +235,8 @@ class RepoServer(ThreadingHTTPServer):
         #: path -> bytes after which the next transfer of it breaks off
         self.cut_after: dict[str, int] = {}
         self.ignore_range = False
+        #: path -> (bytes, seconds): the body is sent that many bytes at a time, that far apart
+        self.trickle: dict[str, tuple[int, float]] = {}
 
     @property
     def url(self) -> str:

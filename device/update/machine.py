@@ -372,8 +372,9 @@ class Updater:
             reason = f"this device could not store the update: {exc.strerror or exc}"
             self.say("failed", offer.version, rollout_id=offer.rollout_id, reason=reason)
             return Outcome("failed", offer.version, reason)
-        if not self._wait_for_quiet(offer):
-            return Outcome("superseded", offer.version)
+        quiet = self._wait_for_quiet(offer)
+        if quiet != "quiet":
+            return Outcome(quiet, offer.version)
         self._switch(offer)
         return self._watch_probation()
 
@@ -418,11 +419,18 @@ class Updater:
             return
         if self.repo_url is None:
             raise RepositoryUnreachable("no update repository is configured")
+        pace = fetch.Pace(
+            self.clock,
+            min_rate=self.settings.min_rate,
+            window=self.settings.rate_window,
+            deadline=self.clock() + self.settings.fetch_deadline,
+        )
         repo = SignedRepository(
             self.repo_url,
             self.state_dir / "tuf",
             Path(self.settings.trust_root),
             now=self.tuf_now,
+            fetcher=fetch.PacedFetcher(self.http, pace),
         )
         name = installer.bundle_name(version, self.arch)
         info, url = repo.target(name)
@@ -450,7 +458,7 @@ class Updater:
                 )
 
         self.say("downloading", version, rollout_id=offer.rollout_id, progress=0.0)
-        fetch.download(self.http, url, part, info.length, progress)
+        fetch.download(self.http, url, part, info.length, progress, pace)
         try:
             SignedRepository.check_file(info, part)
             manifest = installer.read_manifest(part)
@@ -491,13 +499,18 @@ class Updater:
                 f"{free / 1e6:.0f} MB free"
             )
 
-    def _wait_for_quiet(self, offer: Offer) -> bool:
-        """Wait until nobody watches and the window is open; False if the offer changed."""
+    def _wait_for_quiet(self, offer: Offer) -> str:
+        """Wait until nobody watches and the window is open (``quiet``); ``superseded`` if the
+        offer changed; ``later`` after ``quiet_wait`` (this run ends, the next one waits on:
+        a run never lasts for ever)."""
+        until = self.clock() + self.settings.quiet_wait
         while True:
             viewers = files.read_viewers(self.viewers_path)
             open_now = in_window(offer.window, self.wall())
             if viewers == 0 and open_now:
-                return True
+                return "quiet"
+            if self.clock() >= until:
+                return "later"
             if viewers:
                 reason = (
                     f"installed; waiting until nobody is watching ({viewers} viewer"
@@ -509,7 +522,7 @@ class Updater:
             self.sleep(self.settings.poll * 5)
             latest = files.read_struct(self.offer_path, Offer)
             if latest is None or latest.version != offer.version:
-                return False
+                return "superseded"
             offer = latest
 
     def _switch(self, offer: Offer) -> None:
