@@ -11,7 +11,8 @@
   older than the running one (rollback attack or a stale rollout), one rolled back here before.
 * **Verify.**  The repository's metadata through ``tuf.ngclient`` (signatures, thresholds,
   versions, expiry, consistency), then the bundle's length and sha256 against the signed ones
-  before it is unpacked.  Free space is checked first (``space_factor`` x the bundle).
+  before it is unpacked.  Free space is checked first (download + unpacked + installed, as
+  signed, + a reserve); the offer, the signed target and the manifest must agree.
 * **Install.**  ``releases/<version>`` is built from the bundle's wheels beside the running one;
   the agent does not notice.
 * **Switch.**  Only while no viewer watches (and inside the owner's window, if set).  The
@@ -23,7 +24,12 @@
   extends the wait), or the device boots ``max_probation_boots`` times in probation (the boot
   counter exists only during probation: power cuts under a committed version never count).
   Committed after ``probation`` seconds healthy without a restart.
+* **Commit / roll back.**  Each is one decision saved in the probation record before the first
+  link moves; :meth:`Updater.boot` and :meth:`Updater.run` finish a saved decision after a
+  power cut.  The release ``current`` or ``committed`` points at is never deleted.
 * **Keep.**  current, previous and (while waiting to switch) pending; older releases go.
+* **Bounded.**  Transfers keep a minimum rate and one deadline per run; waiting for quiet ends
+  after ``quiet_wait``; any exception ends the run as a status with its reason.
 
 Every transition is persisted (``state.json``) and reported (``status.json`` -> agent -> cloud).
 Time comes from injectable clocks: ``clock`` (monotonic, within one boot), ``wall`` (the
