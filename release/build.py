@@ -24,11 +24,13 @@ from pathlib import Path
 from device.update.install import (
     MANIFEST,
     UPDATER_VERSION,
+    VENV_BASE,
     VERSION_RE,
     InstallError,
     Manifest,
     Wheel,
     bundle_name,
+    wheel_content,
 )
 
 ARCHES = ("aarch64", "x86_64")
@@ -224,6 +226,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def wheel_list(files: list[Path]) -> tuple[list[Wheel], int]:
+    """The manifest's wheels (hash, length, uncompressed content from each central directory)
+    and the installed release's size as reckoned from them: every member rounded up to whole
+    blocks plus one for its inode, ``.py`` files twice (their bytecode), and the venv's own
+    files.  The device refuses a bundle that would unpack to more than it says."""
+    listed: list[Wheel] = []
+    installed = VENV_BASE
+    for path in files:
+        content, estimate = wheel_content(path)
+        listed.append(
+            Wheel(file=path.name, sha256=_sha256(path), length=path.stat().st_size, content=content)
+        )
+        installed += estimate
+    return listed, installed
+
+
 def build(
     version: str,
     arch: str,
@@ -252,15 +270,18 @@ def build(
         else:
             download_dependencies(wheel, arch, python, wheels, constraints)
         files = sorted(p for p in wheels.iterdir() if p.suffix == ".whl")
+        listed, installed = wheel_list(files)
         manifest = Manifest(
             version=version,
             arch=arch,
             python_abi=f"cp{python.replace('.', '')}",
             min_updater=min_updater,
             requirement=f"{PROJECT}[device]=={version}",
-            wheels=[Wheel(file=p.name, sha256=_sha256(p)) for p in files],
+            wheels=listed,
             created=datetime.now(UTC).replace(microsecond=0).isoformat(),
             system_site_packages=system_site_packages,
+            unpacked_size=sum(w.length or 0 for w in listed),
+            installed_size=installed,
         )
         try:
             Manifest.from_json(manifest.to_json())

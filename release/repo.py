@@ -230,6 +230,11 @@ class UpdateRepository:
                 "python_abi": manifest.python_abi,
                 "min_updater": manifest.min_updater,
             }
+            # what the device checks its free space against before it downloads a byte
+            for key in ("unpacked_size", "installed_size"):
+                value = getattr(manifest, key)
+                if value is not None:
+                    target.unrecognized_fields["custom"][key] = value
             old = targets_md.signed.targets.get(name)
             if old is not None and old.hashes != target.hashes:
                 raise RepoError(

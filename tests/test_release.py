@@ -60,6 +60,11 @@ def test_a_bundle_holds_the_agent_and_its_dependencies_with_metadata(real_bundle
         members = tar.getnames()
     assert members[0] == installer.MANIFEST
     assert all(m == installer.MANIFEST or m.startswith("wheels/") for m in members)
+    # the sizes the device checks its disk and the unpacking against, as signed
+    assert all(w.length is not None and w.content is not None for w in manifest.wheels)
+    assert manifest.unpacked_size == sum(w.length or 0 for w in manifest.wheels)
+    assert manifest.installed_size is not None
+    assert manifest.installed_size > sum(w.content or 0 for w in manifest.wheels)
 
 
 @pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="needs the system's python3")
@@ -80,6 +85,9 @@ def test_the_installer_builds_the_venv_at_its_final_path_offline(
     assert installer.link_target(root, installer.CURRENT) == "2.0.0"
     assert installer.link_target(root, installer.COMMITTED) == "2.0.0"
     assert os.readlink(root / "current") == "releases/2.0.0"  # relative: works in a chroot
+    # the build's reckoning of the installed size holds for the venv pip really made
+    on_disk = sum(p.lstat().st_blocks * 512 for p in (root / "releases" / "2.0.0").rglob("*"))
+    assert on_disk <= installer.read_manifest(real_bundle).installed_size  # type: ignore[operator]
     agent = root / "current" / "bin" / "mumu-agent"
     # (from elsewhere than this checkout, so that nothing is imported from it)
     shown = subprocess.run(

@@ -10,6 +10,7 @@ import json
 import shutil
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,9 +30,17 @@ from release.repo import Expiry, UpdateRepository
 ARCH = "x86_64"
 
 
-def tiny_bundle(out: Path, version: str, *, arch: str = ARCH, size: int = 64 * 1024) -> Path:
+def tiny_bundle(
+    out: Path,
+    version: str,
+    *,
+    arch: str = ARCH,
+    size: int = 64 * 1024,
+    installed_size: int | None = None,
+) -> Path:
     """A bundle with a manifest and one wheel of ``size`` bytes (not installable by pip: the
-    state-machine tests install with :func:`stage_release`)."""
+    state-machine tests install with :func:`stage_release`); with ``installed_size``, the
+    manifest gives its sizes (as ``mumu-release build`` does) and the signed target too."""
     payload = (version.encode() * (size // len(version) + 1))[:size]
     import hashlib
 
@@ -41,7 +50,15 @@ def tiny_bundle(out: Path, version: str, *, arch: str = ARCH, size: int = 64 * 1
         python_abi="cp311",
         min_updater=1,
         requirement=f"mumu-camera[device]=={version}",
-        wheels=[installer.Wheel("pip-0-py3-none-any.whl", hashlib.sha256(payload).hexdigest())],
+        wheels=[
+            installer.Wheel(
+                "pip-0-py3-none-any.whl",
+                hashlib.sha256(payload).hexdigest(),
+                length=size if installed_size is not None else None,
+            )
+        ],
+        unpacked_size=size if installed_size is not None else None,
+        installed_size=installed_size,
     )
     out.mkdir(parents=True, exist_ok=True)
     bundle = out / installer.bundle_name(version, arch)
@@ -78,9 +95,14 @@ def stage_release(bundle: Path, root: Path) -> installer.Manifest:
     manifest = installer.read_manifest(bundle)
     target = installer.release_dir(root, manifest.version)
     (target / "bin").mkdir(parents=True, exist_ok=True)
-    (target / "bin" / "mumu-agent").write_text("#!/bin/sh\n")
-    installer.write_atomic(target / installer.MANIFEST, manifest.to_json())
+    for program in ("mumu-agent", "mumu-update"):
+        (target / "bin" / program).write_text("#!/bin/sh\n")
+    installer.publish_release(target, manifest)
     return manifest
+
+
+class PowerCut(BaseException):
+    """The power goes: not an error the updater may catch (it is a ``BaseException``)."""
 
 
 class Clock:
@@ -187,10 +209,18 @@ class RepoHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        trickle = srv.trickle.get(path)
         # A client may hang up mid-body (the updater stops reading a target longer than its
-        # signed length): that is the client's right, not a fault of this server.
+        # signed length, or one too slow): that is the client's right, not a fault of this server.
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-            self.wfile.write(body)
+            if trickle is None:
+                self.wfile.write(body)
+                return
+            piece, every = trickle
+            for start in range(0, len(body), piece):
+                self.wfile.write(body[start : start + piece])
+                self.wfile.flush()
+                time.sleep(every)
 
 
 class RepoServer(ThreadingHTTPServer):
@@ -205,6 +235,8 @@ class RepoServer(ThreadingHTTPServer):
         #: path -> bytes after which the next transfer of it breaks off
         self.cut_after: dict[str, int] = {}
         self.ignore_range = False
+        #: path -> (bytes, seconds): the body is sent that many bytes at a time, that far apart
+        self.trickle: dict[str, tuple[int, float]] = {}
 
     @property
     def url(self) -> str:
@@ -240,8 +272,13 @@ class Bench:
     def root(self) -> Path:
         return Path(self.settings.root)
 
-    def publish(self, *versions: str, size: int = 64 * 1024) -> list[Path]:
-        bundles = [tiny_bundle(self.tmp / "dist", v, size=size) for v in versions]
+    def publish(
+        self, *versions: str, size: int = 64 * 1024, installed_size: int | None = None
+    ) -> list[Path]:
+        bundles = [
+            tiny_bundle(self.tmp / "dist", v, size=size, installed_size=installed_size)
+            for v in versions
+        ]
         self.repo.add_bundles(
             bundles,
             keys.load(self.keys_dir / "targets.key"),
@@ -271,7 +308,7 @@ class Bench:
             "sleep": self.clock.sleep,
             "boot_id": lambda: self.boot,
             "cloud_reachable": lambda: self.cloud_up,
-            "http": httpx.Client(timeout=10.0),
+            "http": self.http,
             "install": stage_release,
             "tuf_now": lambda: datetime.fromtimestamp(self.clock.wall(), UTC) + self.tuf_offset,
             "arch": ARCH,
@@ -280,6 +317,14 @@ class Bench:
         return Updater(self.settings, **args)  # type: ignore[arg-type]
 
     boot: str = "boot-1"
+    _http: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        """One client for every updater of this bench (making one costs ~50 ms of TLS setup)."""
+        if self._http is None:
+            self._http = httpx.Client(timeout=10.0)
+        return self._http
 
     def status(self) -> dict[str, object]:
         data: dict[str, object] = json.loads(
@@ -322,4 +367,8 @@ def make_bench(tmp: Path, *, expiry: Expiry | None = None, **settings: object) -
         installer.point(bench.root, installer.CURRENT, "1.0.0")
         installer.point(bench.root, installer.COMMITTED, "1.0.0")
         unit.restart("mumu-agent.service")
-        yield bench
+        try:
+            yield bench
+        finally:
+            if bench._http is not None:
+                bench._http.close()

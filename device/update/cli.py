@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         if not mine:
             print("mumu-update: another updater is running", file=sys.stderr)
             return
-        outcome = updater.boot() if args.command == "boot" else updater.run()
+        try:
+            outcome = updater.boot() if args.command == "boot" else updater.run()
+        except Exception as exc:  # run() reports its own; this is the boot check's, in words
+            print(f"mumu-update {args.command}: failed: {type(exc).__name__}: {exc}")
+            raise SystemExit(1) from None
     print(
         f"mumu-update {args.command}: {outcome.kind}"
         + (f" {outcome.version}" if outcome.version else "")

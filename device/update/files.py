@@ -7,15 +7,13 @@ the cloud.  Every write is atomic (temporary file + rename), so a reader never s
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Final, TypeVar
 
 import msgspec
 
+from device.update import install
 from protocol.messages import UpdateState, Version, Window
 
 OFFER_FILE: Final = "update-offer.json"
@@ -46,19 +44,9 @@ class Status(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Through the updater's one disk seam (:func:`device.update.install.write_atomic`): the
+    data synced before the rename that publishes it, the directory after."""
+    install.write_atomic(path, data, mode)
 
 
 def read_struct(path: Path, kind: type[T]) -> T | None:

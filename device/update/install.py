@@ -25,6 +25,7 @@ one ``rename``, so a power cut leaves the old target or the new one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,6 +63,10 @@ class InstallError(Exception):
 class Wheel:
     file: str
     sha256: str
+    #: The wheel's bytes in the bundle, and the total of its members uncompressed (from its zip
+    #: central directory): what unpacking it may write.  None in bundles built before them.
+    length: int | None = None
+    content: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,10 @@ class Manifest:
     name: str = "mumu-agent"
     created: str = ""
     system_site_packages: bool = True
+    #: The wheels' total (what the bundle unpacks to before pip runs) and the installed
+    #: release's size on disk as the build reckoned it (:func:`installed_estimate`).
+    unpacked_size: int | None = None
+    installed_size: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -83,7 +93,15 @@ class Manifest:
     def from_json(cls, text: str | bytes) -> Manifest:
         try:
             raw = json.loads(text)
-            wheels = [Wheel(file=str(w["file"]), sha256=str(w["sha256"])) for w in raw["wheels"]]
+            wheels = [
+                Wheel(
+                    file=str(w["file"]),
+                    sha256=str(w["sha256"]),
+                    length=_size(w.get("length")),
+                    content=_size(w.get("content")),
+                )
+                for w in raw["wheels"]
+            ]
             manifest = cls(
                 version=str(raw["version"]),
                 arch=str(raw["arch"]),
@@ -95,8 +113,10 @@ class Manifest:
                 name=str(raw.get("name", "mumu-agent")),
                 created=str(raw.get("created", "")),
                 system_site_packages=bool(raw.get("system_site_packages", True)),
+                unpacked_size=_size(raw.get("unpacked_size")),
+                installed_size=_size(raw.get("installed_size")),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InstallError(f"{MANIFEST}: not a release manifest ({exc})") from None
         if not VERSION_RE.match(manifest.version):
             raise InstallError(f"{MANIFEST}: bad version {manifest.version!r}")
@@ -107,6 +127,42 @@ class Manifest:
 
     def bundle_name(self) -> str:
         return bundle_name(self.version, self.arch)
+
+
+def _size(value: object) -> int | None:
+    """A size field of the manifest: absent (None) or a count of bytes."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"not a size: {value!r}")
+    return value
+
+
+#: Bytes per file on the card beyond its data (a block, rounded up) and a venv's own files:
+#: what :func:`installed_estimate` adds to the wheels' contents.
+BLOCK = 4096
+VENV_BASE = 1024 * 1024
+#: How much larger than its compressed size a wheel may unpack in a bundle that does not say
+#: (built before the sizes were signed): a real wheel is 2-5x, a deflate bomb 1000x.
+MAX_RATIO = 20
+
+
+def wheel_content(path: Path) -> tuple[int, int]:
+    """A wheel's members' total uncompressed size, from its central directory, and the
+    installed estimate for them (blocks rounded up; ``.py`` files twice, for their bytecode).
+    What zipfile (and so pip) writes of a member never exceeds its recorded size."""
+    import zipfile
+
+    total = estimate = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                total += info.file_size
+                blocks = -(-info.file_size // BLOCK) * BLOCK + BLOCK
+                estimate += blocks * (2 if info.filename.endswith(".py") else 1)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InstallError(f"{path.name}: not a readable wheel ({exc})") from None
+    return total, estimate
 
 
 def bundle_name(version: str, arch: str) -> str:
@@ -133,17 +189,19 @@ def python_abi(python: str = sys.executable) -> str:
 
 
 def read_manifest(bundle: Path) -> Manifest:
+    """The bundle's manifest (read from the members up to it, not the whole archive)."""
     try:
         with tarfile.open(bundle, "r:") as tar:
-            member = tar.getmember(MANIFEST)
-            data = tar.extractfile(member)
-            if data is None:
-                raise InstallError(f"{bundle.name}: {MANIFEST} is not a file")
-            return Manifest.from_json(data.read(1024 * 1024))
-    except KeyError:
-        raise InstallError(f"{bundle.name}: no {MANIFEST} in the bundle") from None
+            for member in tar:
+                if member.name.removeprefix("./") != MANIFEST:
+                    continue
+                data = tar.extractfile(member) if member.isreg() else None
+                if data is None:
+                    raise InstallError(f"{bundle.name}: {MANIFEST} is not a file")
+                return Manifest.from_json(data.read(1024 * 1024))
     except (tarfile.TarError, OSError) as exc:
         raise InstallError(f"{bundle.name}: not a readable bundle ({exc})") from None
+    raise InstallError(f"{bundle.name}: no {MANIFEST} in the bundle")
 
 
 def check_compatible(
@@ -167,49 +225,168 @@ def check_compatible(
 
 
 def _extract_wheels(bundle: Path, manifest: Manifest, into: Path) -> None:
-    """Only the wheels the manifest names, as plain files: no links, no paths, no surprises."""
+    """Only the wheels the manifest names, as plain files: no links, no paths, no surprises;
+    no sparse member and none larger than the bytes the bundle stores for it (a 10 KB sparse
+    member can claim 10 GiB); never more than the manifest's sizes."""
     import hashlib
 
-    wanted = {w.file: w.sha256 for w in manifest.wheels}
+    wanted = {w.file: w for w in manifest.wheels}
+    stored = bundle.stat().st_size
+    budget = manifest.unpacked_size if manifest.unpacked_size is not None else stored
     into.mkdir(parents=True, exist_ok=True)
+    written = 0
     with tarfile.open(bundle, "r:") as tar:
         for member in tar:
             name = member.name.removeprefix("./")
             if not name.startswith("wheels/"):
                 continue
             base = name.removeprefix("wheels/")
-            if base not in wanted or not member.isfile():
+            if (
+                member.type == tarfile.GNUTYPE_SPARSE
+                or member.sparse is not None
+                or any(k.startswith("GNU.sparse") for k in member.pax_headers)
+            ):
+                raise InstallError(f"{base}: a sparse member is refused")
+            if base not in wanted or member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
                 raise InstallError(f"unexpected bundle member {member.name!r}")
+            wheel = wanted.pop(base)
+            if member.offset_data + member.size > stored:
+                raise InstallError(
+                    f"{base}: claims {member.size} bytes, more than the bundle stores for it"
+                )
+            if wheel.length is not None and member.size != wheel.length:
+                raise InstallError(f"{base}: {member.size} bytes, the manifest says {wheel.length}")
+            written += member.size
+            if written > budget:
+                raise InstallError(
+                    f"the wheels exceed the {budget} bytes the manifest allows unpacked"
+                )
             source = tar.extractfile(member)
             assert source is not None
             digest = hashlib.sha256()
+            left = member.size
             with open(into / base, "wb") as out:
-                while chunk := source.read(1024 * 1024):
+                while left and (chunk := source.read(min(left, 1024 * 1024))):
+                    left -= len(chunk)
                     digest.update(chunk)
                     out.write(chunk)
-            if digest.hexdigest() != wanted.pop(base):
+            if digest.hexdigest() != wheel.sha256:
                 raise InstallError(f"{base}: hash differs from the manifest")
     if wanted:
         raise InstallError(f"bundle lacks {', '.join(sorted(wanted))}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def check_wheel_contents(manifest: Manifest, wheels: Path) -> None:
+    """Before pip runs: each wheel unpacks to no more than the manifest says (or, in a bundle
+    that does not say, ``MAX_RATIO`` x its size), and all of them to no more than the signed
+    installed size.  Read from each zip's central directory: nothing is decompressed."""
+    total = 0
+    for wheel in manifest.wheels:
+        path = wheels / wheel.file
+        content, _ = wheel_content(path)
+        bound = wheel.content if wheel.content is not None else MAX_RATIO * path.stat().st_size
+        if content > bound:
+            raise InstallError(
+                f"{wheel.file} unpacks to {content} bytes, more than the {bound} allowed: refused "
+                "before pip ran"
+            )
+        total += content
+    if manifest.installed_size is not None and total > manifest.installed_size:
+        raise InstallError(
+            f"the wheels unpack to {total} bytes, more than the {manifest.installed_size} "
+            "installed size the release was signed with: refused before pip ran"
+        )
+
+
+# --- the disk: every change the updater makes to it goes through these ----------------------
+#
+# One seam, so that a test can see each change (and its order) and cut the power before or after
+# any of them: ``observer(phase, operation, paths)`` is called with ``"before"`` and ``"after"``.
+# Nothing else in the updater writes, renames or deletes what its decisions are read from.
+
+observer: Callable[[str, str, tuple[str, ...]], None] | None = None
+
+
+def _change(op: str, paths: tuple[Path, ...], do: Callable[[], object]) -> None:
+    names = tuple(str(p) for p in paths)
+    if observer is not None:
+        observer("before", op, names)
+    do()
+    if observer is not None:
+        observer("after", op, names)
+
+
+def _fsync_path(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def fsync_file(path: Path) -> None:
+    _change("fsync", (path,), lambda: _fsync_path(path, 0))
+
+
+def fsync_dir(path: Path) -> None:
+    _change("fsync_dir", (path,), lambda: _fsync_path(path, os.O_DIRECTORY))
+
+
+def rename(source: Path, dest: Path) -> None:
+    _change("rename", (source, dest), lambda: os.replace(source, dest))
+
+
+def unlink(path: Path) -> None:
+    _change("unlink", (path,), lambda: path.unlink(missing_ok=True))
+
+
+def remove_tree(path: Path) -> None:
+    _change("rmtree", (path,), lambda: shutil.rmtree(path, ignore_errors=True))
+
+
+def sync_tree(path: Path) -> None:
+    """Every file and directory under ``path`` on the disk (before a rename publishes it)."""
+
+    def sync() -> None:
+        for top, _dirs, names in os.walk(path, topdown=False):
+            for name in names:
+                file = Path(top, name)
+                if not file.is_symlink():
+                    _fsync_path(file, 0)
+            _fsync_path(Path(top), os.O_DIRECTORY)
+
+    _change("sync_tree", (path,), sync)
+
+
+def write_temp(directory: Path, prefix: str, data: bytes, mode: int) -> Path:
+    """A new file in ``directory`` holding ``data``, on the disk (fsynced), not yet published."""
+    tmp = Path(directory, f"{prefix}{os.getpid()}.{time.monotonic_ns()}.tmp")
+
+    def write() -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+
+    _change("write", (tmp,), write)
+    return tmp
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """``path`` holds ``data`` or what it held before, whenever the power goes: the data is
+    synced before the rename that publishes it, and the directory after it."""
+    raw = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write_temp(path.parent, f".{path.name}.", raw, mode)
+    try:
+        rename(tmp, path)
+    except Exception:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
 
 
 def release_dir(root: Path, version: str) -> Path:
@@ -231,21 +408,59 @@ def installed_versions(root: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if installed_manifest(root, p.name) is not None)
 
 
+def delete_release(root: Path, version: str) -> bool:
+    """Remove ``releases/<version>``: the one place a release is deleted.  What ``current`` or
+    ``committed`` points at is never deleted (False).  The directory is first renamed out of
+    the releases' names (one rename, synced), so a power cut never leaves half a release that
+    still looks complete; :func:`remove_incomplete` finishes what was cut short."""
+    if version in (link_target(root, CURRENT), link_target(root, COMMITTED)):
+        return False
+    path = release_dir(root, version)
+    if not path.exists() and not path.is_symlink():
+        return True
+    trash = root / RELEASES / f".gone-{version}"
+    remove_tree(trash)
+    rename(path, trash)
+    fsync_dir(root / RELEASES)
+    remove_tree(trash)
+    return True
+
+
 def remove_incomplete(root: Path) -> list[str]:
     """Delete every release directory without a manifest, and the staging area.  What
     ``current`` or ``committed`` points at is never deleted, whatever it holds."""
     removed: list[str] = []
     base = root / RELEASES
-    linked = {link_target(root, CURRENT), link_target(root, COMMITTED)}
     if base.is_dir():
-        for entry in base.iterdir():
-            if entry.name in linked:
-                continue
-            if entry.name.startswith(".") or installed_manifest(root, entry.name) is None:
-                shutil.rmtree(entry, ignore_errors=True)
+        for entry in sorted(base.iterdir()):
+            if entry.name.startswith("."):
+                remove_tree(entry)
                 removed.append(entry.name)
-    shutil.rmtree(root / STAGING, ignore_errors=True)
+            elif installed_manifest(root, entry.name) is None and delete_release(root, entry.name):
+                removed.append(entry.name)
+    if (root / STAGING).exists():
+        remove_tree(root / STAGING)
     return removed
+
+
+def complete(root: Path, version: str) -> bool:
+    """Whether ``releases/<version>`` may become ``current`` or ``committed``: its manifest
+    names that version, and it has the agent and the updater (both units run from a link)."""
+    manifest = installed_manifest(root, version)
+    bin_dir = release_dir(root, version) / "bin"
+    return (
+        manifest is not None
+        and manifest.version == version
+        and (bin_dir / "mumu-agent").exists()
+        and (bin_dir / "mumu-update").exists()
+    )
+
+
+def publish_release(target: Path, manifest: Manifest) -> None:
+    """Make ``target`` a complete release: everything in it on the disk first, then its
+    manifest (the mark of a complete release) by one rename."""
+    sync_tree(target)
+    write_atomic(target / MANIFEST, manifest.to_json())
 
 
 def install(
@@ -265,12 +480,14 @@ def install(
     target = release_dir(root, manifest.version)
     if installed_manifest(root, manifest.version) is not None:
         return manifest
-    shutil.rmtree(target, ignore_errors=True)
+    if not delete_release(root, manifest.version):
+        raise InstallError(f"release {manifest.version} is in use and cannot be rebuilt")
     staging = root / STAGING / manifest.version
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_tree(staging)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         _extract_wheels(bundle, manifest, staging / "wheels")
+        check_wheel_contents(manifest, staging / "wheels")
         pip_wheels = sorted((staging / "wheels").glob("pip-*.whl"))
         if not pip_wheels:
             raise InstallError("the bundle has no pip wheel")
@@ -296,14 +513,15 @@ def install(
             log,
         )
         _run([str(target / "bin" / "python"), "-c", SMOKE_IMPORTS], log)
-        if not (target / "bin" / "mumu-agent").exists():
-            raise InstallError("the release has no bin/mumu-agent")
-        write_atomic(target / MANIFEST, manifest.to_json())
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
+        for program in ("mumu-agent", "mumu-update"):
+            if not (target / "bin" / program).exists():
+                raise InstallError(f"the release has no bin/{program}")
+        publish_release(target, manifest)
+    except Exception:
+        delete_release(root, manifest.version)
         raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
     return manifest
 
 
@@ -333,11 +551,15 @@ def point(root: Path, link: str, version: str) -> None:
     agent = release_dir(root, version) / "bin" / "mumu-agent"
     if installed_manifest(root, version) is None and not agent.exists():
         raise InstallError(f"release {version} is not installed completely")
+    if link_target(root, link) == version:
+        fsync_dir(root)  # a rename cut short of its sync is made durable now
+        return
     tmp = root / f".{link}.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(f"{RELEASES}/{version}", tmp)
-    os.replace(tmp, root / link)
-    _fsync_dir(root)
+    if tmp.is_symlink() or tmp.exists():
+        unlink(tmp)
+    _change("symlink", (tmp,), lambda: os.symlink(f"{RELEASES}/{version}", tmp))
+    rename(tmp, root / link)
+    fsync_dir(root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@
   older than the running one (rollback attack or a stale rollout), one rolled back here before.
 * **Verify.**  The repository's metadata through ``tuf.ngclient`` (signatures, thresholds,
   versions, expiry, consistency), then the bundle's length and sha256 against the signed ones
-  before it is unpacked.  Free space is checked first (``space_factor`` x the bundle).
+  before it is unpacked.  Free space is checked first (download + unpacked + installed, as
+  signed, + a reserve); the offer, the signed target and the manifest must agree.
 * **Install.**  ``releases/<version>`` is built from the bundle's wheels beside the running one;
   the agent does not notice.
 * **Switch.**  Only while no viewer watches (and inside the owner's window, if set).  The
@@ -23,7 +24,12 @@
   extends the wait), or the device boots ``max_probation_boots`` times in probation (the boot
   counter exists only during probation: power cuts under a committed version never count).
   Committed after ``probation`` seconds healthy without a restart.
+* **Commit / roll back.**  Each is one decision saved in the probation record before the first
+  link moves; :meth:`Updater.boot` and :meth:`Updater.run` finish a saved decision after a
+  power cut.  The release ``current`` or ``committed`` points at is never deleted.
 * **Keep.**  current, previous and (while waiting to switch) pending; older releases go.
+* **Bounded.**  Transfers keep a minimum rate and one deadline per run; waiting for quiet ends
+  after ``quiet_wait``; any exception ends the run as a status with its reason.
 
 Every transition is persisted (``state.json``) and reported (``status.json`` -> agent -> cloud).
 Time comes from injectable clocks: ``clock`` (monotonic, within one boot), ``wall`` (the
@@ -72,6 +78,11 @@ class Probation(msgspec.Struct):
     healthy_at: float | None = None
     restarts_at_healthy: int = 0
     boots: int = 0
+    #: The decision, saved before its first change to the disk: ``commit`` or ``roll_back``
+    #: (with why, and whether the power was cut); whoever runs next (boot, run) finishes it.
+    decided: str | None = None
+    why: str = ""
+    interrupted: bool = False
 
 
 class State(msgspec.Struct):
@@ -213,14 +224,17 @@ class Updater:
         rollout_id: int | None = None,
         reason: str | None = None,
         progress: float | None = None,
+        force: bool = False,
     ) -> None:
-        """Report a status (once: the same words twice are not news)."""
+        """Report a status (once: the same words twice are not news, unless ``force``: the
+        save that goes with it carries a decision).  The state is saved with it, then the
+        status is published."""
         last = self.state.history[-1] if self.state.history else None
-        if last is not None and (last.state, last.version, last.reason, last.progress) == (
-            state,
-            version,
-            reason,
-            progress,
+        said = (state, version, reason, progress)
+        if (
+            not force
+            and last is not None
+            and (last.state, last.version, last.reason, last.progress) == said
         ):
             return
         self.state.seq += 1
@@ -248,10 +262,12 @@ class Updater:
     # --- the boot guard ------------------------------------------------------------------------
 
     def boot(self) -> Outcome:
-        """Before the agent starts: count a boot during probation and roll back when it is one
-        too many; remove interrupted installs; repair ``current`` if it is not what the state
-        says."""
+        """Before the agent starts: finish a decision a power cut interrupted; count a boot
+        during probation and roll back when it is one too many; remove interrupted installs;
+        repair ``current`` if it is not what the state says; report the last status again if
+        the cut came before it was published."""
         self.load()
+        self._republish()
         installer.remove_incomplete(self.root)
         probation = self.state.probation
         if probation is None:
@@ -260,6 +276,10 @@ class Updater:
                 installer.point(self.root, installer.CURRENT, committed)
                 return Outcome("repaired", committed)
             return Outcome("idle", self.current())
+        if probation.decided is None and self._committed_link() == probation.version:
+            probation.decided = "commit"  # the link moved: the commit was decided
+        if probation.decided is not None:
+            return self._finish(restart=False)
         if probation.boot_id == self.boot_id():
             return Outcome("probation", probation.version)
         probation.boots += 1
@@ -268,8 +288,7 @@ class Updater:
                 "the device restarted while the new version was on probation (power loss or a "
                 "system crash); the previous version runs again and the update is retried later"
             )
-            self._roll_back(reason, interrupted=True, restart=False)
-            return Outcome("rolled_back", probation.version, reason)
+            return self._roll_back(reason, interrupted=True, restart=False)
         now = self.clock()
         probation.boot_id = self.boot_id()
         probation.switched_at = now
@@ -279,15 +298,57 @@ class Updater:
         self.save()
         return Outcome("probation", probation.version)
 
+    def _committed_link(self) -> str | None:
+        return installer.link_target(self.root, installer.COMMITTED)
+
+    def _republish(self) -> None:
+        """``status.json`` says the last status of the history (a cut may have come between
+        saving the state and publishing the status)."""
+        if not self.state.history:
+            return
+        last = self.state.history[-1]
+        published = files.read_struct(self.status_path, Status)
+        if published is None or published.seq != last.seq:
+            files.write_atomic(self.status_path, msgspec.json.encode(last), mode=0o644)
+
     # --- one run: an offer to its end ----------------------------------------------------------
 
     def run(self) -> Outcome:
+        """One run; whatever goes wrong ends as a status with its reason, not a traceback."""
         self.load()
+        self._offer: Offer | None = None
+        try:
+            return self._run()
+        except Exception as exc:
+            return self._crashed(exc)
+
+    def _crashed(self, exc: Exception) -> Outcome:
+        log.exception("the updater failed")
+        reason = f"the updater failed: {type(exc).__name__}: {exc}"
+        probation = self.state.probation
+        version = probation.version if probation is not None else None
+        rollout_id = probation.rollout_id if probation is not None else None
+        if version is None and self._offer is not None:
+            version, rollout_id = self._offer.version, self._offer.rollout_id
+        try:
+            if probation is not None and probation.decided is None:
+                return self._roll_back(reason, interrupted=True)
+            installer.remove_incomplete(self.root)
+            if version is not None:
+                self.say("failed", version, rollout_id=rollout_id, reason=reason)
+        except Exception:
+            log.exception("and reporting it failed too")
+        return Outcome("failed", version, reason)
+
+    def _run(self) -> Outcome:
         if self.state.probation is not None:
+            if self.state.probation.decided is not None:
+                return self._finish()
             return self._watch_probation()
         offer = files.read_struct(self.offer_path, Offer)
         if offer is None:
             return Outcome("idle", self.current())
+        self._offer = offer
         refusal = self._refusal(offer)
         if refusal is not None:
             return refusal
@@ -317,8 +378,9 @@ class Updater:
             reason = f"this device could not store the update: {exc.strerror or exc}"
             self.say("failed", offer.version, rollout_id=offer.rollout_id, reason=reason)
             return Outcome("failed", offer.version, reason)
-        if not self._wait_for_quiet(offer):
-            return Outcome("superseded", offer.version)
+        quiet = self._wait_for_quiet(offer)
+        if quiet != "quiet":
+            return Outcome(quiet, offer.version)
         self._switch(offer)
         return self._watch_probation()
 
@@ -355,29 +417,39 @@ class Updater:
         return None
 
     def _prepare(self, offer: Offer) -> None:
-        """Verify, download and install ``offer.version`` beside the running release."""
+        """Verify, download and install ``offer.version`` beside the running release.  The
+        offer, the signed target and the bundle's manifest must agree (version, architecture,
+        sizes) before the download and again before the install."""
         version = offer.version
-        if installer.installed_manifest(self.root, version) is not None:
+        if installer.complete(self.root, version):
             return
         if self.repo_url is None:
             raise RepositoryUnreachable("no update repository is configured")
+        pace = fetch.Pace(
+            self.clock,
+            min_rate=self.settings.min_rate,
+            window=self.settings.rate_window,
+            deadline=self.clock() + self.settings.fetch_deadline,
+        )
         repo = SignedRepository(
             self.repo_url,
             self.state_dir / "tuf",
             Path(self.settings.trust_root),
             now=self.tuf_now,
+            fetcher=fetch.PacedFetcher(self.http, pace),
         )
         name = installer.bundle_name(version, self.arch)
         info, url = repo.target(name)
-        custom = info.custom or {}
-        if int(custom.get("min_updater", 1)) > installer.UPDATER_VERSION:
+        signed = Signed.of(name, info.custom or {}, info.length)
+        signed.agrees_with(version, self.arch)
+        if signed.min_updater > installer.UPDATER_VERSION:
             raise VerifyError(
-                f"{version} needs updater {custom.get('min_updater')}, this is "
+                f"{version} needs updater {signed.min_updater}, this is "
                 f"{installer.UPDATER_VERSION}: install an intermediate release first"
             )
         self.downloads.mkdir(parents=True, exist_ok=True)
         part = self.downloads / f"{name}.part"
-        self._make_room(info.length, part, keep={version})
+        self._make_room(signed, part, keep={version})
         step = max(1, info.length // 20)
         reported = [0]
 
@@ -392,50 +464,59 @@ class Updater:
                 )
 
         self.say("downloading", version, rollout_id=offer.rollout_id, progress=0.0)
-        fetch.download(self.http, url, part, info.length, progress)
+        fetch.download(self.http, url, part, info.length, progress, pace)
         try:
             SignedRepository.check_file(info, part)
-        except VerifyError:
-            part.unlink(missing_ok=True)
+            manifest = installer.read_manifest(part)
+            signed.agrees_with(manifest.version, manifest.arch, manifest)
+            installed = self.install(part, self.root)
+        except (VerifyError, installer.InstallError):
+            installer.unlink(part)
             raise
-        try:
-            self.install(part, self.root)
-        finally:
-            part.unlink(missing_ok=True)
+        installer.unlink(part)
+        if installed.version != version or not installer.complete(self.root, version):
+            raise installer.InstallError(f"the install of {version} did not complete")
         self.say("installed", version, rollout_id=offer.rollout_id)
 
     def _install(self, bundle: Path, root: Path) -> installer.Manifest:
         return installer.install(bundle, root, python=self.settings.python, arch=self.arch)
 
-    def _make_room(self, length: int, part: Path, keep: set[str]) -> None:
-        """Free space for download + unpacked wheels + venv (``space_factor`` x the bundle):
-        interrupted installs go first, then releases other than current and committed."""
+    def _make_room(self, signed: Signed, part: Path, keep: set[str]) -> None:
+        """Free space for the rest of the download, the unpacked wheels, the installed venv
+        and a reserve, from the signed sizes (``space_factor`` x the bundle for a release
+        signed without them); interrupted installs go first, then releases other than current
+        and committed."""
         installer.remove_incomplete(self.root)
         have = part.stat().st_size if part.exists() else 0
-        need = int(self.settings.space_factor * length) - have
+        need, how = signed.space_needed(have, self.settings)
         if self.disk_free(self.root) >= need:
             return
         protected = {self.current(), self.committed(), *keep}
         for version in installer.installed_versions(self.root):
             if version not in protected:
-                shutil.rmtree(installer.release_dir(self.root, version), ignore_errors=True)
+                installer.delete_release(self.root, version)
         for stale in self.downloads.glob("*.part"):
             if stale != part:
-                stale.unlink(missing_ok=True)
+                installer.unlink(stale)
         free = self.disk_free(self.root)
         if free < need:
             raise NoSpace(
-                f"not enough free space: {need / 1e6:.0f} MB needed ({self.settings.space_factor:g}"
-                f" x the {length / 1e6:.0f} MB bundle), {free / 1e6:.0f} MB free"
+                f"not enough free space: {need / 1e6:.0f} MB needed ({how}), "
+                f"{free / 1e6:.0f} MB free"
             )
 
-    def _wait_for_quiet(self, offer: Offer) -> bool:
-        """Wait until nobody watches and the window is open; False if the offer changed."""
+    def _wait_for_quiet(self, offer: Offer) -> str:
+        """Wait until nobody watches and the window is open (``quiet``); ``superseded`` if the
+        offer changed; ``later`` after ``quiet_wait`` (this run ends, the next one waits on:
+        a run never lasts for ever)."""
+        until = self.clock() + self.settings.quiet_wait
         while True:
             viewers = files.read_viewers(self.viewers_path)
             open_now = in_window(offer.window, self.wall())
             if viewers == 0 and open_now:
-                return True
+                return "quiet"
+            if self.clock() >= until:
+                return "later"
             if viewers:
                 reason = (
                     f"installed; waiting until nobody is watching ({viewers} viewer"
@@ -447,13 +528,17 @@ class Updater:
             self.sleep(self.settings.poll * 5)
             latest = files.read_struct(self.offer_path, Offer)
             if latest is None or latest.version != offer.version:
-                return False
+                return "superseded"
             offer = latest
 
     def _switch(self, offer: Offer) -> None:
         previous = self.current()
         if previous is None:
             raise installer.InstallError("no current release to update from")
+        if not installer.complete(self.root, offer.version):
+            raise installer.InstallError(
+                f"release {offer.version} is not installed completely: not switched to"
+            )
         now = self.clock()
         self.state.probation = Probation(
             version=offer.version,
@@ -525,27 +610,44 @@ class Updater:
     def _commit(self) -> Outcome:
         probation = self.state.probation
         assert probation is not None
-        installer.point(self.root, installer.COMMITTED, probation.version)
-        keep = {probation.version, probation.previous}
-        for version in installer.installed_versions(self.root):
-            if version not in keep:
-                shutil.rmtree(installer.release_dir(self.root, version), ignore_errors=True)
-        self.state.probation = None
-        self.state.attempts.pop(probation.version, None)
-        self.state.retry_at.pop(probation.version, None)
-        self.save()
-        self.say("committed", probation.version, rollout_id=probation.rollout_id)
-        return Outcome("committed", probation.version)
+        probation.decided = "commit"
+        self.save()  # the decision, before the link moves: boot() finishes it after a cut
+        return self._finish()
 
     def _roll_back(
         self, reason: str, *, interrupted: bool = False, restart: bool = True
     ) -> Outcome:
         probation = self.state.probation
         assert probation is not None
+        probation.decided = "roll_back"
+        probation.why = reason
+        probation.interrupted = interrupted
+        self.save()  # the decision, before the link moves: boot() finishes it after a cut
+        return self._finish(restart=restart)
+
+    def _finish(self, *, restart: bool = True) -> Outcome:
+        """Carry out the decision saved in the probation record (again, if a cut interrupted
+        it: every step can be repeated).  The record goes in the same save as the status that
+        reports the outcome; only then are releases deleted."""
+        probation = self.state.probation
+        assert probation is not None and probation.decided is not None
         version = probation.version
+        if probation.decided == "commit":
+            installer.point(self.root, installer.CURRENT, version)
+            installer.point(self.root, installer.COMMITTED, version)
+            self.state.probation = None
+            self.state.attempts.pop(version, None)
+            self.state.retry_at.pop(version, None)
+            self.say("committed", version, rollout_id=probation.rollout_id, force=True)
+            for old in installer.installed_versions(self.root):
+                if old not in (version, probation.previous):
+                    installer.delete_release(self.root, old)
+            return Outcome("committed", version)
+        reason = probation.why
         installer.point(self.root, installer.CURRENT, probation.previous)
+        installer.point(self.root, installer.COMMITTED, probation.previous)
         self.state.probation = None
-        if interrupted:
+        if probation.interrupted:
             attempts = self.state.attempts.get(version, 0) + 1
             self.state.attempts[version] = attempts
             if attempts >= self.settings.max_attempts:
@@ -554,11 +656,10 @@ class Updater:
                 self.state.retry_at[version] = self.wall() + self.settings.retry_after
         else:
             self.state.bad[version] = reason
-        self.save()
+        self.say("rolled_back", version, rollout_id=probation.rollout_id, reason=reason, force=True)
         if restart:
             self.services.restart(self.settings.agent_unit)
-        shutil.rmtree(installer.release_dir(self.root, version), ignore_errors=True)
-        self.say("rolled_back", version, rollout_id=probation.rollout_id, reason=reason)
+        installer.delete_release(self.root, version)
         log.warning("rolled back from %s to %s: %s", version, probation.previous, reason)
         return Outcome("rolled_back", version, reason)
 
@@ -574,3 +675,72 @@ class Updater:
 
 class NoSpace(Exception):
     """Not enough free disk for the bundle (one sentence, with the numbers)."""
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What the signed target says of a bundle (its ``custom`` fields and length)."""
+
+    name: str
+    version: str | None
+    arch: str | None
+    length: int
+    min_updater: int
+    unpacked_size: int | None
+    installed_size: int | None
+
+    @classmethod
+    def of(cls, name: str, custom: dict[str, Any], length: int) -> Signed:
+        def size(key: str) -> int | None:
+            value = custom.get(key)
+            return value if isinstance(value, int) and value >= 0 else None
+
+        version, arch, min_updater = (
+            custom.get("version"),
+            custom.get("arch"),
+            custom.get("min_updater", 1),
+        )
+        return cls(
+            name=name,
+            version=version if isinstance(version, str) else None,
+            arch=arch if isinstance(arch, str) else None,
+            length=length,
+            min_updater=min_updater if isinstance(min_updater, int) else 1,
+            unpacked_size=size("unpacked_size"),
+            installed_size=size("installed_size"),
+        )
+
+    def agrees_with(
+        self, version: str, arch: str, manifest: installer.Manifest | None = None
+    ) -> None:
+        """Raise :class:`VerifyError` unless the signed target describes ``version`` for
+        ``arch`` (and, given the bundle's manifest, the sizes it was signed with)."""
+        what = "the bundle's manifest" if manifest is not None else "the offer"
+        if (self.version, self.arch) != (version, arch):
+            raise VerifyError(
+                f"refused: the signed target {self.name!r} describes version {self.version!r} "
+                f"for {self.arch!r}, {what} says {version!r} for {arch!r}"
+            )
+        if manifest is not None and (manifest.unpacked_size, manifest.installed_size) != (
+            self.unpacked_size,
+            self.installed_size,
+        ):
+            raise VerifyError(
+                f"refused: the bundle's manifest gives other sizes than its signed target "
+                f"({manifest.unpacked_size}/{manifest.installed_size} bytes unpacked/installed, "
+                f"signed {self.unpacked_size}/{self.installed_size})"
+            )
+
+    def space_needed(self, have: int, settings: UpdaterSettings) -> tuple[int, str]:
+        """Bytes of free disk this bundle needs with ``have`` bytes of it downloaded, and how
+        that was reckoned (for the refusal's words)."""
+        if self.unpacked_size is None or self.installed_size is None:
+            need = int(settings.space_factor * self.length) - have
+            return need, f"{settings.space_factor:g} x the {self.length / 1e6:.0f} MB bundle"
+        reserve = int(settings.space_reserve)
+        need = self.length - have + self.unpacked_size + self.installed_size + reserve
+        return need, (
+            f"the {self.length / 1e6:.0f} MB download, {self.unpacked_size / 1e6:.0f} MB "
+            f"unpacked, {self.installed_size / 1e6:.0f} MB installed and a "
+            f"{reserve / 1e6:.0f} MB reserve, as signed"
+        )

@@ -17,7 +17,18 @@
     retry_after: 3600                  # s: an interrupted update (power loss) is retried after
     max_attempts: 3                    # interrupted attempts before a version counts as bad
     poll: 1.0                          # s between looks at the agent during probation
-    space_factor: 3.0                  # free space needed, in bundle sizes
+    space_factor: 3.0                  # free space needed, in bundle sizes (releases signed
+                                       # without their sizes)
+    space_reserve: 67108864            # bytes left free beyond download + unpacked + installed
+    min_rate: 1024                     # bytes/s: a transfer slower than this on average ...
+    rate_window: 60                    # s: ... over this long is given up (resumes next run)
+    fetch_deadline: 1800               # s: metadata and bundle of one run, in all
+    quiet_wait: 3600                   # s: a run waits this long for no viewer / the window,
+                                       # then ends (the timer's next run waits again)
+
+A run therefore ends within about ``fetch_deadline`` + ``quiet_wait`` + the probation (more
+only while the cloud is unreachable during probation); ``RuntimeMaxSec=`` on
+``mumu-update.service`` is the backstop, and every step survives being stopped.
 """
 
 from __future__ import annotations
@@ -53,6 +64,11 @@ class UpdaterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
     poll: Positive = 1.0
     space_factor: Annotated[float, msgspec.Meta(ge=1)] = 3.0
+    space_reserve: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024 * 1024
+    min_rate: Annotated[float, msgspec.Meta(ge=0)] = 1024.0
+    rate_window: Positive = 60.0
+    fetch_deadline: Positive = 1800.0
+    quiet_wait: Positive = 3600.0
 
 
 def load(path: Path = DEFAULT_FILE) -> UpdaterSettings:

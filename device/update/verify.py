@@ -18,6 +18,7 @@ from typing import Any
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater
+from tuf.ngclient.fetcher import FetcherInterface
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,15 @@ class SignedRepository:
         trust_root: Path,
         *,
         now: Callable[[], datetime.datetime] | None = None,
+        fetcher: FetcherInterface | None = None,
     ) -> None:
-        """``now``: the reference time for expiry (default: the system clock)."""
+        """``now``: the reference time for expiry (default: the system clock); ``fetcher``:
+        how metadata is fetched (the updater's, bounded in time)."""
         self.repo_url = repo_url.rstrip("/") + "/"
         self.metadata_dir = metadata_dir
         self.trust_root = trust_root
         self.now = now
+        self.fetcher = fetcher
 
     def _updater(self) -> Updater:
         self.metadata_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -74,6 +78,7 @@ class SignedRepository:
             metadata_base_url=f"{self.repo_url}metadata/",
             target_base_url=f"{self.repo_url}targets/",
             bootstrap=self.trust_root.read_bytes(),
+            fetcher=self.fetcher,
         )
         if self.now is not None:
             # ngclient reads the clock once, into its trusted set; tests pin it to their clock.
