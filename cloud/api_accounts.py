@@ -515,7 +515,7 @@ async def login(
 async def refresh(request: Request[Any, Any, Any], state: State) -> Response[TokenOut]:
     """A new access token for the refresh cookie (which is rotated); see the module docs."""
     svc = services_of(state)
-    _same_link_origin(svc, request)
+    _same_origin(svc, request)
     await _limit(svc, (svc.settings.refresh_rate_per_address, "refresh-addr", _client(request)))
     token = request.cookies.get(REFRESH_COOKIE, "")
     if not token:
@@ -584,7 +584,7 @@ async def logout(request: Request[Any, Any, Any], state: State) -> Response[None
     svc = services_of(state)
     cookie = request.cookies.get(REFRESH_COOKIE, "")
     if cookie:
-        _same_link_origin(svc, request)  # the cookie alone must not let another page sign us out
+        _same_origin(svc, request)  # the cookie alone must not let another page sign us out
     sign_in_id = svc.refresh.sign_in_of(cookie)
     if sign_in_id is None and request.headers.get("authorization"):
         try:
