@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -46,6 +47,17 @@ class ReceivedMail:
     def token(self) -> str:
         """The last path segment of the link (``/#/verify/<token>`` and the like)."""
         return self.link.rstrip("/").rsplit("/", 1)[-1]
+
+
+#: The servers running in this process, by port: a test finds its cloud's from MUMU_SMTP_URL.
+_RUNNING: dict[int, MailServer] = {}
+
+
+def server_for(smtp_url: str) -> MailServer:
+    """The running ``MailServer`` a cloud's ``MUMU_SMTP_URL`` names."""
+    port = urlsplit(smtp_url).port
+    assert port in _RUNNING, f"no test mail server at {smtp_url}"
+    return _RUNNING[port]
 
 
 class _Handler:
@@ -83,8 +95,10 @@ class MailServer:
 
     def start(self) -> None:
         self._controller.start()
+        _RUNNING[self.port] = self
 
     def stop(self) -> None:
+        _RUNNING.pop(self.port, None)
         self._controller.stop()
 
     def fail_next(self, count: int, code: str = "451 4.3.0 try again later") -> None:
@@ -130,6 +144,10 @@ class MailServer:
                 if left <= 0:
                     raise TimeoutError(f"no {kind or ''} mail to {to} arrived")
                 self._cond.wait(left)
+
+    def take(self, to: str, kind: str | None = None, timeout: float = 30.0) -> ReceivedMail:
+        """``next_mail`` for code without an event loop."""
+        return self._take(to, kind, time.monotonic() + timeout)
 
     async def next_mail(
         self, to: str, kind: str | None = None, timeout: float = 30.0

@@ -21,7 +21,7 @@ from tests.cloud_fixtures import BACKENDS, start_cloud
 from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
 from tests.mail_server import MailServer
 from tests.test_cloud_invariants import SDP_ANSWER, SDP_OFFER, Inbox, metric
-from tests.verify_shortcut import mark_verified_in_store
+from tests.verification import verify_addresses
 
 #: The alphabet of link tokens (secrets.token_urlsafe) and ids (uuid hex).
 TOKEN = re.compile(r"/#/share/([A-Za-z0-9_-]{43})$")
@@ -240,7 +240,7 @@ async def test_an_invitation_by_e_mail_is_accepted_by_that_account_only(
     # the mail names the inviter: an owner whose address is not proven cannot invite by e-mail
     r = await api.http.post(url, json={"email": invitee.email}, headers=owner.auth)
     assert (r.status_code, error_code(r)) == (403, "email_unverified")
-    await mark_verified_in_store(cloud, owner, other)
+    await verify_addresses(cloud, owner, other)
     r = await api.http.post(url, json={"email": invitee.email.upper()}, headers=owner.auth)
     assert r.status_code == 201, r.text
     assert r.json()["kind"] == "email" and r.json()["email"] == invitee.email
@@ -261,7 +261,7 @@ async def test_an_invitation_by_e_mail_is_accepted_by_that_account_only(
         r = await api.http.post(f"/api/invites/{invite_id}/{action}", headers=invitee.auth)
         assert (r.status_code, error_code(r)) == (403, "email_unverified"), action
         assert "confirm your address" in r.json()["error"]["message"]
-    await mark_verified_in_store(cloud, invitee)
+    await verify_addresses(cloud, invitee)
 
     r = await api.http.get("/api/invites", headers=invitee.auth)
     assert [(i["name"], i["owner_email"]) for i in r.json()["invites"]] == [("Garden", owner.email)]
@@ -293,7 +293,7 @@ async def test_an_invitation_waits_for_its_address_to_sign_up_and_can_be_decline
     """The same answer whether the address has an account or not: nobody probes for accounts.
     Only the mail says more, to the address's own mailbox."""
     owner, existing = await api.account(), await api.account()
-    await mark_verified_in_store(cloud, owner, existing)
+    await verify_addresses(cloud, owner, existing)
     camera = await api.owned_camera(owner)
     url = f"/api/devices/{camera.device_id}/invites"
     future = f"later-{camera.device_id[:8]}+x@example.com"
@@ -313,7 +313,7 @@ async def test_an_invitation_waits_for_its_address_to_sign_up_and_can_be_decline
 
     newcomer = await api.account(email=future)
     assert (await api.http.get("/api/invites", headers=newcomer.auth)).json()["invites"] == []
-    await mark_verified_in_store(cloud, newcomer)
+    await verify_addresses(cloud, newcomer)
     invites = (await api.http.get("/api/invites", headers=newcomer.auth)).json()["invites"]
     assert len(invites) == 1
     r = await api.http.post(
@@ -381,7 +381,7 @@ async def test_an_expired_invitation_is_refused(
         api = ApiClient(short.url)
         try:
             owner, viewer = await api.account(), await api.account()
-            await mark_verified_in_store(short, owner, viewer)
+            await verify_addresses(short, owner, viewer)
             camera = await api.owned_camera(owner)
             token = await link(api, owner, camera)
             r = await api.http.post(

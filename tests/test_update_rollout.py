@@ -22,9 +22,10 @@ from release.repo import UpdateRepository
 from tests import signaling_client as sig
 from tests.cloud_fixtures import BACKENDS, start_cloud
 from tests.cloud_process import Account, ApiClient, Camera, CloudProcess
-from tests.operators import make_operator, mark_email_verified_for_test, operator_command
+from tests.operators import make_operator, operator_command
 from tests.test_cloud_invariants import metric
 from tests.update_fixtures import tiny_bundle, unread_body_size
+from tests.verification import verify_emails_sync
 
 OPERATOR = "operator@example.com"
 #: In MUMU_OPERATORS, without an account: whoever signs up with it first must gain nothing.
@@ -250,7 +251,7 @@ async def test_operator_rights_are_granted_on_the_server_to_verified_accounts_on
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert (await api.http.get(listing, headers=stranger.auth)).status_code == 403
 
-    await asyncio.to_thread(mark_email_verified_for_test, cloud, LISTED)
+    await asyncio.to_thread(verify_emails_sync, cloud, LISTED)
     assert (await api.http.get(listing, headers=stranger.auth)).status_code == 403
     added = await asyncio.to_thread(operator_command, cloud, "add", LISTED.upper())
     assert added.returncode == 0, added.stderr
@@ -273,7 +274,7 @@ async def test_operator_rights_are_granted_on_the_server_to_verified_accounts_on
     )
     assert r.status_code == 204, r.text
     successor = await api.account(LISTED, "second come 2")
-    await asyncio.to_thread(mark_email_verified_for_test, cloud, LISTED)
+    await asyncio.to_thread(verify_emails_sync, cloud, LISTED)
     assert (await api.http.get(listing, headers=successor.auth)).status_code == 403
 
 

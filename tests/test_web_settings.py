@@ -26,7 +26,7 @@ from tests.test_web_app import (  # the same real cloud, nginx and coturn
     unexpected,
     watch_until_live,
 )
-from tests.verify_shortcut import mark_verified_in_store
+from tests.verification import verify_addresses
 
 __all__ = ["api", "browser", "cloud", "coturn", "nginx"]
 
@@ -146,7 +146,7 @@ async def test_not_for_viewers_offline_says_why_and_a_silent_camera_times_out(
     cloud: CloudProcess, nginx: Nginx, browser: Browser, api: ApiClient
 ) -> None:
     owner, family = await api.account(), await api.account()
-    await mark_verified_in_store(cloud, owner, family)  # e-mail invitations: verified addresses
+    await verify_addresses(cloud, owner, family)  # e-mail invitations: verified addresses
     silent = await api.owned_camera(owner, "Attic")  # answers nothing (online only)
     offline = await api.owned_camera(owner, "Shed")  # never connects
     r = await api.http.post(

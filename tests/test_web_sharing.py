@@ -21,7 +21,7 @@ from tests.test_web_app import (  # the same real cloud, nginx, coturn and camer
     unexpected,
     watch_until_live,
 )
-from tests.verify_shortcut import mark_verified_in_store
+from tests.verification import verify_addresses
 
 __all__ = ["api", "browser", "cloud", "coturn", "nginx"]
 
@@ -131,7 +131,7 @@ async def test_an_invitation_by_e_mail_is_accepted_from_the_camera_list(
     cloud: CloudProcess, nginx: Nginx, browser: Browser, api: ApiClient
 ) -> None:
     owner, family = await api.account(), await api.account()
-    await mark_verified_in_store(cloud, owner, family)  # e-mail invitations: verified addresses
+    await verify_addresses(cloud, owner, family)  # e-mail invitations: verified addresses
     camera = await api.owned_camera(owner, "Garage")
     owner_ctx, owner_page, _ = await open_app(browser, nginx, owner)
     card = owner_page.locator(f"[data-device-id='{camera.device_id}']")
