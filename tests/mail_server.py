@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import logging
 import re
 import ssl
 import threading
@@ -81,6 +82,9 @@ class MailServer:
         self._fail: list[str] = []
         self.refused = 0
         self.tls = tls
+        # aiosmtpd logs every command at INFO from its own thread, which outlives a test's
+        # captured output (a "--- Logging error ---" in the run's log): only its warnings.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         self._controller = Controller(
             _Handler(self),
             hostname="127.0.0.1",
