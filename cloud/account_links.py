@@ -38,7 +38,7 @@ OPEN_LINKS_KEPT = 3
 #: Used and expired links are remembered this long, then deleted.
 DEAD_LINKS_KEPT_S = 7 * 86400.0
 #: ``secrets.token_urlsafe(32)``: 43 characters of A-Z a-z 0-9 - _.
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
 
 
 def new_token() -> str:
