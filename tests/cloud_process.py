@@ -39,6 +39,15 @@ class CloudProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
+    def __post_init__(self) -> None:
+        # In the suite every cloud mails the suite's real SMTP server (tests/mail_server.py),
+        # however it was started, so a test can read what it sent.
+        from tests.mail_server import running_url
+
+        url = running_url()
+        if url is not None and "MUMU_SMTP_URL" not in self.env:
+            self.env = {"MUMU_SMTP_URL": url, **self.env}
+
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"

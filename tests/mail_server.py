@@ -61,6 +61,11 @@ def server_for(smtp_url: str) -> MailServer:
     return _RUNNING[port]
 
 
+def running_url() -> str | None:
+    """The ``MUMU_SMTP_URL`` of the suite's mail server when one runs in this process."""
+    return next(iter(_RUNNING.values())).url if _RUNNING else None
+
+
 class _Handler:
     def __init__(self, server: MailServer) -> None:
         self.server = server
@@ -160,7 +165,7 @@ class MailServer:
         return await asyncio.to_thread(self._take, to, kind, time.monotonic() + timeout)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def mail_server() -> Iterator[MailServer]:
     server = MailServer()
     server.start()
