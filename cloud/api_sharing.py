@@ -49,7 +49,7 @@ from cloud.api import (
     current_user,
     services,
 )
-from cloud.api_accounts import _email
+from cloud.api_accounts import _email, _link_origin
 from cloud.errors import ApiError
 from cloud.mail import templates
 from cloud.services import Services
@@ -189,17 +189,13 @@ def _unverified(svc: Services, message: str) -> ApiError:
     return _refused(svc, "email_unverified", 403, "email_unverified", message)
 
 
-def _origin(svc: Services, request: Request[Any, Any, Any]) -> str:
-    return svc.settings.public_url or str(request.base_url).rstrip("/")
-
-
 async def _mail_invitation(
     svc: Services, request: Request[Any, Any, Any], to: str, inviter: str, camera: str
 ) -> None:
     """The invitation's mail: to an account, a link to its camera list (where the invitation
     waits); to an address without one, a link to sign up with it (``#/signup?email=``).  Only
     the mail, in that mailbox, says which: the owner's answer is the same."""
-    origin = _origin(svc, request)
+    origin = _link_origin(svc, request)
     invitee = await svc.store.user_by_email(to)
     if invitee is None:
         link, confirmed = f"{origin}/#/signup?email={quote(to, safe='@')}", False
@@ -326,7 +322,7 @@ async def invite(
     svc.metrics.share_events.labels("invited_email" if email else "invited_link").inc()
     url = None
     if token is not None:
-        url = f"{_origin(svc, request)}/#/share/{token}"
+        url = f"{_link_origin(svc, request)}/#/share/{token}"
     if email is not None:
         await _mail_invitation(svc, request, email, me.email, device.name)
     return _invite_out(new, url)
