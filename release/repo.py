@@ -158,7 +158,9 @@ class UpdateRepository:
         clock: Callable[[], datetime] = utcnow,
         expiry: Expiry | None = None,
     ) -> UpdateRepository:
-        """A new repository and new keys: ``root-1..N``, ``targets``, ``online``."""
+        """A new repository and new keys ``root-1..N``, ``targets``, ``online``, all made here
+        (the demo's and the tests' way; docs/updates.md has the ceremony that makes each key on
+        its holder's machine: :meth:`new_root`, :func:`sign_root`, :meth:`publish_root`)."""
         if not 1 <= threshold <= root_keys:
             raise RepoError("the root threshold must be between 1 and the number of root keys")
         repo = cls(path, clock=clock, expiry=expiry)
@@ -167,23 +169,134 @@ class UpdateRepository:
         root_signers = [keys.generate(keys_dir, f"root-{i + 1}") for i in range(root_keys)]
         targets_signer = keys.generate(keys_dir, TARGETS)
         online_signer = keys.generate(keys_dir, ONLINE)
-        root = Root(expires=repo._expires(repo.expiry.root), consistent_snapshot=True)
+        root_md = repo.new_root(
+            [s.public_key for s in root_signers],
+            threshold=threshold,
+            targets=targets_signer.public_key,
+            online=online_signer.public_key,
+        )
         for signer in root_signers:
-            root.add_key(signer.public_key, Root.type)
-        root.roles[Root.type].threshold = threshold
-        root.add_key(targets_signer.public_key, Targets.type)
-        root.add_key(online_signer.public_key, Snapshot.type)
-        root.add_key(online_signer.public_key, Timestamp.type)
-        root_md = Metadata(root)
-        for signer in root_signers:
-            root_md.sign(signer, append=True)
-        repo._write(root_md, "1.root.json")
-        targets_md = Metadata(Targets(expires=repo._expires(repo.expiry.targets)))
-        targets_md.sign(targets_signer)
-        repo._write(targets_md, "1.targets.json")
-        repo.targets_dir.mkdir(parents=True, exist_ok=True)
-        repo._snapshot_and_timestamp(online_signer, targets_version=1, snapshot_version=1)
+            sign_root(root_md, signer)
+        repo.publish_root(root_md, targets_signer=targets_signer, online_signer=online_signer)
         return repo
+
+    # --- root, one holder at a time -----------------------------------------------------------
+
+    def new_root(
+        self, root_keys: list[Key], *, threshold: int, targets: Key, online: Key
+    ) -> Metadata[Root]:
+        """The first root, unsigned: the holders sign it one by one (:func:`sign_root`)."""
+        keyids = {k.keyid for k in root_keys}
+        if len(keyids) != len(root_keys):
+            raise RepoError("the same root key is given twice")
+        if not 1 <= threshold <= len(root_keys):
+            raise RepoError("the root threshold must be between 1 and the number of root keys")
+        if keyids & {targets.keyid, online.keyid}:
+            raise RepoError("a root key must not be the targets or the online key too")
+        root = Root(expires=self._expires(self.expiry.root), consistent_snapshot=True)
+        for key in root_keys:
+            root.add_key(key, Root.type)
+        root.roles[Root.type].threshold = threshold
+        root.add_key(targets, Targets.type)
+        root.add_key(online, Snapshot.type)
+        root.add_key(online, Timestamp.type)
+        return Metadata(root)
+
+    def next_root(
+        self,
+        *,
+        add: Iterable[Key] = (),
+        remove: Iterable[str] = (),
+        threshold: int | None = None,
+        online: Key | None = None,
+        targets: Key | None = None,
+    ) -> Metadata[Root]:
+        """Root version N+1, unsigned: root keys added/removed, a new threshold, new online or
+        targets keys, or none of these (the yearly re-signing)."""
+        old = self.root()
+        new = Metadata(Root.from_dict(old.signed.to_dict()))
+        root = new.signed
+        root.version += 1
+        root.expires = self._expires(self.expiry.root)
+        for key in add:
+            root.add_key(key, Root.type)
+        for keyid in remove:
+            if keyid not in root.roles[Root.type].keyids:
+                raise RepoError(f"{keyid} is not a root key of this repository")
+            root.revoke_key(keyid, Root.type)
+        if threshold is not None:
+            root.roles[Root.type].threshold = threshold
+        if not 1 <= root.roles[Root.type].threshold <= len(root.roles[Root.type].keyids):
+            raise RepoError("the root threshold must be between 1 and the number of root keys")
+        changes = ((Snapshot.type, online), (Timestamp.type, online), (Targets.type, targets))
+        for role, new_key in changes:
+            if new_key is None:
+                continue
+            for keyid in list(root.roles[role].keyids):
+                root.revoke_key(keyid, role)
+            root.add_key(new_key, role)
+        return new
+
+    def _previous_root(self, md: Metadata[Root]) -> Root | None:
+        """The root ``md`` follows (None for a first root), or why it follows none here."""
+        version = md.signed.version
+        if version == 1:
+            if (self.metadata_dir / "1.root.json").exists():
+                raise RepoError(f"{self.path} holds a repository already")
+            return None
+        current = self.root_version()
+        if version != current + 1:
+            raise RepoError(f"that is root version {version}; the next here is {current + 1}")
+        return self.root().signed
+
+    def root_verdict(self, md: Metadata[Root]) -> RootVerdict:
+        """Whether ``md`` carries enough signatures to be published here."""
+        previous = self._previous_root(md)
+        result = md.signed.get_root_verification_result(previous, md.signed_bytes, md.signatures)
+        return RootVerdict(
+            version=md.signed.version,
+            verified=result.verified,
+            old_needed=result.first.threshold,
+            old_signed=sorted(result.first.signed),
+            new_needed=result.second.threshold,
+            new_signed=sorted(result.second.signed),
+            waiting_for=sorted(
+                set(result.first.unsigned) | set(result.second.unsigned)
+                if not result.verified
+                else set()
+            ),
+            first=previous is None,
+        )
+
+    def publish_root(
+        self,
+        md: Metadata[Root],
+        *,
+        targets_signer: Signer | None = None,
+        online_signer: Signer | None = None,
+    ) -> int:
+        """Write a root that carries its threshold(s) of signatures.  The first one also needs
+        the targets and online keys: they sign the (empty) targets, snapshot and timestamp."""
+        verdict = self.root_verdict(md)
+        if not verdict.verified:
+            raise RepoError(verdict.describe())
+        root = md.signed
+        if verdict.first:
+            for role, signer in ((Targets.type, targets_signer), (Timestamp.type, online_signer)):
+                if signer is None:
+                    raise RepoError(f"the first root is published with the {role} key too")
+                if signer.public_key.keyid not in root.roles[role].keyids:
+                    raise RepoError(f"that key is not a {role} key of this root")
+            assert targets_signer is not None and online_signer is not None
+            self._write(md, "1.root.json")
+            targets_md = Metadata(Targets(expires=self._expires(self.expiry.targets)))
+            targets_md.sign(targets_signer)
+            self._write(targets_md, "1.targets.json")
+            self.targets_dir.mkdir(parents=True, exist_ok=True)
+            self._snapshot_and_timestamp(online_signer, targets_version=1, snapshot_version=1)
+        else:
+            self._write(md, f"{root.version}.root.json")
+        return root.version
 
     def _snapshot_and_timestamp(
         self, online: Signer, *, targets_version: int, snapshot_version: int | None = None
@@ -274,41 +387,81 @@ class UpdateRepository:
         self,
         signers: list[Signer],
         *,
-        add: list[Key] = (),  # type: ignore[assignment]
-        remove: list[str] = (),  # type: ignore[assignment]
+        add: Iterable[Key] = (),
+        remove: Iterable[str] = (),
         threshold: int | None = None,
         online: Key | None = None,
         targets: Key | None = None,
     ) -> int:
-        """Write root version N+1: root keys added/removed, a new threshold, or new online or
-        targets keys.  It must carry a threshold of signatures from the old root's keys *and*
-        from the new one's (devices check both): ``signers`` are the holders present."""
-        old = self.root()
-        new = Metadata(Root.from_dict(old.signed.to_dict()))
-        root = new.signed
-        root.version += 1
-        root.expires = self._expires(self.expiry.root)
-        for key in add:
-            root.add_key(key, Root.type)
-        for keyid in remove:
-            root.revoke_key(keyid, Root.type)
-        if threshold is not None:
-            root.roles[Root.type].threshold = threshold
-        changes = ((Snapshot.type, online), (Timestamp.type, online), (Targets.type, targets))
-        for role, new_key in changes:
-            if new_key is None:
-                continue
-            for keyid in list(root.roles[role].keyids):
-                root.revoke_key(keyid, role)
-            root.add_key(new_key, role)
+        """Write root version N+1 signed here by ``signers`` (the holders present): it must
+        carry a threshold of signatures from the old root's keys *and* from the new one's
+        (devices check both).  :meth:`next_root` + :func:`sign_root` + :meth:`publish_root`
+        do the same with each holder on their own machine."""
+        new = self.next_root(
+            add=add, remove=remove, threshold=threshold, online=online, targets=targets
+        )
+        previous = self.root().signed
         for signer in signers:
-            new.sign(signer, append=True)
-        verdict = root.get_root_verification_result(old.signed, new.signed_bytes, new.signatures)
-        if not verdict.verified:
-            raise RepoError(
-                "not enough root signatures: the old root needs "
-                f"{verdict.first.threshold} ({len(verdict.first.signed)} given), the new one "
-                f"{verdict.second.threshold} ({len(verdict.second.signed)} given)"
+            sign_root(new, signer, previous)
+        return self.publish_root(new)
+
+
+@dataclass(frozen=True)
+class RootVerdict:
+    """How a root stands against the threshold(s) it must meet."""
+
+    version: int
+    verified: bool
+    old_needed: int
+    old_signed: list[str]
+    new_needed: int
+    new_signed: list[str]
+    waiting_for: list[str]  # key ids that could still sign
+    first: bool
+
+    def describe(self) -> str:
+        if self.first:
+            counts = f"it needs {self.new_needed} ({len(self.new_signed)} given)"
+        else:
+            counts = (
+                f"the old root needs {self.old_needed} ({len(self.old_signed)} given), "
+                f"the new one {self.new_needed} ({len(self.new_signed)} given)"
             )
-        self._write(new, f"{root.version}.root.json")
-        return root.version
+        if self.verified:
+            return f"root version {self.version} is signed enough: {counts}"
+        return f"not enough root signatures for root version {self.version}: {counts}"
+
+
+def root_keyids(root: Root, previous: Root | None = None) -> set[str]:
+    ids = set(root.roles[Root.type].keyids)
+    if previous is not None:
+        ids |= set(previous.roles[Root.type].keyids)
+    return ids
+
+
+def sign_root(md: Metadata[Root], signer: Signer, previous: Root | None = None) -> None:
+    """Add one holder's signature to ``md`` (a root key of it, or of ``previous``, the root
+    it follows: a leaving holder signs the root that removes them)."""
+    if signer.public_key.keyid not in root_keyids(md.signed, previous):
+        where = "this root or the one before it" if previous is not None else "this root"
+        raise RepoError(f"that key is not a root key of {where}")
+    md.sign(signer, append=True)
+
+
+def load_root(path: Path) -> Metadata[Root]:
+    """A root file passed between holders."""
+    try:
+        md: Metadata[Any] = Metadata.from_file(str(path))
+    except FileNotFoundError:
+        raise RepoError(f"{path}: missing") from None
+    except Exception as exc:  # python-tuf's DeserializationError and friends
+        raise RepoError(f"{path}: not TUF metadata: {exc}") from None
+    if not isinstance(md.signed, Root):
+        raise RepoError(f"{path}: not root metadata")
+    return md
+
+
+def write_root(md: Metadata[Root], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    md.to_file(str(tmp), serializer=PRETTY)
+    os.replace(tmp, path)
