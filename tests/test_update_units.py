@@ -216,7 +216,11 @@ def test_every_updater_run_is_bounded_by_its_unit_too() -> None:
 
     defaults = UpdaterSettings()
     runs_for = (
-        defaults.fetch_deadline + defaults.quiet_wait + defaults.health_timeout + defaults.probation
+        defaults.clock_wait
+        + defaults.fetch_deadline
+        + defaults.quiet_wait
+        + defaults.health_timeout
+        + defaults.probation
     )
     backstop = seconds(parse("mumu-update.service")["Service"]["RuntimeMaxSec"])
     assert runs_for < backstop <= 3 * 3600

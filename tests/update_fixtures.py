@@ -312,11 +312,14 @@ class Bench:
             "install": stage_release,
             "tuf_now": lambda: datetime.fromtimestamp(self.clock.wall(), UTC) + self.tuf_offset,
             "arch": ARCH,
+            "clock_synchronized": lambda: self.clock_synced,
         }
         args.update(kwargs)
         return Updater(self.settings, **args)  # type: ignore[arg-type]
 
     boot: str = "boot-1"
+    #: whether the device clock is set from the network (NTP) yet
+    clock_synced: bool = True
     _http: httpx.Client | None = None
 
     @property

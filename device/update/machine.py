@@ -52,7 +52,7 @@ import httpx
 import msgspec
 from packaging.version import InvalidVersion, Version
 
-from device.update import fetch, files
+from device.update import fetch, files, timesync
 from device.update import install as installer
 from device.update.files import Offer, Status
 from device.update.services import ServiceManager
@@ -153,6 +153,7 @@ class Updater:
         tuf_now: Callable[[], Any] | None = None,
         arch: str | None = None,
         disk_free: Callable[[Path], int] | None = None,
+        clock_synchronized: Callable[[], bool] = timesync.synchronized,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -168,6 +169,7 @@ class Updater:
         self.tuf_now = tuf_now
         self.arch = arch or installer.machine_arch()
         self.disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
+        self.clock_synchronized = clock_synchronized
         self.root = Path(settings.root)
         self.state_dir = Path(settings.state_dir)
         self.downloads = self.root / "downloads"
@@ -384,6 +386,31 @@ class Updater:
         self._switch(offer)
         return self._watch_probation()
 
+    def _wait_for_clock(self, offer: Offer) -> bool:
+        """Wait (bounded by ``clock_wait``) for the clock to be set from the network: TUF
+        checks expiry against it, and a clock restored from the last shutdown may be days
+        behind (a frozen repository would look fresh that much longer)."""
+        if self.clock_synchronized():
+            return True
+        limit = self.settings.clock_wait
+        if limit <= 0:
+            return False
+        reason = (
+            f"waiting up to {limit:.0f} s for the clock to be set from the network (NTP) before "
+            "checking the signed metadata's expiry"
+        )
+        self.say("waiting", offer.version, rollout_id=offer.rollout_id, reason=reason)
+        synced = timesync.wait_until_synchronized(
+            self.clock_synchronized, clock=self.clock, sleep=self.sleep, limit=limit
+        )
+        if not synced:
+            log.warning(
+                "the clock is still not set from the network after %.0f s: checking the "
+                "metadata's expiry against the clock as it is",
+                limit,
+            )
+        return synced
+
     def _refusal(self, offer: Offer) -> Outcome | None:
         current = self.current()
         if offer.version == current:
@@ -431,6 +458,7 @@ class Updater:
             window=self.settings.rate_window,
             deadline=self.clock() + self.settings.fetch_deadline,
         )
+        self._wait_for_clock(offer)
         repo = SignedRepository(
             self.repo_url,
             self.state_dir / "tuf",

@@ -25,8 +25,12 @@
     fetch_deadline: 1800               # s: metadata and bundle of one run, in all
     quiet_wait: 3600                   # s: a run waits this long for no viewer / the window,
                                        # then ends (the timer's next run waits again)
+    clock_wait: 300                    # s: a run waits this long for the clock to be set from
+                                       # the network before it checks the metadata's expiry
+                                       # (then checks against the clock it has); 0: no wait
 
-A run therefore ends within about ``fetch_deadline`` + ``quiet_wait`` + the probation (more
+A run therefore ends within about ``clock_wait`` + ``fetch_deadline`` + ``quiet_wait`` + the
+probation (more
 only while the cloud is unreachable during probation); ``RuntimeMaxSec=`` on
 ``mumu-update.service`` is the backstop, and every step survives being stopped.
 """
@@ -69,6 +73,7 @@ class UpdaterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_window: Positive = 60.0
     fetch_deadline: Positive = 1800.0
     quiet_wait: Positive = 3600.0
+    clock_wait: Annotated[float, msgspec.Meta(ge=0)] = 300.0
 
 
 def load(path: Path = DEFAULT_FILE) -> UpdaterSettings:
