@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> None:
         for release in repo.releases():
             print(json.dumps(release))
     elif args.command == "keygen":
-        signer = keys.generate(args.keys, args.name)
+        signer = keys.generate(args.keys, args.name, password=keys.new_password(args.name))
         print(f"{args.keys / (args.name + '.key')}: key id {signer.public_key.keyid}")
     elif args.command == "token-key":
         key = keys.token_public(args.key)
@@ -344,6 +344,8 @@ def root_command(args: argparse.Namespace) -> None:
             verdict = repo.root_verdict(md)
             verified = verdict.verified
             print(verdict.describe())
+            if verdict.waiting_for:
+                print(f"  may still sign (old or new root keys): {', '.join(verdict.waiting_for)}")
         for keyid in md.signed.roles["root"].keyids:
             print(f"  {keyid} {'signed' if keyid in md.signatures else 'not signed'}")
         if not verified:

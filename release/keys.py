@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 from urllib import parse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -70,17 +71,18 @@ def new_password(name: str) -> bytes | None:
     return first.encode() or None
 
 
-def generate(directory: Path, name: str, *, password: bytes | bool | None = True) -> CryptoSigner:
+def generate(
+    directory: Path, name: str, *, password: bytes | Literal["env"] | None = "env"
+) -> CryptoSigner:
     """A new ed25519 key saved as ``<directory>/<name>.key`` (+ ``.pub.json``).
 
-    ``password``: the bytes to encrypt it with, ``None`` for none, ``True`` (default) for
-    :func:`new_password`."""
+    ``password``: the bytes to encrypt it with, ``None`` for none, ``"env"`` (default) for
+    ``MUMU_KEY_PASSWORD`` if set (never a prompt: the command line asks, :func:`new_password`)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{name}.key"
     if path.exists():
         raise KeyError_(f"{path} exists already: refusing to overwrite a key")
-    secret = new_password(name) if password is True else password
-    assert not isinstance(secret, bool)
+    secret = _password() if password == "env" else password
     private = Ed25519PrivateKey.generate()
     signer = CryptoSigner(private)
     pem = private.private_bytes(
@@ -140,7 +142,9 @@ def token_public(uri: str) -> Key:
     try:
         _, public = HSMSigner.import_(keyid, label, _pin)
     except UnsupportedLibraryError as exc:
-        raise KeyError_(f"{uri}: {exc} (pip install python-pkcs11)") from None
+        raise KeyError_(
+            f"{uri}: {exc} (pip install 'mumu-camera[release]': python-pkcs11)"
+        ) from None
     except Exception as exc:  # the PKCS#11 library raises its own family of errors
         raise KeyError_(f"{uri}: {type(exc).__name__}: {exc}") from None
     return public

@@ -73,10 +73,10 @@ def client_sees(server: RepoServer, trust_root: Path, state: Path, name: str) ->
     return str(info.hashes["sha256"])
 
 
-def holders(cli: Cli, tmp: Path, count: int) -> list[Path]:
+def holders(cli: Cli, tmp: Path, count: int, first: int = 1) -> list[Path]:
     """Each holder's own machine (a directory), key and password."""
     out = []
-    for i in range(1, count + 1):
+    for i in range(first, first + count):
         machine = tmp / f"holder{i}"
         cli.run("root", "keygen", "--keys", machine, "--name", f"holder{i}", password=f"pw-{i}")
         assert b"ENCRYPTED" in (machine / f"holder{i}.key").read_bytes()
@@ -141,7 +141,7 @@ def test_each_root_key_is_made_and_signs_on_its_own_machine(
     assert len(client_sees(server, baked, camera, name)) == 64
 
     # rotation, one holder at a time: holder3 leaves, holder4 joins
-    (h4,) = holders(cli, tmp_path / "new", 1)
+    (h4,) = holders(cli, tmp_path, 1, first=4)
     nxt = tmp_path / "usb" / "root-2.json"
     cli.run(
         "root",
@@ -160,10 +160,11 @@ def test_each_root_key_is_made_and_signs_on_its_own_machine(
         cli.run("root", "sign", nxt, "--key", f"{h3}.key", password="pw-3", ok=False).stderr
     )
     cli.run("root", "sign", nxt, "--key", f"{h3}.key", "--repo", repo, password="pw-3")
-    cli.run("root", "sign", nxt, "--key", f"{h4}.key", "--repo", repo, password="pw-1")
+    cli.run("root", "sign", nxt, "--key", f"{h4}.key", "--repo", repo, password="pw-4")
     # old root: holder3 only (1 of 2); new: holder4 only (1 of 2)
     done = cli.run("root", "verify", nxt, "--repo", repo, ok=False)
     assert "the old root needs 2 (1 given), the new one 2 (1 given)" in done.stdout
+    assert keyid(h1.with_suffix(".pub.json")) in done.stdout.split("may still sign")[1]
     assert "not enough" in cli.run("root", "publish", nxt, "--repo", repo, ok=False).stderr
     cli.run("root", "sign", nxt, "--key", f"{h1}.key", "--repo", repo, password="pw-1")
     cli.run("root", "verify", nxt, "--repo", repo)
