@@ -29,7 +29,8 @@
   power cut.  The release ``current`` or ``committed`` points at is never deleted.
 * **Keep.**  current, previous and (while waiting to switch) pending; older releases go.
 * **Bounded.**  Transfers keep a minimum rate and one deadline per run; waiting for quiet ends
-  after ``quiet_wait``; any exception ends the run as a status with its reason.
+  after ``quiet_wait``, waiting for network time before the metadata's expiry is checked after
+  ``clock_wait``; any exception ends the run as a status with its reason.
 
 Every transition is persisted (``state.json``) and reported (``status.json`` -> agent -> cloud).
 Time comes from injectable clocks: ``clock`` (monotonic, within one boot), ``wall`` (the
