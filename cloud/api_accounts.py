@@ -14,9 +14,10 @@ is a compare-and-swap):
 - any other genuine token of the sign-in (a copy replayed after it was rotated): the sign-in is
   revoked and its sockets closed; whoever holds the newer token must sign in again too.
 
-Sign-out, sign-out everywhere, a password change, a password reset and deleting the account
-revoke sign-ins; ``cloud.identity`` refuses their access tokens from that moment, and their viewer
-sockets close.
+Sign-out, sign-out everywhere, signing one browser out from another, a password change, a
+password reset and deleting the account revoke sign-ins; ``cloud.identity`` refuses their access
+tokens from that moment, and their viewer sockets close.  Whenever the account's sign-ins change
+its other viewer sockets hear ``sign_ins_changed`` (the account page reads its list again).
 
 Addresses are proven by one-time links mailed to them (``cloud.account_links``): at sign-up, on
 "Send again", before a new address replaces the old one, and by a password reset.  Nothing here
@@ -70,7 +71,8 @@ REVOKED_WORDS = {
     "password_reset": "the password of this account was reset, which signs out every browser",
     "revoked": "this browser was signed out from another browser of this account",
 }
-#: What a sign-in id looks like (``auth.new_sign_in_id``: 22 characters of A-Z a-z 0-9 - _).
+#: What could be a sign-in id (``auth.new_sign_in_id`` makes 22 of A-Z a-z 0-9 - _); anything
+#: else is not looked up.
 _SIGN_IN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
