@@ -10,8 +10,10 @@ with it or not at all.
 
 A new link leaves at most ``OPEN_LINKS_KEPT`` open of its purpose per account (older ones are
 expired: a person who pressed "Send again" twice can open either of the last mails), and one
-"email" link (only the newest new address is pending).  Used and expired rows are kept
-``DEAD_LINKS_KEPT_S`` (to tell "used" and "expired" from a wrong link), then deleted.
+"email" link (only the newest new address is pending).  A password change or reset expires
+every open "reset" link of the account (one mailed before must not undo the change).  Used
+and expired rows are kept ``DEAD_LINKS_KEPT_S`` (to tell "used" and "expired" from a wrong
+link), then deleted.
 """
 
 from __future__ import annotations

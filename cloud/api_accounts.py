@@ -14,9 +14,10 @@ is a compare-and-swap):
 - any other genuine token of the sign-in (a copy replayed after it was rotated): the sign-in is
   revoked and its sockets closed; whoever holds the newer token must sign in again too.
 
-Sign-out, sign-out everywhere, a password change, a password reset and deleting the account
-revoke sign-ins; ``cloud.identity`` refuses their access tokens from that moment, and their viewer
-sockets close.
+Sign-out, sign-out everywhere, signing one browser out from another, a password change, a
+password reset and deleting the account revoke sign-ins; ``cloud.identity`` refuses their access
+tokens from that moment, and their viewer sockets close.  Whenever the account's sign-ins change
+its other viewer sockets hear ``sign_ins_changed`` (the account page reads its list again).
 
 Addresses are proven by one-time links mailed to them (``cloud.account_links``): at sign-up, on
 "Send again", before a new address replaces the old one, and by a password reset.  Nothing here
@@ -35,7 +36,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, post
 from litestar.datastructures import Cookie, State
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
@@ -45,6 +46,7 @@ from cloud.api import BEARER, _bearer, _client, _iso, _limit, checked_text, curr
 from cloud.api import services as services_of
 from cloud.errors import ApiError
 from cloud.identity import Identity
+from cloud.link_origin import link_origin
 from cloud.mail import templates
 from cloud.mail.message import Mail
 from cloud.services import Services
@@ -67,7 +69,11 @@ REVOKED_WORDS = {
     "account safe",
     "too_many": "this account signed in on too many browsers, so the oldest sign-in ended",
     "password_reset": "the password of this account was reset, which signs out every browser",
+    "revoked": "this browser was signed out from another browser of this account",
 }
+#: What could be a sign-in id (``auth.new_sign_in_id`` makes 22 of A-Z a-z 0-9 - _); anything
+#: else is not looked up.
+_SIGN_IN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
@@ -123,6 +129,9 @@ class PasswordConfirmation(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SignInOut(msgspec.Struct):
+    #: Names it for ``DELETE /api/account/sign-ins/{id}`` (not a secret: a refresh token is
+    #: this id, 256 random bits and a MAC; only the owner's account page sees it).
+    id: str
     created_at: str
     last_used_at: str
     user_agent: str | None
@@ -262,10 +271,12 @@ def _signed_out(
 
 
 async def _start_sign_in(
-    svc: Services, request: Request[Any, Any, Any], user_id: str
+    svc: Services, request: Request[Any, Any, Any], user_id: str, *, announce: bool = True
 ) -> tuple[str, str]:
     """A new sign-in for this browser; its id and refresh token.  Sign-ins beyond the account's
-    cap are revoked (least recently used first) and their sockets closed."""
+    cap are revoked (least recently used first) and their sockets closed; the account's other
+    sockets hear ``sign_ins_changed`` (unless ``announce`` is False: the caller tells them
+    after it closed more)."""
     now = time.time()
     sign_in_id = auth.new_sign_in_id()
     refresh = svc.refresh.mint(sign_in_id)
@@ -288,6 +299,8 @@ async def _start_sign_in(
     )
     for old in dropped:
         await svc.hub.close_viewer_sockets(user_id, sign_in=old)
+    if announce:
+        await svc.hub.sign_ins_changed(user_id)
     return sign_in_id, refresh
 
 
@@ -309,10 +322,6 @@ async def _confirm_password(
 
 
 # --- one-time links ----------------------------------------------------------------------------
-
-
-def _link_origin(svc: Services, request: Request[Any, Any, Any]) -> str:
-    return svc.settings.public_url or str(request.base_url).rstrip("/")
 
 
 async def _mail_allowed(svc: Services, scope: str, user_id: str, purpose: Purpose) -> bool:
@@ -352,7 +361,7 @@ async def _send_link(
     s = svc.settings
     hours = max(1, s.verify_link_ttl_s // 3600)
     page = "reset" if purpose == "reset" else "verify"
-    link = f"{_link_origin(svc, request)}/#/{page}/{token}"
+    link = f"{link_origin(svc, request)}/#/{page}/{token}"
     mail: Mail
     if kind == "already_registered":
         mail = templates.already_registered(to, link)
@@ -416,7 +425,7 @@ async def verify(request: Request[Any, Any, Any], state: State, data: LinkIn) ->
     link = _used(svc, result, "verify", final=True)
     if link.purpose == "email" and result.old_email is not None:
         svc.mail.send(
-            templates.address_changed(result.old_email, link.email, _link_origin(svc, request))
+            templates.address_changed(result.old_email, link.email, link_origin(svc, request))
         )
         svc.metrics.auth_events.labels("address_changed").inc()
     else:
@@ -453,6 +462,7 @@ async def reset_password(request: Request[Any, Any, Any], state: State, data: Re
     result = await svc.links.reset_password(hash_, password_hash, "password_reset", time.time())
     link = _used(svc, result, "reset", final=True)
     await svc.hub.close_viewer_sockets(link.user_id)
+    await svc.hub.sign_ins_changed(link.user_id)
     svc.metrics.auth_events.labels("password_reset").inc()
     return EmailOut(email=link.email)
 
@@ -566,6 +576,7 @@ async def refresh(request: Request[Any, Any, Any], state: State) -> Response[Tok
     # A genuine token that was replaced a while ago: a copy of it is being replayed.
     await svc.store.revoke_sign_in(sign_in_id, "refresh_reused", now)
     await svc.hub.close_viewer_sockets(row.user_id, sign_in=sign_in_id)
+    await svc.hub.sign_ins_changed(row.user_id)
     raise _signed_out(
         svc,
         request,
@@ -598,6 +609,7 @@ async def logout(request: Request[Any, Any, Any], state: State) -> Response[None
         ):
             svc.metrics.auth_events.labels("sign_out").inc()
             await svc.hub.close_viewer_sockets(row.user_id, sign_in=sign_in_id)
+            await svc.hub.sign_ins_changed(row.user_id)
     return Response(None, status_code=204, cookies=[_refresh_cookie(svc, request, None)])
 
 
@@ -608,6 +620,7 @@ async def logout_all(request: Request[Any, Any, Any], state: State) -> Response[
     identity = await current_identity(request, svc)
     await svc.store.revoke_sign_ins(identity.user_id, "signed_out_everywhere", time.time())
     await svc.hub.close_viewer_sockets(identity.user_id)
+    await svc.hub.sign_ins_changed(identity.user_id)  # for sockets opening meanwhile
     svc.metrics.auth_events.labels("sign_out_everywhere").inc()
     return Response(None, status_code=204, cookies=[_refresh_cookie(svc, request, None)])
 
@@ -631,6 +644,7 @@ async def account(request: Request[Any, Any, Any], state: State) -> AccountOut:
         created_at=_iso(user.created_at) or "",
         sign_ins=[
             SignInOut(
+                id=s.id,
                 created_at=_iso(s.created_at) or "",
                 last_used_at=_iso(s.last_used_at) or "",
                 user_agent=s.user_agent,
@@ -656,10 +670,37 @@ async def change_password(
     password_hash = await svc.passwords.hash(new_password)
     if not await svc.store.change_password(user.id, password_hash, time.time(), "password_changed"):
         raise ApiError(401, "unauthorized", "that account no longer exists")
-    sign_in, refresh_token = await _start_sign_in(svc, request, user.id)
+    sign_in, refresh_token = await _start_sign_in(svc, request, user.id, announce=False)
     await svc.hub.close_viewer_sockets(user.id, keep=sign_in)
+    await svc.hub.sign_ins_changed(user.id)
     svc.metrics.auth_events.labels("password_changed").inc()
     return _tokens(svc, request, user.id, sign_in, refresh_token)
+
+
+@delete(
+    "/api/account/sign-ins/{sign_in_id:str}",
+    status_code=HTTP_204_NO_CONTENT,
+    tags=["account"],
+    security=BEARER,
+)
+async def revoke_sign_in(request: Request[Any, Any, Any], state: State, sign_in_id: str) -> None:
+    """Sign out one browser of the account from another ("Sign out" beside it on the account
+    page): its access tokens are refused from now on, its refresh is refused saying why
+    (``REVOKED_WORDS["revoked"]``), its viewer sockets close (``SIGNED_OUT``), and the
+    account's other sockets hear ``sign_ins_changed``.  A sign-in of another account, or one
+    that ended already, is 404 (the same answer as no such sign-in)."""
+    svc = services_of(state)
+    identity = await current_identity(request, svc)
+    now = time.time()
+    row = await svc.store.sign_in(sign_in_id) if _SIGN_IN_ID.match(sign_in_id) else None
+    if row is None or row.user_id != identity.user_id or not row.active(now):
+        raise ApiError(404, "not_found", "no such sign-in of this account")
+    reason = "signed_out" if sign_in_id == identity.sign_in else "revoked"
+    if not await svc.store.revoke_sign_in(sign_in_id, reason, now):
+        raise ApiError(404, "not_found", "no such sign-in of this account")
+    svc.metrics.auth_events.labels("sign_in_revoked").inc()
+    await svc.hub.close_viewer_sockets(identity.user_id, sign_in=sign_in_id)
+    await svc.hub.sign_ins_changed(identity.user_id)
 
 
 @post("/api/account/verification", status_code=202, tags=["account"], security=BEARER)
@@ -736,6 +777,7 @@ ACCOUNT_ROUTES = [
     logout,
     logout_all,
     account,
+    revoke_sign_in,
     change_password,
     delete_account,
     verify,

@@ -49,8 +49,9 @@ from cloud.api import (
     current_user,
     services,
 )
-from cloud.api_accounts import _email, _link_origin
+from cloud.api_accounts import _email
 from cloud.errors import ApiError
+from cloud.link_origin import link_origin
 from cloud.mail import templates
 from cloud.services import Services
 from cloud.sharing_store import AcceptOutcome, AcceptResult, Invite, InviteOutcome
@@ -195,7 +196,7 @@ async def _mail_invitation(
     """The invitation's mail: to an account, a link to its camera list (where the invitation
     waits); to an address without one, a link to sign up with it (``#/signup?email=``).  Only
     the mail, in that mailbox, says which: the owner's answer is the same."""
-    origin = _link_origin(svc, request)
+    origin = link_origin(svc, request)
     invitee = await svc.store.user_by_email(to)
     if invitee is None:
         link, confirmed = f"{origin}/#/signup?email={quote(to, safe='@')}", False
@@ -322,7 +323,7 @@ async def invite(
     svc.metrics.share_events.labels("invited_email" if email else "invited_link").inc()
     url = None
     if token is not None:
-        url = f"{_link_origin(svc, request)}/#/share/{token}"
+        url = f"{link_origin(svc, request)}/#/share/{token}"
     if email is not None:
         await _mail_invitation(svc, request, email, me.email, device.name)
     return _invite_out(new, url)

@@ -122,7 +122,8 @@ VARIABLES: dict[str, str] = {
     "MUMU_TURN_URLS": "comma-separated turn:/turns: URLs",
     "MUMU_STUN_URLS": "comma-separated stun: URLs",
     "MUMU_TURN_TTL": "TURN credential lifetime in seconds (60..86400, default 600)",
-    "MUMU_PUBLIC_URL": "origin of the web app, for claim links (default: the request's origin)",
+    "MUMU_PUBLIC_URL": "origin of the web app, for claim links and the links in mails "
+    "(default: the request's origin; for mails only a loopback one, else the cloud's own)",
     "MUMU_LOGIN_RATE": "login attempts per account, e.g. 10/minute",
     "MUMU_LOGIN_RATE_PER_ADDRESS": "login attempts per client address",
     "MUMU_REGISTER_RATE_PER_ADDRESS": "sign-ups per client address",

@@ -200,6 +200,16 @@ class Metrics:
             ["purpose", "outcome"],
             registry=self.registry,
         )
+        self.link_origins = Counter(
+            "mumu_link_origins",
+            "Links put in mails by where their origin came from (cloud/link_origin.py): "
+            "public_url (MUMU_PUBLIC_URL), loopback (a request to localhost, no public URL), "
+            "own_address (a request named a host that is not trusted: the cloud's own address)",
+            ["source"],
+            registry=self.registry,
+        )
+        for source in ("public_url", "loopback", "own_address"):
+            self.link_origins.labels(source)
         for event in (
             "invited_email",
             "invited_link",

@@ -117,11 +117,12 @@ class Services:
 
     async def start(self) -> None:
         if self.settings.smtp_url and not self.settings.public_url:
-            # A link in a mail would take its origin from the request's Host header, which a
-            # stranger asking for a reset of someone else's password chooses.
+            # Links in mails never take a Host a request names unless it is loopback
+            # (cloud/link_origin.py); elsewhere they use the cloud's own address, which may
+            # not be the one people open.
             logging.getLogger("mumu.mail").warning(
-                "MUMU_SMTP_URL is set but MUMU_PUBLIC_URL is not: links in mails use the origin "
-                "each request names; set MUMU_PUBLIC_URL to the web app's origin"
+                "MUMU_SMTP_URL is set but MUMU_PUBLIC_URL is not: links in mails use localhost "
+                "or the cloud's own address; set MUMU_PUBLIC_URL to the web app's origin"
             )
         await self.store.open()
         await self.operators.report(self.settings.operators)  # MUMU_OPERATORS grants nothing

@@ -52,6 +52,7 @@ from protocol import ProtocolError, decode, encode
 from protocol.close_codes import restart_reason
 from protocol.messages import (
     HEARTBEAT_INTERVAL_S,
+    ConnectionsCause,
     DeviceHello,
     DevicesChanged,
     DevicesChangedPayload,
@@ -70,6 +71,7 @@ from protocol.messages import (
     SignalAnswer,
     SignalIce,
     SignalOffer,
+    SignInsChanged,
     UpdateStatus,
     ViewerHello,
     ViewerToCloud,
@@ -259,13 +261,15 @@ class SignalingHub:
             if waiting is None:
                 assert refusal is not None
                 self.metrics.sockets_refused.labels(refusal).inc()
+                by_address = refusal == "too_many_pending"
                 self._refuse(
                     conn,
                     CLOSE_TRY_AGAIN,
                     "too_many_connections",
                     "too many connections from your address are waiting to say hello"
-                    if refusal == "too_many_pending"
+                    if by_address
                     else "too many connections are waiting to say hello; try again shortly",
+                    cause="address" if by_address else "everyone",
                 )
                 return
             try:
@@ -434,6 +438,7 @@ class SignalingHub:
                 "too_many_connections",
                 f"this account has {self.settings.max_viewer_sockets_per_account} connections "
                 "open already; close another tab or device",
+                cause="account",
             )
             return False
         conn.principal = identity.user_id
@@ -450,8 +455,17 @@ class SignalingHub:
         conn.send(encode(HelloAck(payload=HelloAckPayload(role="viewer", id=identity.user_id))))
         return True
 
-    def _refuse(self, conn: Connection, close_code: int, code: Any, message: str) -> None:
-        conn.send(encode(ProtocolError(code, message, ref="hello").to_message()))
+    def _refuse(
+        self,
+        conn: Connection,
+        close_code: int,
+        code: Any,
+        message: str,
+        cause: ConnectionsCause | None = None,
+    ) -> None:
+        # (a cause only to viewers: older agents refuse an error with a field they do not know)
+        said = cause if conn.role == "viewer" else None
+        conn.send(encode(ProtocolError(code, message, ref="hello", cause=said).to_message()))
         conn.close(close_code, message)
 
     def _idle_timeout(self) -> float:
@@ -640,3 +654,9 @@ class SignalingHub:
         """Close the account's viewer sockets on every process (close ``SIGNED_OUT``): those opened
         with ``sign_in``'s tokens, or all of them but ``keep``'s, or all of them."""
         await self.live.publish(f"user:{user_id}", SignOutFrame(sign_in, keep).encode())
+
+    async def sign_ins_changed(self, user_id: str) -> None:
+        """Tell every viewer socket of the account, on every process, that its sign-ins changed
+        (``sign_ins_changed``): the account page reads its list again.  Published after any
+        sockets of ended sign-ins were told to close, so those never hear it."""
+        await self.live.publish(f"user:{user_id}", encode(SignInsChanged()))

@@ -364,7 +364,8 @@ class SqlStore:
     async def change_password(
         self, user_id: str, password_hash: str, now: float, revoke_reason: str
     ) -> bool:
-        """Set a new password hash and revoke every sign-in of the account, in one transaction."""
+        """Set a new password hash, revoke every sign-in of the account and expire its open
+        reset links (a link mailed before the change must not undo it), in one transaction."""
         async with self._tx() as conn:
             done = await conn.execute(
                 update(users).where(users.c.id == user_id).values(password_hash=password_hash)
@@ -372,6 +373,16 @@ class SqlStore:
             if done.rowcount != 1:
                 return False
             await conn.execute(_revoke(sign_ins.c.user_id == user_id, revoke_reason, now))
+            await conn.execute(
+                update(account_links)
+                .where(
+                    account_links.c.user_id == user_id,
+                    account_links.c.purpose == "reset",
+                    account_links.c.used_at.is_(None),
+                    account_links.c.expires_at > now,
+                )
+                .values(expires_at=now)
+            )
         return True
 
     async def delete_user(self, user_id: str) -> DeletedUser | None:

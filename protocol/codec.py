@@ -13,6 +13,7 @@ from protocol.messages import (
     MAX_MESSAGE_BYTES,
     CloudToDevice,
     CloudToViewer,
+    ConnectionsCause,
     DeviceToCloud,
     Error,
     ErrorCode,
@@ -42,6 +43,7 @@ class ProtocolError(Exception):
         message: str,
         ref: str | None = None,
         request_id: str | None = None,
+        cause: ConnectionsCause | None = None,
     ) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
@@ -49,6 +51,8 @@ class ProtocolError(Exception):
         self.ref = ref
         #: The ``request_id`` of the ``watch_request`` refused (set by whoever knows it).
         self.request_id = request_id
+        #: ``too_many_connections``: which bound (to viewers only).
+        self.cause: ConnectionsCause | None = cause
 
     def to_message(self) -> Error:
         return Error(
@@ -57,6 +61,7 @@ class ProtocolError(Exception):
                 message=self.message[:1024],
                 ref=self.ref,
                 request_id=self.request_id,
+                cause=self.cause,
             )
         )
 

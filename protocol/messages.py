@@ -221,6 +221,12 @@ class DevicesChangedPayload(_Payload):
     device_id: Id
 
 
+class SignInsChangedPayload(_Payload):
+    """Cloud -> viewer: the account's sign-ins changed (a browser signed in or out, one was
+    signed out from another, the password was changed or reset): read the list again.  It
+    carries nothing else; the list is read over HTTP, with the reader's own token."""
+
+
 class PeerStatusPayload(_Payload):
     """Cloud -> the other party: the signaling socket of a session's peer dropped (it has the
     resume grace to come back; video may still be flowing peer to peer), or it is back."""
@@ -379,13 +385,22 @@ ErrorCode = Literal[
 ]
 
 
-class ErrorPayload(_Payload):
+#: Which bound refused a socket (``too_many_connections``): sockets of ``address`` (the
+#: client's address) or of ``everyone`` waiting for their ``hello``, or the viewer sockets of
+#: the ``account``.
+ConnectionsCause = Literal["address", "everyone", "account"]
+
+
+class ErrorPayload(_Payload, omit_defaults=True):
     code: ErrorCode
     message: Text
     #: The ``type`` (and, when known, the ``session_id``) of the message that was refused.
     ref: Text | None = None
     #: The ``request_id`` of the refused ``watch_request``, when it had one.
     request_id: RequestId | None = None
+    #: ``too_many_connections`` to a viewer: which bound it was.  Never sent to devices
+    #: (agents older than this field refuse a payload with a field they do not know).
+    cause: ConnectionsCause | None = None
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -467,6 +482,10 @@ class DeviceStatus(_Message, tag="device_status"):
 
 class DevicesChanged(_Message, tag="devices_changed"):
     payload: DevicesChangedPayload
+
+
+class SignInsChanged(_Message, tag="sign_ins_changed"):
+    payload: SignInsChangedPayload = msgspec.field(default_factory=SignInsChangedPayload)
 
 
 class PeerStatus(_Message, tag="peer_status"):
@@ -553,6 +572,7 @@ CloudToViewer = (
     | PeerStatus
     | DeviceStatus
     | DevicesChanged
+    | SignInsChanged
     | DeviceUpdate
     | DeviceSettings
     | Error
@@ -588,3 +608,4 @@ UPDATE_STATES: Final[tuple[str, ...]] = UpdateState.__args__  # type: ignore[att
 DEVICE_END_REASONS: Final[tuple[str, ...]] = DeviceEndReason.__args__  # type: ignore[attr-defined]
 MEDIA_PATHS: Final[tuple[str, ...]] = MediaPath.__args__  # type: ignore[attr-defined]
 SETTINGS_REFUSALS: Final[tuple[str, ...]] = SettingsRefusal.__args__  # type: ignore[attr-defined]
+CONNECTIONS_CAUSES: Final[tuple[str, ...]] = ConnectionsCause.__args__  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import json
 
 from protocol.close_codes import RESTART_WINDOW_KEY, RESTART_WINDOW_MAX_S, CloseCode
 from protocol.messages import (
+    CONNECTIONS_CAUSES,
     DEVICE_END_REASONS,
     DIRECTIONS,
     END_REASONS,
@@ -59,6 +60,8 @@ def render() -> str:
         f"export const UPDATE_STATES = Object.freeze({json.dumps(list(UPDATE_STATES))});",
         f"export const DEVICE_END_REASONS = Object.freeze({json.dumps(list(DEVICE_END_REASONS))});",
         f"export const SETTINGS_REFUSALS = Object.freeze({json.dumps(list(SETTINGS_REFUSALS))});",
+        "/** Which bound a too_many_connections error names (its payload's cause). */",
+        f"export const CONNECTIONS_CAUSES = Object.freeze({json.dumps(list(CONNECTIONS_CAUSES))});",
         "",
         "/** The snapshot data channel (protocol/snapshot.py): pictures peer to peer. */",
         "export const SNAPSHOT = Object.freeze({",

@@ -371,6 +371,93 @@ async def test_the_account_page_lists_its_sign_ins(cloud: CloudProcess, api: Api
         await b.aclose()
 
 
+@pytest.fixture(scope="module")
+def twin(cloud: CloudProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudProcess]:
+    """Another process of the same cloud when it is scaled (the same database and Redis: a
+    frame for a socket there travels through Redis); the one process when it is embedded."""
+    if "MUMU_REDIS_URL" not in cloud.env:
+        yield cloud
+        return
+    with CloudProcess(tmp_path_factory.mktemp("twin"), env=cloud.env) as second:
+        yield second
+
+
+#: ``auth.new_sign_in_id``: ``secrets.token_urlsafe(16)``.
+SIGN_IN_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+async def sign_in_ids(browser: Browser) -> dict[str, bool]:
+    """The account's sign-ins as its page lists them: id -> whether it is the asker's."""
+    r = await browser.http.get("/api/account", headers=browser.auth)
+    assert r.status_code == 200, r.text
+    ids = {s["id"]: s["current"] for s in r.json()["sign_ins"]}
+    assert all(SIGN_IN_ID.match(i) for i in ids), ids
+    return ids
+
+
+async def test_one_browser_signs_out_another_and_the_list_hears_of_every_change(
+    cloud: CloudProcess, twin: CloudProcess, api: ApiClient
+) -> None:
+    """``DELETE /api/account/sign-ins/{id}``: the owner's own sign-ins only; the revoked one's
+    tokens and sockets end and its refresh says why; every change of the account's sign-ins
+    (a sign-in, a sign-out, a revoke) reaches its other sockets as ``sign_ins_changed``, on
+    another process too (scaled: through Redis), never a stranger's; a password change closes
+    every socket but the new sign-in's (which has none yet)."""
+    email, [here, gone] = await browsers_of(cloud, api, 2)
+    _, [stranger] = await browsers_of(cloud, api, 1)
+    watcher = await sig.viewer(twin.ws_url, here.token)  # the account page, on the twin
+    gone_socket = await sig.viewer(cloud.ws_url, gone.token)
+    stranger_socket = await sig.viewer(twin.ws_url, stranger.token)
+    ids = await sign_in_ids(here)
+    [here_id] = [i for i, current in ids.items() if current]
+    [gone_id] = [i for i, current in (await sign_in_ids(gone)).items() if current]
+    assert here_id != gone_id and gone_id in ids
+    url = f"/api/account/sign-ins/{gone_id}"
+
+    # Nobody else's, nothing malformed, nobody signed out: refused, nothing changes.
+    assert (await stranger.http.delete(url, headers=stranger.auth)).status_code == 404
+    assert (await here.http.delete(url)).status_code == 401
+    for bad in ("x" * 65, "not%20an%20id", "a.b"):
+        r = await here.http.delete(f"/api/account/sign-ins/{bad}", headers=here.auth)
+        assert r.status_code == 404 and error_code(r) == "not_found", (bad, r.text)
+    assert await gone.authorized()
+    await watcher.nothing()
+
+    r = await here.http.delete(url, headers=here.auth)
+    assert r.status_code == 204, r.text
+    assert await gone_socket.closed() == CLOSE_SIGNED_OUT
+    assert (await watcher.recv())["type"] == "sign_ins_changed"
+    assert not await gone.authorized()
+    r = await gone.refresh()
+    assert r.status_code == 401, r.text
+    assert "signed out from another browser" in r.json()["error"]["message"]
+    assert set(await sign_in_ids(here)) == set(ids) - {gone_id}
+    assert (await here.http.delete(url, headers=here.auth)).status_code == 404, "ended already"
+    await watcher.nothing()
+
+    # A new sign-in, a sign-out, a password change: each one heard.
+    newcomer = Browser(twin)
+    assert (await newcomer.sign_in(email, "correct horse 1")).status_code == 200
+    assert (await watcher.recv())["type"] == "sign_ins_changed"
+    assert (await newcomer.http.post("/api/auth/logout")).status_code == 204
+    assert (await watcher.recv())["type"] == "sign_ins_changed"
+    # (the stranger heard none of it: its next frame answers its own heartbeat)
+    await stranger_socket.send("heartbeat")
+    assert (await stranger_socket.recv())["type"] == "heartbeat_ack"
+
+    listener = await sig.viewer(twin.ws_url, here.token)
+    change = {"current_password": "correct horse 1", "new_password": "other horse 22"}
+    r = await here.http.post("/api/account/password", json=change, headers=here.auth)
+    assert r.status_code == 200, r.text
+    for socket in (watcher, listener):
+        assert await socket.closed() == CLOSE_SIGNED_OUT  # every sign-in but the new one
+    metrics = (await api.http.get("/metrics")).text
+    assert 'mumu_auth_events_total{event="sign_in_revoked"} 1.0' in metrics
+    await stranger_socket.close()
+    for b in (here, gone, stranger, newcomer):
+        await b.aclose()
+
+
 @pytest.mark.parametrize("kind", ["embedded"])
 async def test_sign_ins_per_account_refreshes_per_address_and_the_grace_are_bounded(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -781,6 +868,77 @@ async def test_a_reset_sets_the_password_and_ends_every_sign_in(
     await assert_kept_only_hashed(cloud, [token])
     for b in (first, second, fresh):
         await b.aclose()
+
+
+async def test_a_changed_or_reset_password_expires_every_open_reset_link(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    """A reset link mailed before the password changed (here, or by another reset link) must
+    not undo the change: every open one expires with it."""
+    email, [browser] = await browsers_of(cloud, api, 1)
+
+    async def reset_links(n: int) -> list[str]:
+        for _ in range(n):
+            assert (await api.http.post("/api/auth/forgot", json={"email": email})).is_success
+        return [
+            link_token(cloud, await mail_server.next_mail(email, "reset"), "reset")
+            for _ in range(n)
+        ]
+
+    async def refused(token: str) -> str:
+        r = await api.http.post("/api/auth/reset", json={"token": token, "password": "late 9x!"})
+        assert r.status_code == 410, r.text
+        return error_code(r)
+
+    before = await reset_links(2)
+    change = {"current_password": "correct horse 1", "new_password": "changed horse 2"}
+    r = await browser.http.post("/api/account/password", json=change, headers=browser.auth)
+    assert r.status_code == 200, r.text
+    assert [await refused(t) for t in before] == ["link_expired", "link_expired"]
+
+    used, other = await reset_links(2)
+    r = await api.http.post("/api/auth/reset", json={"token": used, "password": "reset horse 3"})
+    assert r.status_code == 200, r.text
+    assert await refused(other) == "link_expired"
+    assert await refused(used) == "link_used"
+    assert (await Browser(cloud).sign_in(email, "reset horse 3")).status_code == 200
+    await browser.aclose()
+
+
+async def test_a_forged_host_never_gets_into_a_mailed_link(
+    cloud: CloudProcess, api: ApiClient, mail_server: MailServer
+) -> None:
+    """Without ``MUMU_PUBLIC_URL`` (this cloud has none), a link takes the origin a request
+    names only when it is loopback; any other ``Host`` gets the cloud's own address (the socket
+    the request reached), never the name the stranger chose (reset poisoning)."""
+    account = await api.account()
+    await mail_server.next_mail(account.email, "verify")
+    for host in ("evil.example", "evil.example:443", "127.0.0.1.evil.example"):
+        r = await api.http.post(
+            "/api/auth/forgot", json={"email": account.email}, headers={"host": host}
+        )
+        assert r.status_code == 202, r.text
+        mail = await mail_server.next_mail(account.email, "reset")
+        assert mail.link == f"{cloud.url}/#/reset/{mail.token}", (host, mail.link)
+        assert "evil" not in mail.text + mail.html, host
+    email = fresh_email("poisoned")
+    r = await api.http.post(
+        "/api/auth/register",
+        json={"email": email, "password": "long pass 1"},
+        headers={"host": "evil.example"},
+    )
+    assert r.status_code == 201, r.text
+    mail = await mail_server.next_mail(email, "verify")
+    assert mail.link == f"{cloud.url}/#/verify/{mail.token}", mail.link
+    # A loopback name is the reader's own machine: kept (the demo, a cloud tried locally).
+    r = await api.http.post(
+        "/api/auth/forgot", json={"email": account.email}, headers={"host": "localhost:9"}
+    )
+    assert r.status_code == 202
+    mail = await mail_server.next_mail(account.email, "reset")
+    assert mail.link == f"http://localhost:9/#/reset/{mail.token}", mail.link
+    assert await metric(cloud.url, 'mumu_link_origins_total{source="own_address"}') >= 4
+    assert await metric(cloud.url, 'mumu_link_origins_total{source="loopback"}') >= 1
 
 
 async def test_a_new_address_is_proven_before_it_replaces_the_old(

@@ -324,7 +324,8 @@ async def test_viewer_sockets_per_account_are_bounded(bounded: CloudProcess) -> 
         sockets = [await sig.viewer(bounded.ws_url, owner.token) for _ in range(3)]
         extra = await sig.Client.connect(bounded.ws_url, "viewer")
         await extra.send("hello", {"token": owner.token})
-        assert (await extra.error())["code"] == "too_many_connections"
+        refused = await extra.error()
+        assert refused["code"] == "too_many_connections" and refused["cause"] == "account"
         assert await extra.closed() == 1013
         other = await api.account()  # another account is not affected
         await (await sig.viewer(bounded.ws_url, other.token)).close()
@@ -368,8 +369,9 @@ async def silent(
     if not refused:
         return list(sockets)
 
-    async def refusal(s: sig.Client) -> tuple[str, int | None]:
-        return (await s.error())["code"], await s.closed()
+    async def refusal(s: sig.Client) -> tuple[str, str, int | None]:
+        error = await s.error()
+        return error["code"], error.get("cause", ""), await s.closed()
 
     closing = {asyncio.create_task(refusal(s)): s for s in sockets}
     try:
@@ -378,14 +380,16 @@ async def silent(
             return await metric(cloud.url, refused_name(reason)) - before >= refused
 
         await until(counted, what=f"{refused} refusals")
-        done: set[asyncio.Task[tuple[str, int | None]]] = set()
+        done: set[asyncio.Task[tuple[str, str, int | None]]] = set()
         async with asyncio.timeout(sig.WAIT_S):
             while len(done) < refused:
                 finished, _ = await asyncio.wait(
                     set(closing) - done, return_when=asyncio.FIRST_COMPLETED
                 )
                 done |= finished
-        assert {t.result() for t in done} == {("too_many_connections", 1013)}
+        # (a viewer socket is told which bound refused it)
+        cause = "address" if reason == "too_many_pending" else "everyone"
+        assert {t.result() for t in done} == {("too_many_connections", cause, 1013)}
         assert await metric(cloud.url, refused_name(reason)) - before == refused
         return [s for t, s in closing.items() if t not in done]
     finally:

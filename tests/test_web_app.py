@@ -17,6 +17,7 @@ import base64
 import contextlib
 import itertools
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -329,6 +330,96 @@ async def test_forgot_password_the_reset_link_signs_in_with_the_new_one(
     assert unexpected(opener_problems) == [], opener_problems.errors
 
 
+async def test_refused_links_and_send_again_each_say_so_with_one_action(
+    nginx: Nginx, browser: Browser, api: ApiClient, mail_server: MailServer
+) -> None:
+    """The screens of a refusal: "Send again" answered 429, a verify link and a reset link
+    that expired (each with its one action, signed in and out), a new address that another
+    account took before its link was opened."""
+    account = await api.account()
+    first = (await mail_server.next_mail(account.email, "verify")).token
+    # Four more links (the account's mail bucket: five an hour, the sign-up's the first):
+    # the sign-up's link is no longer among the newest three kept open.
+    for _ in range(4):
+        r = await api.http.post("/api/account/verification", headers=account.auth)
+        assert r.status_code == 202, r.text
+        await mail_server.next_mail(account.email, "verify")
+
+    # "Send again" once more: 429, said with the wait, the button idle until then.
+    context, page, first_problems = await open_app(browser, nginx, account)
+    await page.wait_for_selector("[data-testid=verify-banner]:visible")
+    await page.click("[data-testid=verify-send-again]")
+    wait = re.compile(r"You can ask for another link in \d+ (seconds?|minutes)\.")
+    said = page.locator("[data-testid=verify-banner-text]")
+    await said.filter(has_text=wait).wait_for()
+    assert wait.fullmatch(await said.inner_text()), await said.inner_text()
+    assert await page.is_disabled("[data-testid=verify-send-again]")
+    # (nothing more was mailed: the sign-up's and the four, no sixth)
+    assert [m.kind for m in mail_server.received(account.email)] == ["verify"] * 5
+
+    # The expired verify link, signed in: said so, and one action, a new link (429 too: said).
+    await page.goto(f"{nginx.url}/#/verify/{first}")
+    await page.wait_for_selector("[data-testid=link-error]")
+    assert await text(page, "link-error") == "This link has expired."
+    assert await page.locator("[data-testid=link-action]").count() == 1
+    assert await text(page, "link-action") == "Send a new link"
+    await page.click("[data-testid=link-action]")
+    await page.locator("[data-testid=link-resend-result]").filter(has_text=wait).wait_for()
+    await screenshot(page, "app-link-expired")
+    # ...and signed out (opened on another device): one action, to sign in.
+    away, elsewhere, away_problems = await open_app(browser, nginx)
+    await elsewhere.goto(f"{nginx.url}/#/verify/{first}")
+    await elsewhere.wait_for_selector("[data-testid=link-error]")
+    assert await text(elsewhere, "link-error") == "This link has expired."
+    assert await elsewhere.locator("[data-testid=link-action]").count() == 1
+    await elsewhere.click("[data-testid=link-action]")
+    await elsewhere.wait_for_selector("[data-testid=auth-form]")
+
+    # A reset link mailed before the password was changed: expired, one way to a new one.
+    r = await api.http.post("/api/auth/forgot", json={"email": account.email})
+    assert r.status_code == 202, r.text
+    reset = (await mail_server.next_mail(account.email, "reset")).token
+    change = {"current_password": account.password, "new_password": "changed meanwhile 7"}
+    r = await api.http.post("/api/account/password", json=change, headers=account.auth)
+    assert r.status_code == 200, r.text
+    await elsewhere.goto(f"{nginx.url}/#/reset/{reset}")
+    await elsewhere.fill("[data-testid=reset-password]", "would undo it 8")
+    await elsewhere.fill("[data-testid=reset-password-again]", "would undo it 8")
+    await elsewhere.click("[data-testid=reset-submit]")
+    await elsewhere.wait_for_selector("[data-testid=form-error]:visible")
+    assert (await text(elsewhere, "form-error")).startswith("This link has expired.")
+    assert await elsewhere.locator("[data-testid=link-action]").count() == 1
+    await elsewhere.click("[data-testid=link-action]")
+    await elsewhere.wait_for_selector("[data-testid=forgot-form]")
+    await context.close()  # (its sign-in ended with the password change)
+    assert unexpected(first_problems) == [], first_problems.errors
+
+    # A new address that an account took before the link was opened.
+    mover = await api.account()
+    taken = f"taken-{time.monotonic_ns()}@example.com"
+    context, page, problems = await sign_in_in_page(browser, nginx, mover)
+    await page.click("[data-testid=nav-account]")
+    await page.fill("[data-testid=new-email]", taken)
+    await page.fill("[data-testid=email-password]", mover.password)
+    await page.click("[data-testid=email-submit]")
+    await page.wait_for_selector("[data-testid=email-pending]:visible")
+    link = (await mail_server.next_mail(taken, "confirm_new_address")).token
+    await api.account(taken)  # somebody signs up with it meanwhile
+    await page.goto(f"{nginx.url}/#/verify/{link}")
+    await page.wait_for_selector("[data-testid=link-error]")
+    assert await text(page, "link-error") == (
+        "Another account uses that address now, so it cannot become the address of yours."
+    )
+    assert await page.locator("[data-testid=link-action]").count() == 1
+    await screenshot(page, "app-link-email-taken")
+    await page.click("[data-testid=link-action]")
+    await page.wait_for_selector(f"[data-testid=account-email]:text-is('{mover.email}')")
+    await context.close()
+    await away.close()
+    assert unexpected(problems) == [], problems.errors
+    assert unexpected(away_problems) == [], away_problems.errors
+
+
 async def test_changing_the_address_waits_for_the_new_one_to_be_confirmed(
     nginx: Nginx, browser: Browser, api: ApiClient, mail_server: MailServer
 ) -> None:
@@ -463,7 +554,7 @@ async def test_account_page_password_change_and_sign_out_everywhere(
     await gone.click("[data-testid=signout]")
     await gone.wait_for_selector("[data-testid=auth-form]")
     await page.wait_for_function(
-        "() => document.querySelectorAll('[data-testid=sign-in]').length === 3", timeout=15_000
+        "() => document.querySelectorAll('[data-testid=sign-in]').length === 3", timeout=PUSHED_MS
     )
 
     # A wrong current password is said so; nothing changes.
@@ -506,6 +597,68 @@ async def test_account_page_password_change_and_sign_out_everywhere(
     for context in (here, there, third):
         await context.close()
     assert unexpected(problems) == [], problems.errors
+
+
+SIGN_INS = "() => document.querySelectorAll('[data-testid=sign-in]').length"
+#: Well under the page's fallback reading of its list (a minute): only the cloud's
+#: sign_ins_changed, pushed over the signaling socket, gets a row out this soon.
+PUSHED_MS = 10_000
+
+
+async def own_sign_in(page: Page) -> str:
+    """The id of this browser's sign-in, as its account page marks it."""
+    await page.click("[data-testid=nav-account]")
+    row = page.locator("[data-testid=sign-in]").filter(
+        has=page.locator("[data-testid=this-browser]")
+    )
+    sign_in = await row.get_attribute("data-sign-in")
+    assert sign_in, "the account page names each sign-in"
+    return sign_in
+
+
+async def signing_out_drops_rows(watcher: Page, leaving: Page, revoked: Page) -> None:
+    """``watcher`` is on the account page, with ``leaving`` and ``revoked`` signed in to the
+    same account (and listed): ``leaving`` signs itself out, then ``watcher`` signs ``revoked``
+    out with the "Sign out" beside it; each time the row leaves ``watcher``'s list at once, and
+    ``revoked`` is sent to sign in, told why."""
+    revoked_id = await own_sign_in(revoked)
+    await watcher.click("[data-testid=nav-account]")
+    await watcher.wait_for_selector(f"[data-sign-in='{revoked_id}']")
+    rows = await watcher.evaluate(SIGN_INS)
+    mine = watcher.locator("[data-testid=sign-in]").filter(
+        has=watcher.locator("[data-testid=this-browser]")
+    )
+    assert await mine.locator("[data-testid=sign-in-revoke]").count() == 0, "sign out is above"
+
+    await leaving.click("[data-testid=signout]")
+    await leaving.wait_for_selector("[data-testid=auth-form]")
+    await watcher.wait_for_function(f"() => ({SIGN_INS})() === {rows - 1}", timeout=PUSHED_MS)
+
+    await watcher.click(f"[data-sign-in='{revoked_id}'] [data-testid=sign-in-revoke]")
+    await watcher.wait_for_selector(
+        f"[data-sign-in='{revoked_id}']", state="detached", timeout=PUSHED_MS
+    )
+    assert await watcher.evaluate(SIGN_INS) == rows - 2
+    await revoked.wait_for_selector("[data-testid=auth-form]", timeout=15_000)
+    assert "signed out from another browser" in await text(revoked, "banner")
+    assert await kept(revoked) == NOTHING_KEPT
+    assert await watcher.locator("[data-testid=this-browser]").count() == 1
+    assert await watcher.is_hidden("[data-testid=sign-in-error]")
+
+
+async def test_signing_out_a_browser_drops_it_from_the_other_page_at_once(
+    nginx: Nginx, browser: Browser, api: ApiClient
+) -> None:
+    account = await api.account()
+    here, page, problems = await sign_in_in_page(browser, nginx, account)
+    there, leaving, _ = await sign_in_in_page(browser, nginx, account)
+    third, revoked, revoked_problems = await sign_in_in_page(browser, nginx, account)
+    await signing_out_drops_rows(page, leaving, revoked)
+    await screenshot(page, "app-account-sign-ins")
+    for context in (here, there, third):
+        await context.close()
+    assert unexpected(problems) == [], problems.errors
+    assert unexpected(revoked_problems) == [], revoked_problems.errors
 
 
 async def test_deleting_the_account_from_the_account_page(

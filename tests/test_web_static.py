@@ -228,6 +228,8 @@ async def test_client_logic_in_the_browser(nginx: Nginx, browser: Browser) -> No
           return { delays, first, second, relayed,
                    offline: describeError({ code: "device_offline", message: "x" }),
                    unknown: describeError({ code: "something_new", message: "the cloud said no" }),
+                   crowded: ["account", "address", "everyone", undefined].map((cause) =>
+                     describeError({ code: "too_many_connections", message: "x", cause })),
                    unpaired: describeEnd("device_unpaired") };
         }"""
     )
@@ -243,3 +245,9 @@ async def test_client_logic_in_the_browser(nginx: Nginx, browser: Browser) -> No
     assert result["offline"] == "This camera is offline right now."
     assert "something_new" in result["unknown"] and "said no" not in result["unknown"]
     assert "unpaired" in result["unpaired"]
+    # too_many_connections in words of the bound that refused the socket
+    account, address, everyone, unsaid = result["crowded"]
+    assert "This account has too many windows open" in account
+    assert "your network" in address and "windows" not in address
+    assert "very busy" in everyone and "windows" not in everyone
+    assert "windows" not in unsaid, "no cause: no guess that it is the account's windows"

@@ -115,10 +115,15 @@ export function logoutEverywhere() {
 
 /**
  * The account: {user_id, email, created_at, email_verified, pending_email,
- * sign_ins: [{created_at, last_used_at, user_agent, current}]}
+ * sign_ins: [{id, created_at, last_used_at, user_agent, current}]}
  */
 export function account() {
   return request("GET", "/api/account");
+}
+
+/** Signs out another browser of the account (404 not_found: it ended already). */
+export function revokeSignIn(id) {
+  return request("DELETE", `/api/account/sign-ins/${encodeURIComponent(id)}`);
 }
 
 // --- proving the address, a forgotten password (the links in the cloud's mails) -------------

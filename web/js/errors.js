@@ -12,7 +12,7 @@ const ERROR_WORDS = {
   not_authenticated: "Your session has expired. Please sign in again.",
   internal: "The MuMu cloud had a problem. Please try again.",
   unavailable: "The MuMu cloud is restarting or busy. Watching starts when it is back.",
-  too_many_connections: "This account has too many windows open. Close some, then try again.",
+  too_many_connections: "The MuMu cloud has too many connections open right now. It tries again on its own.",
   unsupported_codec: "This browser cannot play this camera's video.",
 };
 
@@ -32,8 +32,18 @@ const END_WORDS = {
     "This browser cannot play this camera's video (it has no H.264 decoder) — try Chrome, Edge or Safari.",
 };
 
-/** Words for an `error` payload {code, message, ref}. */
+// too_many_connections, by the bound that refused the socket (the payload's cause).
+const CONNECTIONS_WORDS = {
+  account: "This account has too many windows open. Close some, then try again.",
+  address: "Too many connections from your network are waiting for the MuMu cloud. It tries again on its own.",
+  everyone: "The MuMu cloud is very busy right now. It tries again on its own.",
+};
+
+/** Words for an `error` payload {code, message, ref, cause}. */
 export function describeError(payload) {
+  if (payload?.code === "too_many_connections" && CONNECTIONS_WORDS[payload.cause]) {
+    return CONNECTIONS_WORDS[payload.cause];
+  }
   const words = ERROR_WORDS[payload?.code];
   if (words) return words;
   return `The MuMu cloud refused this (${payload?.code || "unknown error"}). Please try again.`;

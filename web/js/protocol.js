@@ -17,6 +17,7 @@ export const MSG = Object.freeze({
   HELLO_ACK: "hello_ack",
   PAIRING_STATUS: "pairing_status",
   PEER_STATUS: "peer_status",
+  SIGN_INS_CHANGED: "sign_ins_changed",
   SIGNAL_ANSWER: "signal_answer",
   SIGNAL_ICE: "signal_ice",
   SIGNAL_OFFER: "signal_offer",
@@ -36,7 +37,7 @@ export const DIRECTIONS = Object.freeze({
   device_to_cloud: Object.freeze(["hello", "heartbeat", "signal_offer", "signal_answer", "signal_ice", "watch_end", "update_status", "device_settings"]),
   viewer_to_cloud: Object.freeze(["hello", "heartbeat", "watch_request", "watch_resume", "signal_offer", "signal_answer", "signal_ice", "watch_end", "watch_path", "device_settings_request"]),
   cloud_to_device: Object.freeze(["hello_ack", "heartbeat_ack", "watch_request", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "pairing_status", "update_offer", "device_settings_request", "error"]),
-  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "devices_changed", "device_update", "device_settings", "error"]),
+  cloud_to_viewer: Object.freeze(["hello_ack", "heartbeat_ack", "watch_ready", "watch_resumed", "signal_offer", "signal_answer", "signal_ice", "watch_ended", "peer_status", "device_status", "devices_changed", "sign_ins_changed", "device_update", "device_settings", "error"]),
 });
 
 /** WebSocket close codes the cloud sends (docs/protocol.md says what each means). */
@@ -58,6 +59,8 @@ export const END_REASONS = Object.freeze(["viewer_ended", "device_ended", "viewe
 export const UPDATE_STATES = Object.freeze(["waiting", "downloading", "installed", "healthy", "committed", "rolled_back", "failed"]);
 export const DEVICE_END_REASONS = Object.freeze(["device_ended", "device_unpaired", "camera_failed", "device_busy", "stream_stalled", "codec_unsupported"]);
 export const SETTINGS_REFUSALS = Object.freeze(["not_supported", "invalid", "camera_failed", "in_progress"]);
+/** Which bound a too_many_connections error names (its payload's cause). */
+export const CONNECTIONS_CAUSES = Object.freeze(["address", "everyone", "account"]);
 
 /** The snapshot data channel (protocol/snapshot.py): pictures peer to peer. */
 export const SNAPSHOT = Object.freeze({

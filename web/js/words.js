@@ -99,6 +99,8 @@ export const ACCOUNT_WORDS = {
   emailPending: (next, current) =>
     `Confirm the new address from the mail we sent to ${next}; until then you sign in with ${current}.`,
   passwordReset: "Your password was changed, and every browser signed in to this account was signed out.",
+  /** "Sign out" beside another browser on the account page, refused (`why`: the refusal). */
+  signInNotEnded: (why) => `That browser is still signed in. ${why}`,
   /** What a refused link means, by the cloud's code (the page adds the one next step). */
   link: {
     link_invalid: CODE_WORDS.link_invalid,

@@ -1,18 +1,21 @@
 // The account (#/account): its address (confirmed or not, changing it), where it is signed in,
 // changing the password, signing out (here or everywhere), and deleting it.
 //
-// The list of sign-ins is read again whenever it may have changed: after this page changes the
-// password (every other sign-in ended), when the page is looked at again, when the signaling
-// socket comes back, and every 5 s while it is open and seen (another browser signing out).
+// The list of sign-ins is read again whenever it may have changed: when the cloud says so over
+// the signaling socket (sign_ins_changed: a browser signed in or out, one was signed out from
+// here or elsewhere, the password changed), after this page changes the password, when the page
+// is looked at again, when the signaling socket comes back, and, as a fallback only (a sign-in
+// that lapsed unused sends nothing), every minute while it is open and seen.
 
 import * as api from "../api.js";
 import { h, replace } from "../dom.js";
+import { MSG } from "../protocol.js";
 import * as session from "../session.js";
 import { ago } from "../time.js";
 import * as verification from "../verification.js";
 import { ACCOUNT_WORDS } from "../words.js";
 
-const SIGN_INS_EVERY_MS = 5_000;
+const SIGN_INS_EVERY_MS = 60_000;
 
 /** "Chrome on Linux" from a User-Agent string, good enough to recognise one's own browsers. */
 export function browserName(userAgent) {
@@ -70,8 +73,13 @@ export function render(ctx) {
 
   let live = true;
   let loading = null;
+  let again = false; // asked while a read was on its way: that read may predate the change
   function load() {
-    loading ||= api.account().then(
+    if (loading) {
+      again = true;
+      return loading;
+    }
+    loading = api.account().then(
       (account) => {
         if (!live) return;
         loadError.hidden = true;
@@ -81,12 +89,7 @@ export function render(ctx) {
         verification.show(account);
         since.textContent = `Account created ${new Date(account.created_at).toLocaleDateString()}.`;
         signIns.removeAttribute("aria-busy");
-        replace(signIns, account.sign_ins.map((s) =>
-          h("li", { "data-testid": "sign-in" },
-            h("strong", {}, browserName(s.user_agent)),
-            s.current ? h("span", { class: "tag", "data-testid": "this-browser" }, "This browser") : null,
-            h("span", { class: "muted small" }, ` · signed in ${ago(s.created_at) || "just now"}, last active ${ago(s.last_used_at) || "just now"}`),
-          )));
+        replace(signIns, account.sign_ins.map((s) => signInRow(s, () => load())));
       },
       (failure) => {
         if (!live || failure.status === 401) return;
@@ -95,6 +98,10 @@ export function render(ctx) {
       },
     ).finally(() => {
       loading = null;
+      if (again && live) {
+        again = false;
+        load();
+      }
     });
     return loading;
   }
@@ -109,14 +116,53 @@ export function render(ctx) {
   const onReady = (event) => {
     if (event.detail.reconnected) load();
   };
+  const onMessage = (event) => {
+    if (event.detail?.type === MSG.SIGN_INS_CHANGED) load();
+  };
   document.addEventListener("visibilitychange", onVisible);
   ctx.signaling?.addEventListener("ready", onReady);
+  ctx.signaling?.addEventListener("message", onMessage);
   return () => {
     live = false;
     clearInterval(timer);
     document.removeEventListener("visibilitychange", onVisible);
     ctx.signaling?.removeEventListener("ready", onReady);
+    ctx.signaling?.removeEventListener("message", onMessage);
   };
+}
+
+/** One browser signed in to the account; another one can be signed out from here. */
+function signInRow(signIn, reload) {
+  const error = h("p", { class: "form-error", role: "alert", "data-testid": "sign-in-error", hidden: true });
+  const signOut = signIn.current ? null : h("button", {
+    class: "button small",
+    type: "button",
+    "data-testid": "sign-in-revoke",
+    "aria-label": `Sign out ${browserName(signIn.user_agent)}`,
+    onclick: async () => {
+      signOut.disabled = true;
+      error.hidden = true;
+      try {
+        await api.revokeSignIn(signIn.id);
+      } catch (failure) {
+        if (failure.status === 401) return;
+        if (failure.status !== 404) { // 404: it ended already, which is what was asked
+          error.textContent = ACCOUNT_WORDS.signInNotEnded(failure.message);
+          error.hidden = false;
+          signOut.disabled = false;
+          return;
+        }
+      }
+      reload();
+    },
+  }, "Sign out");
+  return h("li", { "data-testid": "sign-in", "data-sign-in": signIn.id },
+    h("strong", {}, browserName(signIn.user_agent)),
+    signIn.current ? h("span", { class: "tag", "data-testid": "this-browser" }, "This browser") : null,
+    h("span", { class: "muted small" }, ` · signed in ${ago(signIn.created_at) || "just now"}, last active ${ago(signIn.last_used_at) || "just now"}`),
+    signOut,
+    error,
+  );
 }
 
 /** The address: waiting to be confirmed, or changing it (the new one is confirmed first). */
