@@ -6,16 +6,17 @@ import argparse
 import logging
 import sys
 
-from cloud.config import VARIABLES, ConfigError, Settings, load
+from cloud.config import ConfigError, Settings, load
+from cloud.settings_table import help_lines
 from protocol import about
 
 
 def parser() -> argparse.ArgumentParser:
-    settings_help = "\n".join(f"  {k:32} {v}" for k, v in VARIABLES.items())
+    settings_help = "\n".join(help_lines())
     top = argparse.ArgumentParser(
         prog="mumu-cloud",
         description="MuMu Camera cloud: signaling, accounts, pairing, TURN credentials.",
-        epilog=f"settings (environment):\n{settings_help}",
+        epilog=f"settings (environment; the table is in docs/settings.md):\n{settings_help}",
     )
     sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the API and the signaling WebSockets")
