@@ -94,3 +94,28 @@ def test_other_settings_are_checked_and_named(tmp_path: Path) -> None:
     assert loaded.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
     assert loaded.session_ttl_s == 30.0 and isinstance(loaded.session_ttl_s, float)
     assert loaded.database_url == f"sqlite:///{tmp_path / 'mumu.db'}"
+
+
+UNITS = {"": 1, "s": 1, "/s": 1, "min": 60, "h": 3600, "days": 86400, "KiB": 1024, "MiB": 1 << 20}
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/security.md", "docs/updates.md"])
+def test_defaults_quoted_elsewhere_in_the_docs_are_the_declared_ones(page: str) -> None:
+    """Prose quotes defaults as `MUMU_X` (900 s), (30 days), (10/minute per account)…"""
+    text = (DOC.parents[1] / page).read_text()
+    defaults = {decl.env: each.default for each, decl in declarations()}
+    quoted = re.findall(
+        r"`(MUMU_[A-Z_]+)` \((\d+)(?:(/(?:second|minute|hour|day))| ?(s|/s|min|h|days|KiB|MiB))?"
+        r"(?=[),; ])",
+        text,
+    )
+    for env, number, rate_unit, unit in quoted:
+        if env not in defaults:
+            continue
+        if rate_unit:
+            assert f"{number}{rate_unit}" == defaults[env], f"{page}: {env} ({number}{rate_unit})"
+        else:
+            said = int(number) * UNITS[unit]
+            assert said == defaults[env], (
+                f"{page}: {env} ({number} {unit}) but it is {defaults[env]}"
+            )
