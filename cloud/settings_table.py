@@ -46,7 +46,7 @@ def accepts_text(decl: Declared) -> str:
 
 
 def help_lines(width: int = 100) -> list[str]:
-    """``VARIABLE  help (accepts, default)`` for every setting, wrapped, for ``--help``."""
+    """``VARIABLE  help [accepts; default …]`` for every setting, wrapped, for ``--help``."""
     indent = " " * 2
     hanging = " " * 40
     lines = []
