@@ -46,12 +46,13 @@ import httpx
 import psutil
 import redis
 import websockets
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.cloud_signaling import TOKEN, raise_fd_limit, seed_devices  # noqa: E402
+from device.signaling import Backoff, parse_retry_after, reconnect_delay  # noqa: E402
 from tests.cloud_process import CloudProcess  # noqa: E402
 from tests.services import free_port, postgres_server, redis_server, wait_for_port  # noqa: E402
 
@@ -70,10 +71,12 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
     timeouts, attempts, refused = shared["timeouts"], shared["attempts"], shared["refused"]
 
     async def device(device_id: str, sem: asyncio.Semaphore) -> None:
-        failures = 0
+        backoff = Backoff(0.5, 30.0)  # the agent's defaults (device/config.py)
         first = True
         while not stop.is_set():
-            delay = 0.0
+            code: int | None = None
+            reason = ""
+            wait_s: float | None = None
             try:
                 async with sem if first else _nothing():
                     with attempts.get_lock():
@@ -97,10 +100,18 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
                 if reply.get("type") != "hello_ack":  # an error: refused by a bound
                     with refused.get_lock():
                         refused.value += 1
+                    try:  # its close frame says how soon to come back
+                        async with asyncio.timeout(HELLO_TIMEOUT_S):
+                            await ws.recv()
+                    except ConnectionClosed as exc:
+                        if exc.rcvd is not None:
+                            code, reason = exc.rcvd.code, exc.rcvd.reason
+                    except TimeoutError:
+                        pass
                     await ws.close()
                     raise Refused
                 first = False
-                failures = 0
+                backoff.reset()
                 with connected.get_lock():
                     connected.value += 1
                 with admitted.get_lock():
@@ -116,17 +127,19 @@ def hold(ws_base: str, ids: list[str], shared: dict[str, Any], stop: Any) -> Non
                             await ws.send('{"type":"heartbeat","payload":{}}')
                             beat += HEARTBEAT_S
                 except ConnectionClosed as exc:
-                    window = re.findall(
-                        r"reconnect_within=(\d+)", exc.rcvd.reason if exc.rcvd else ""
-                    )
-                    delay = random.uniform(0, float(window[0])) if window else 0.0
+                    if exc.rcvd is not None:
+                        code, reason = exc.rcvd.code, exc.rcvd.reason
                 finally:
                     with connected.get_lock():
                         connected.value -= 1
+            except InvalidStatus as exc:  # refused before the WebSocket opened (a 503)
+                if exc.response.status_code in (429, 503):
+                    wait_s = parse_retry_after(exc.response.headers.get("Retry-After"))
             except (OSError, TimeoutError, WebSocketException, Refused):  # reset mid-handshake...
-                failures += 1
-                delay = random.uniform(0, min(30.0, 0.5 * 2 ** min(failures, 10)))
-            await asyncio.sleep(delay)
+                pass
+            # what the agent waits (device.signaling.reconnect_delay): within a 1012's window,
+            # a named delay and a random part of it, or the next step of its backoff
+            await asyncio.sleep(reconnect_delay(backoff, code, reason, wait_s))
 
     async def main() -> None:
         sem = asyncio.Semaphore(200)
@@ -380,6 +393,11 @@ def main() -> None:
         action="store_false",
         help="skip each cloud's storm at the default settings",
     )
+    parser.add_argument(
+        "--defaults-only",
+        action="store_true",
+        help="storm each cloud at its default settings only (not with the bounds lifted)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     raise_fd_limit()
@@ -417,19 +435,20 @@ def main() -> None:
                 extra = {"MUMU_REDIS_URL": redis_url}
                 label = "mumu-cloud PostgreSQL + Redis"
             ids = asyncio.run(seed_devices(database_url, args.devices * 3 // 2, f"{kind}@bench"))
-            cloud = Cloud(
-                label,
-                CloudProcess(
-                    tmp / kind, env={**env, **extra, "MUMU_DATABASE_URL": database_url}
-                ).start(timeout=120),
-                redis_url,
-            )
-            try:
-                rows += run(cloud, ids[: args.devices], args, [signal.SIGTERM, signal.SIGKILL])
-                if args.turnover:
-                    memory[label] = turnover(cloud, ids[args.devices :], args.turnover)
-            finally:
-                cloud.close()
+            if not args.defaults_only:
+                cloud = Cloud(
+                    label,
+                    CloudProcess(
+                        tmp / kind, env={**env, **extra, "MUMU_DATABASE_URL": database_url}
+                    ).start(timeout=120),
+                    redis_url,
+                )
+                try:
+                    rows += run(cloud, ids[: args.devices], args, [signal.SIGTERM, signal.SIGKILL])
+                    if args.turnover:
+                        memory[label] = turnover(cloud, ids[args.devices :], args.turnover)
+                finally:
+                    cloud.close()
             if args.defaults:  # the same devices, every setting at its default
                 cloud = Cloud(
                     f"{label}, default settings",

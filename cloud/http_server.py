@@ -10,9 +10,12 @@ keep-alive timer only runs between requests), so a few slow clients could hold s
   the client disconnect);
 - a cap on HTTP connections per client address still sending a request head, counted from
   the moment the connection is accepted (503 + ``Retry-After``, then closed).  Counted only
-  after a second of silence, one address opening connections in a loop held hundreds at once;
-  the burst allowance for a NAT full of cameras coming back at once is the count itself (each
-  counts only for the instant its head takes to arrive).
+  after a second of silence, one address opening connections in a loop held hundreds at once.
+  A connection is refused only if its head has not *arrived*: the event loop accepts a whole
+  backlog of connections (a NAT full of cameras coming back after a restart) before it reads
+  any of them, so at the bound the kernel's receive buffer is peeked first, and a connection
+  whose whole head already waits there is let through uncounted (it is read on the loop's next
+  turn); one whose head has not arrived, or not whole, is refused.
 
 A connection upgraded to a WebSocket leaves these bounds to the signaling layer.  Behind nginx
 the proxy does most of this already (``client_header_timeout``, ``client_body_timeout``,
@@ -25,7 +28,6 @@ import asyncio
 import json
 import logging
 import socket
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +38,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from cloud.config import Settings
 from cloud.metrics import Metrics
 
+#: A sweep of an address's counted connections that freed nothing is not repeated for this
+#: long (seconds): a stranger at the bound cannot make every refusal cost a sweep.
+SWEEP_PAUSE_S = 0.05
+
 
 @dataclass
 class HttpGuard:
@@ -43,8 +49,10 @@ class HttpGuard:
     body_timeout_s: float
     connections_per_address: int
     metrics: Metrics | None = None
-    #: Connections per client address that are still sending a request head.
-    heads_by_address: Counter[str] = field(default_factory=Counter)
+    #: Connections per client address that are still waiting for their request head.
+    heads_by_address: dict[str, set[asyncio.BaseTransport]] = field(default_factory=dict)
+    #: When a sweep of an address freed nothing (loop time), so as not to repeat it at once.
+    _fruitless: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None) -> HttpGuard:
@@ -58,6 +66,35 @@ class HttpGuard:
     def closed(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.http_closed.labels(reason).inc()
+
+    def waiting(self, address: str) -> int:
+        return len(self.heads_by_address.get(address, ()))
+
+    def count(self, address: str, transport: asyncio.BaseTransport) -> None:
+        self.heads_by_address.setdefault(address, set()).add(transport)
+
+    def uncount(self, address: str, transport: asyncio.BaseTransport) -> None:
+        counted = self.heads_by_address.get(address)
+        if counted is not None:
+            counted.discard(transport)
+            if not counted:
+                del self.heads_by_address[address]
+                self._fruitless.pop(address, None)
+
+    def has_room(self, address: str, now: float) -> bool:
+        """Whether ``address`` may have one more connection waiting for its head.  At the
+        bound, its counted connections whose whole head has arrived meanwhile (in the kernel's
+        buffer, not yet read: the loop is busy with a burst) stop counting first."""
+        if self.waiting(address) < self.connections_per_address:
+            return True
+        if now - self._fruitless.get(address, -SWEEP_PAUSE_S) < SWEEP_PAUSE_S:
+            return False
+        arrived = [t for t in self.heads_by_address[address] if head_arrived(t)]
+        for transport in arrived:
+            self.uncount(address, transport)
+        if not arrived:
+            self._fruitless[address] = now
+        return self.waiting(address) < self.connections_per_address
 
 
 def _response(status: bytes, code: str, message: str, extra: bytes = b"") -> bytes:
@@ -75,18 +112,43 @@ def _response(status: bytes, code: str, message: str, extra: bytes = b"") -> byt
 
 
 _408 = _response(b"408 Request Timeout", "request_timeout", "the request took too long to arrive")
+#: Seconds a connection refused by the per-address bound is told to wait (``Retry-After``):
+#: the connections that fill its place finish their heads within moments or time out.
+RETRY_AFTER_S = 1
 _503 = _response(
     b"503 Service Unavailable",
     "too_many_connections",
     "too many connections from your address; try again shortly",
-    b"retry-after: 5\r\n",
+    b"retry-after: " + str(RETRY_AFTER_S).encode() + b"\r\n",
 )
+#: How much of a connection's receive buffer is peeked for a whole head (a signaling upgrade's
+#: is a few hundred bytes; a longer head is refused at the bound like a silent one).
+PEEK_BYTES = 8192
+
+
+def head_arrived(transport: asyncio.BaseTransport) -> bool:
+    """Whether a whole request head already waits in the kernel's receive buffer of this
+    connection: peeked (left there for the protocol to read), never read."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        probe = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+    except (OSError, ValueError):
+        return False
+    try:
+        data = probe.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing there yet (BlockingIOError), or reset
+        return False
+    finally:
+        probe.detach()  # the descriptor stays the transport's
+    return b"\r\n\r\n" in data
 
 
 def guarded_protocol(guard: HttpGuard) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
-        #: The address this connection is counted under while it sends a request head.
+        #: The address this connection is counted under while it waits for a request head.
         _head_of: str | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -120,30 +182,33 @@ def guarded_protocol(guard: HttpGuard) -> type[HttpToolsProtocol]:
 
         def _start_head(self) -> None:
             """A request head begins (or the connection opens): count it against its address
-            until the head is complete, refusing it when the address has too many already."""
+            until the head is complete; at the bound, let it through uncounted if its whole
+            head has arrived already, or refuse it."""
             self._stop()
             if self.transport.is_closing():
                 return
-            address = self.client[0] if self.client else ""
-            if guard.heads_by_address[address] >= guard.connections_per_address:
-                guard.closed("per_address")
-                self.transport.write(_503)
-                self.transport.close()
-                return
-            guard.heads_by_address[address] += 1
-            self._head_of = address
             self._timer = self.loop.call_later(
                 guard.header_timeout_s, self._expired, "header_timeout"
             )
+            address = self.client[0] if self.client else ""
+            if guard.waiting(address) >= guard.connections_per_address:
+                if head_arrived(self.transport):
+                    return  # waits for nothing: read on the loop's next turn, uncounted
+                if not guard.has_room(address, self.loop.time()):
+                    self._stop()
+                    guard.closed("per_address")
+                    self.transport.write(_503)
+                    self.transport.close()
+                    return
+            guard.count(address, self.transport)
+            self._head_of = address
 
         def _stop(self) -> None:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = None
             if self._head_of is not None:
-                guard.heads_by_address[self._head_of] -= 1
-                if guard.heads_by_address[self._head_of] <= 0:
-                    del guard.heads_by_address[self._head_of]
+                guard.uncount(self._head_of, self.transport)
                 self._head_of = None
 
         def _expired(self, reason: str) -> None:

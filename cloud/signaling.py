@@ -49,7 +49,7 @@ from cloud.pending import PendingSockets, Waiting
 from cloud.store import Device, Store
 from cloud.watch import Party, WatchService
 from protocol import ProtocolError, decode, encode
-from protocol.close_codes import restart_reason
+from protocol.close_codes import restart_reason, try_again_reason
 from protocol.messages import (
     HEARTBEAT_INTERVAL_S,
     ConnectionsCause,
@@ -90,6 +90,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+#: Seconds a socket refused by a bound on waiting sockets is told to wait (``retry_after=`` in
+#: its close reason): the sockets filling the bound say hello within moments or time out.
+PENDING_RETRY_AFTER_S = 1
 #: How often lapsed presence (a silent socket, a dead process) is looked for.
 PRESENCE_SWEEP_S = 2.0
 #: Close codes a client sends when it means to go (its sessions end at once); anything else
@@ -262,6 +265,8 @@ class SignalingHub:
                 assert refusal is not None
                 self.metrics.sockets_refused.labels(refusal).inc()
                 by_address = refusal == "too_many_pending"
+                # full for a moment (a NAT's cameras coming back at once): the close names
+                # how soon to come back, and the client does without growing its backoff
                 self._refuse(
                     conn,
                     CLOSE_TRY_AGAIN,
@@ -270,6 +275,7 @@ class SignalingHub:
                     if by_address
                     else "too many connections are waiting to say hello; try again shortly",
                     cause="address" if by_address else "everyone",
+                    retry_after_s=PENDING_RETRY_AFTER_S,
                 )
                 return
             try:
@@ -462,11 +468,13 @@ class SignalingHub:
         code: Any,
         message: str,
         cause: ConnectionsCause | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         # (a cause only to viewers: older agents refuse an error with a field they do not know)
         said = cause if conn.role == "viewer" else None
         conn.send(encode(ProtocolError(code, message, ref="hello", cause=said).to_message()))
-        conn.close(close_code, message)
+        reason = message if retry_after_s is None else try_again_reason(message, retry_after_s)
+        conn.close(close_code, reason)
 
     def _idle_timeout(self) -> float:
         """Silence after which a socket is taken for dead: as long as presence lasts (two

@@ -14,6 +14,11 @@ wait in a bounded outbox and go out after the next ``hello_ack`` if they still m
 The client never touches peer connections: media keeps flowing while the cloud is away.  Its
 ``hello`` lists the sessions the handler still streams, so that the cloud can keep them.
 
+A refusal that says how soon to come back — an HTTP 503 (or 429) with ``Retry-After`` before
+the WebSocket opens, or a close ``TRY_AGAIN`` whose reason names ``retry_after=`` (a bound on
+waiting sockets full for a moment: a NAT full of cameras coming back at once) — is followed by
+that delay plus a random part of it, without growing the backoff: the cloud said when.
+
 A hello refused with close code ``UNAUTHENTICATED`` (unknown device or wrong token: the cloud
 was reset) is reported to the handler, which registers anew before the next attempt.
 
@@ -39,7 +44,7 @@ import msgspec
 
 from device.credentials import Credentials
 from protocol import ProtocolError, decode, encode
-from protocol.close_codes import CloseCode, restart_window
+from protocol.close_codes import RETRY_AFTER_MAX_S, CloseCode, restart_window, retry_after
 from protocol.messages import (
     MAX_CLAIMED_SESSIONS,
     MAX_MESSAGE_BYTES,
@@ -89,6 +94,50 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def reconnect_delay(
+    backoff: Backoff,
+    close_code: int | None,
+    close_reason: str = "",
+    retry_after_s: float | None = None,
+) -> float:
+    """Seconds to wait before dialling again after a connection ended.
+
+    - a close ``RESTART`` with a window: a random moment within it, the backoff started over
+      (a deploy is not a failure);
+    - a refusal that named a delay (``retry_after_s``: an HTTP ``Retry-After``; or a close
+      ``TRY_AGAIN`` whose reason names ``retry_after=``): that delay plus up to as much again
+      at random, so that refused clients do not come back together; the backoff neither grows
+      nor starts over (a full bound is not a failure, but the last failure still counts);
+    - anything else: the next backoff step."""
+    if close_code == CloseCode.RESTART:
+        window = restart_window(close_reason)
+        if window is not None:
+            backoff.reset()
+            return backoff.rng.uniform(0.0, window)
+    if retry_after_s is None and close_code == CloseCode.TRY_AGAIN:
+        retry_after_s = retry_after(close_reason)
+    if retry_after_s is not None:
+        wait = min(max(retry_after_s, 0.0), float(RETRY_AFTER_MAX_S))
+        return wait + backoff.rng.uniform(0.0, wait)
+    return backoff.next_delay()
+
+
+class TryAgain(OSError):
+    """The cloud refused the WebSocket handshake for now (HTTP 503 or 429); ``retry_after_s``:
+    the delay its ``Retry-After`` named in seconds (``None``: none, or a date)."""
+
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header's delay in seconds (``None``: absent, or not delay-seconds)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(int(value.strip()))
 
 
 class SocketClosed(Exception):
@@ -163,7 +212,7 @@ def websocket_connect(ping_interval: float = 20.0) -> Connect:
     @contextlib.asynccontextmanager
     async def connect(url: str) -> AsyncIterator[Socket]:
         from websockets.asyncio.client import connect as ws_connect
-        from websockets.exceptions import WebSocketException
+        from websockets.exceptions import InvalidStatus, WebSocketException
 
         try:
             opened = ws_connect(
@@ -175,6 +224,12 @@ def websocket_connect(ping_interval: float = 20.0) -> Connect:
                 max_size=MAX_MESSAGE_BYTES,
             )
             ws = await opened.__aenter__()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (429, 503):  # refused for now: come back when it says
+                header = exc.response.headers.get("Retry-After")
+                raise TryAgain(f"HTTP {status}", parse_retry_after(header)) from exc
+            raise OSError(str(exc)) from exc
         except WebSocketException as exc:  # a refused handshake, a bad URL...
             raise OSError(str(exc) or type(exc).__name__) from exc
         try:
@@ -253,6 +308,8 @@ class SignalingClient:
         self.failures = 0
         #: Why the last connection ended (``""`` while the first is up or being made).
         self.last_disconnect = ""
+        #: The delay the last refused handshake's ``Retry-After`` named (``None``: none).
+        self.last_retry_after: float | None = None
         #: Close code and reason of the last connection's close frame (``None``: none, or
         #: still up).
         self.last_close_code: int | None = None
@@ -294,14 +351,12 @@ class SignalingClient:
 
     def _reconnect_delay(self) -> float:
         """After a cloud restart (close ``RESTART``), a moment within the window it gave, so
-        that its thousands of devices do not return at once, with the backoff started over (a
-        deploy is not a failure); after anything else, the next backoff step."""
-        if self.last_close_code == CloseCode.RESTART:
-            window = restart_window(self.last_close_reason)
-            if window is not None:
-                self._backoff.reset()
-                return self._backoff.rng.uniform(0.0, window)
-        return self._backoff.next_delay()
+        that its thousands of devices do not return at once; after a refusal that named a
+        delay, that delay and a random part of it; after anything else, the next backoff step
+        (:func:`reconnect_delay`)."""
+        return reconnect_delay(
+            self._backoff, self.last_close_code, self.last_close_reason, self.last_retry_after
+        )
 
     async def close(self) -> None:
         """Stop reconnecting and close the socket (a normal closure)."""
@@ -330,6 +385,7 @@ class SignalingClient:
         if self._stopping.is_set():
             return "stopping"
         self.last_close_code, self.last_close_reason = None, ""
+        self.last_retry_after = None
         try:
             async with self._connect(self.url) as ws:
                 self._ws = ws
@@ -346,6 +402,9 @@ class SignalingClient:
         except SocketClosed as exc:
             self.last_close_code, self.last_close_reason = exc.code, exc.reason
             return f"connection closed ({exc.describe()})"
+        except TryAgain as exc:
+            self.last_retry_after = exc.retry_after_s
+            return f"{self.url} refused the connection for now: {exc}"
         except (OSError, TimeoutError) as exc:
             return f"cannot reach {self.url}: {exc or type(exc).__name__}"
         except ProtocolError as exc:

@@ -30,6 +30,9 @@ class CloseCode(enum.IntEnum):
     TOO_SLOW = 4429
     #: Try again later: the cloud could not check the ``hello`` (database or Redis trouble),
     #: or a bound on sockets was reached (an ``error`` ``too_many_connections`` says which).
+    #: When the reason names a delay (``...; retry_after=<seconds>``: a bound that is full for
+    #: a moment) the client comes back after that delay plus a random part of it; otherwise it
+    #: backs off as after any drop.
     TRY_AGAIN = 1013
     #: The cloud process is restarting (a deploy): reconnect at a random moment within the
     #: window the reason gives (``restarting; reconnect_within=<seconds>``).  Sessions wait
@@ -47,6 +50,27 @@ CREDENTIALS_REFUSED: frozenset[CloseCode] = frozenset(
 RESTART_WINDOW_KEY = "reconnect_within="
 #: The longest window a client accepts from a reason (a longer one is cut to this).
 RESTART_WINDOW_MAX_S = 120
+
+
+#: What a ``TRY_AGAIN`` close's reason carries before its delay in whole seconds (and what an
+#: HTTP 503's ``Retry-After`` header means to a client the same way).
+RETRY_AFTER_KEY = "retry_after="
+#: The longest delay a client accepts from a reason or a ``Retry-After`` (longer: cut to this).
+RETRY_AFTER_MAX_S = 120
+
+
+def try_again_reason(message: str, retry_after_s: int) -> str:
+    """The reason of a ``TRY_AGAIN`` close: ``<message>; retry_after=<seconds>``."""
+    return f"{message}; {RETRY_AFTER_KEY}{retry_after_s}"
+
+
+def retry_after(reason: str) -> float | None:
+    """Seconds a ``TRY_AGAIN`` close with ``reason`` asks the client to wait (``None``: the
+    reason names none)."""
+    found = re.search(re.escape(RETRY_AFTER_KEY) + r"(\d{1,6})", reason)
+    if found is None:
+        return None
+    return float(min(int(found.group(1)), RETRY_AFTER_MAX_S))
 
 
 def restart_reason(window_s: int) -> str:

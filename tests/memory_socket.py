@@ -3,7 +3,8 @@
 ``MemoryCloud`` is the connect factory: each ``connect(url)`` the client makes opens a new
 :class:`MemorySocket` pair and hands the far end to the test (``await cloud.accept()``), which
 plays the cloud: reads the ``hello``, answers ``hello_ack``, sends and receives messages, closes
-with a close code.  ``refuse`` makes the next dials fail as a refused TCP connection would.
+with a close code.  ``refusing`` makes the next dials fail as a refused TCP connection would;
+``refusal``, with the exception a dial raises instead (e.g. ``TryAgain``: an HTTP 503).
 Nothing here sleeps: every wait is on a queue or an event.
 """
 
@@ -84,12 +85,17 @@ class MemoryCloud:
         self._accepted: asyncio.Queue[MemorySocket] = asyncio.Queue()
         self.urls: list[str] = []
         self.refusing = False
+        self.refusal: BaseException | None = None
         self.dials = 0
+        self.dialled = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def __call__(self, url: str) -> AsyncIterator[Socket]:
         self.dials += 1
         self.urls.append(url)
+        self.dialled.set()
+        if self.refusal is not None:
+            raise self.refusal
         if self.refusing:
             raise ConnectionRefusedError(111, "Connection refused")
         client, server = pair()

@@ -16,8 +16,21 @@ import msgspec
 import pytest
 
 from device.credentials import Credentials
-from device.signaling import Backoff, SignalingClient, SocketClosed
-from protocol.close_codes import RESTART_WINDOW_MAX_S, CloseCode, restart_reason
+from device.signaling import (
+    Backoff,
+    SignalingClient,
+    SocketClosed,
+    TryAgain,
+    parse_retry_after,
+)
+from protocol.close_codes import (
+    RESTART_WINDOW_MAX_S,
+    RETRY_AFTER_MAX_S,
+    CloseCode,
+    restart_reason,
+    retry_after,
+    try_again_reason,
+)
 from protocol.messages import (
     HelloAck,
     SessionDescription,
@@ -235,6 +248,53 @@ async def test_a_restarting_cloud_is_rejoined_within_its_window_with_the_backoff
     finally:
         await client.close()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_bound_full_for_a_moment_is_retried_after_the_delay_it_names() -> None:
+    """A refusal that names a delay (close 1013 ``retry_after=``; an HTTP 503 ``Retry-After``
+    before the socket opens: a NAT's cameras coming back at once) is retried after that delay
+    plus a random part of it, the backoff neither grown nor started over; a refusal that names
+    none (the database failed) backs off as after any drop."""
+    cloud, handler, rng = MemoryCloud(), Handler(), LowestRandom()
+    backoff = Backoff(base=0.5, cap=30.0, rng=rng)
+    client = SignalingClient(
+        "https://cam.example.com", handler, backoff, heartbeat_interval=3600, connect=cloud
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        socket = await cloud.accept()
+        await socket.recv_json("hello")
+        backoff.attempt = 3  # as if earlier failures had grown it
+        message = "too many connections from your address are waiting to say hello"
+        await socket.send_json(
+            "error", {"code": "too_many_connections", "message": message, "ref": "hello"}
+        )
+        cloud.dialled.clear()
+        cloud.refusal = TryAgain("HTTP 503", parse_retry_after("1"))  # the next dial: a 503
+        await socket.close(CloseCode.TRY_AGAIN, try_again_reason(message, 1))
+        await asyncio.wait_for(cloud.dialled.wait(), 5)
+        cloud.refusal = None
+        socket = await cloud.accept()
+        # a delay of 1 s and up to as much again at random, each time; the backoff untouched
+        assert rng.windows == [1.0, 1.0] and backoff.attempt == 3
+        await socket.recv_json("hello")
+        await socket.close(CloseCode.TRY_AGAIN, "the cloud failed; try again")
+        cloud.dialled.clear()
+        cloud.refusal = TryAgain("HTTP 503", parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT"))
+        await asyncio.wait_for(cloud.dialled.wait(), 5)
+        cloud.refusal = None
+        await cloud.welcome()
+        await handler.until(lambda: len(handler.acks) == 1)
+        assert rng.windows == [1.0, 1.0, 4.0, 8.0], "no delay named: the next backoff steps"
+        assert backoff.attempt == 0, "started over once connected"
+    finally:
+        await client.close()
+        await asyncio.wait_for(task, 5)
+    # the delays a reason or a header may name
+    assert retry_after(try_again_reason("full", 3)) == 3.0
+    assert retry_after(try_again_reason("full", 10**5)) == float(RETRY_AFTER_MAX_S)
+    assert retry_after("the cloud failed; try again") is None
+    assert parse_retry_after(" 2 ") == 2.0 and parse_retry_after(None) is None
 
 
 async def test_heartbeats_and_invalid_frames() -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
+from device.signaling import TryAgain, websocket_connect
 from tests.cloud_fixtures import start_cloud
 from tests.cloud_process import CloudProcess
 from tests.test_cloud_invariants import until
@@ -113,13 +116,89 @@ async def _slow_connections_are_bounded(cloud: CloudProcess) -> None:
         held = [await stack.enter_async_context(raw(cloud)) for _ in range(6)]
         async with raw(cloud) as (reader, _):
             answer = await until_closed(reader)
-            assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 5" in answer.lower()
+            assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
+        # the agent's connect factory takes it for what it is: come back in a second
+        with pytest.raises(TryAgain) as refused:
+            async with websocket_connect()(f"{cloud.ws_url}/ws/device"):
+                pass
+        assert refused.value.retry_after_s == 1.0
         assert len(held) == 6
     async with httpx.AsyncClient(base_url=cloud.url) as http:  # released: served again
         assert (await http.get("/healthz")).status_code == 200
         metrics = (await http.get("/metrics")).text
     assert 'mumu_http_connections_closed_total{reason="per_address"}' in metrics
     assert 'mumu_http_connections_closed_total{reason="header_timeout"}' in metrics
+
+
+async def test_a_burst_whose_heads_have_arrived_is_not_refused_but_silence_still_is(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The event loop accepts a whole backlog before it reads any of it (a NAT's cameras
+    coming back after a restart): a connection counts as waiting only until its head has
+    *arrived*, so a burst beyond the bound whose heads are in is served, and connections whose
+    heads arrived while counted make room; silent ones beyond the bound are still refused."""
+    bound = 6
+    for cloud in start_cloud(
+        request,
+        tmp_path_factory.mktemp("burst"),
+        "embedded",
+        MUMU_HTTP_HEADER_TIMEOUT="30",
+        MUMU_HTTP_CONNECTIONS_PER_ADDRESS=str(bound),
+    ):
+        await _burst_is_served(cloud, bound)
+
+
+async def _burst_is_served(cloud: CloudProcess, bound: int) -> None:
+    assert cloud.proc is not None
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    refused = 'mumu_http_connections_closed_total{reason="per_address"}'
+
+    async def refusals() -> float:  # asked from another address: 127.0.0.1 is full
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(base_url=cloud.url, transport=transport) as http:
+            text = (await http.get("/metrics")).text
+        found = [line for line in text.splitlines() if line.startswith(refused + " ")]
+        return float(found[0].split()[1]) if found else 0.0
+
+    before = await refusals()
+    async with contextlib.AsyncExitStack() as stack:
+        held = [await stack.enter_async_context(raw(cloud)) for _ in range(bound)]
+
+        async def all_counted() -> bool:  # the held ones were accepted and are counted
+            async with raw(cloud) as (reader, _):
+                return (await until_closed(reader)).startswith(b"HTTP/1.1 503")
+
+        await until(all_counted, 15, "the held connections counted")
+        before = await refusals()
+        os.kill(cloud.proc.pid, signal.SIGSTOP)  # its loop busy: the backlog fills
+        try:
+            burst = [await stack.enter_async_context(raw(cloud)) for _ in range(3 * bound)]
+            for _, writer in [*burst, *held[:4]]:  # heads arrive, none read yet
+                writer.write(head)
+                await writer.drain()
+            silent = [await stack.enter_async_context(raw(cloud)) for _ in range(4)]
+            partial = await stack.enter_async_context(raw(cloud))
+            partial[1].write(b"GET /healthz HTTP/1.1\r\n")  # ...and the rest never comes
+            await partial[1].drain()
+        finally:
+            os.kill(cloud.proc.pid, signal.SIGCONT)
+        for reader, _ in [*burst, *held[:4]]:
+            async with asyncio.timeout(15):
+                assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+
+        # two held ones still silent: four of the five newcomers fit, one is refused
+        async def answer(reader: asyncio.StreamReader) -> bytes:
+            try:
+                return await until_closed(reader, 40)
+            except ConnectionResetError:  # refused with bytes of its own left unread
+                return b"reset"
+
+        closing = [asyncio.create_task(answer(r)) for r, _ in [*silent, partial]]
+        done, waiting = await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
+        assert [t.result()[:12] for t in done] in ([b"HTTP/1.1 503"], [b"reset"])
+        assert await refusals() - before == 1 and len(waiting) == 4
+        for task in waiting:
+            task.cancel()
 
 
 async def test_oversized_bodies_are_refused(cloud: CloudProcess) -> None:
