@@ -527,13 +527,19 @@ async def sign_in_in_page(
     """A fresh browser context signed in through the sign-in form (so it holds the cloud's
     refresh cookie, as a person's browser does)."""
     context, page, problems = await open_app(browser, nginx, **options)
-    await page.goto(nginx.url + "/#/signin")
+    await sign_in_by_form(page, nginx.url, account)
+    return context, page, problems
+
+
+async def sign_in_by_form(page: Page, origin: str, account: Account) -> None:
+    """Sign ``account`` in through the form at ``origin`` and wait for its camera list and its
+    signaling socket."""
+    await page.goto(origin + "/#/signin")
     await page.fill("[data-testid=email]", account.email)
     await page.fill("[data-testid=password]", account.password)
     await page.click("[data-testid=submit]")
     await page.wait_for_selector("[data-testid=page-title]:has-text('Your cameras')")
     await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
-    return context, page, problems
 
 
 async def test_account_page_password_change_and_sign_out_everywhere(

@@ -15,7 +15,7 @@ from tests.browser import WEB_ROOT, PageProblems, launch_chromium
 from tests.cloud_fixtures import RELAXED, backend_env
 from tests.cloud_process import Account, ApiClient, CloudProcess
 from tests.mail_server import MailServer
-from tests.test_web_app import signing_out_drops_rows, unexpected
+from tests.test_web_app import sign_in_by_form, signing_out_drops_rows, unexpected
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Page
@@ -53,12 +53,7 @@ async def signed_in(
     page = await context.new_page()
     problems = PageProblems()
     problems.watch(page)
-    await page.goto(cloud.url + "/#/signin")
-    await page.fill("[data-testid=email]", account.email)
-    await page.fill("[data-testid=password]", account.password)
-    await page.click("[data-testid=submit]")
-    await page.wait_for_selector("[data-testid=page-title]:has-text('Your cameras')")
-    await page.wait_for_selector("[data-testid=signaling-state][data-state=open]")
+    await sign_in_by_form(page, cloud.url, account)
     return context, page, problems
 
 
